@@ -1,0 +1,259 @@
+//! Command-line flags, parsed by clap, then checked and turned into a [`Config`] that the
+//! rest of the program uses.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+
+use clap::{ArgAction, Parser};
+use log::LevelFilter;
+use thiserror::Error;
+
+use crate::collector::{CollectorName, CollectorSet, ExporterConfig, REVISION, VERSION};
+use crate::logging::LogFormat;
+
+/// `--version` text; build.rs bakes the revision in.
+pub const LONG_VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (revision ", env!("CONN_EXPORTER_REVISION"), ")");
+
+/// Log levels of `--log.level`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogLevel {
+    /// Everything.
+    Debug,
+    /// Start-up, shutdown and state changes.
+    Info,
+    /// Problems that leave the exporter serving.
+    Warn,
+    /// Problems that stop something.
+    Error,
+}
+
+impl From<LogLevel> for LevelFilter {
+    fn from(l: LogLevel) -> LevelFilter {
+        match l {
+            LogLevel::Debug => LevelFilter::Debug,
+            LogLevel::Info => LevelFilter::Info,
+            LogLevel::Warn => LevelFilter::Warn,
+            LogLevel::Error => LevelFilter::Error,
+        }
+    }
+}
+
+/// Flags as given, in node_exporter's names.
+#[derive(Debug, Parser)]
+#[command(
+    name = "conn-exporter",
+    version = LONG_VERSION,
+    about = "Prometheus exporter for every TCP connection of a Linux host, IPv4 and IPv6.",
+    max_term_width = 100
+)]
+pub struct Args {
+    /// Address to listen on: host:port, [v6]:port or :port (every address, IPv4 and IPv6). Repeatable.
+    #[arg(long = "web.listen-address", value_name = "ADDR", default_value = ":9100", action = ArgAction::Append)]
+    pub listen_addresses: Vec<String>,
+
+    /// Path under which to expose metrics.
+    #[arg(long = "web.telemetry-path", value_name = "PATH", default_value = "/metrics")]
+    pub telemetry_path: String,
+
+    /// Most concurrent scrapes; more are answered 503. 0 means no limit.
+    #[arg(long = "web.max-requests", value_name = "N", default_value_t = 40)]
+    pub max_requests: usize,
+
+    /// Leave out conn_exporter_build_info, the scrape_collector metrics and process_* metrics.
+    #[arg(long = "web.disable-exporter-metrics")]
+    pub disable_exporter_metrics: bool,
+
+    /// Root of the procfs tree the socket tables are read from.
+    #[arg(long = "path.procfs", value_name = "DIR", default_value = "/proc")]
+    pub procfs: PathBuf,
+
+    /// Enable the connections collector (per-connection series; default on).
+    #[arg(long = "collector.connections", overrides_with = "no_connections")]
+    pub connections: bool,
+    /// Disable the connections collector.
+    #[arg(long = "no-collector.connections", overrides_with = "connections")]
+    pub no_connections: bool,
+
+    /// Enable the states collector (exact counts by family, interface and state; default on).
+    #[arg(long = "collector.states", overrides_with = "no_states")]
+    pub states: bool,
+    /// Disable the states collector.
+    #[arg(long = "no-collector.states", overrides_with = "states")]
+    pub no_states: bool,
+
+    /// Most per-connection series in a scrape (LISTEN and ESTABLISHED kept first). 0 means no limit.
+    #[arg(long = "collector.connections.max-series", value_name = "N", default_value_t = 20000)]
+    pub max_series: usize,
+
+    /// Only log messages with the given severity or above.
+    #[arg(long = "log.level", value_enum, default_value = "info")]
+    pub log_level: LogLevel,
+
+    /// Output format of log messages.
+    #[arg(long = "log.format", value_enum, default_value = "logfmt")]
+    pub log_format: LogFormat,
+}
+
+/// A flag value that parsed but makes no sense.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ConfigError {
+    /// A listen address that is not host:port.
+    #[error("--web.listen-address {0:?}: {1}")]
+    ListenAddress(String, String),
+    /// A telemetry path that is not an absolute path, or is one of the fixed paths.
+    #[error("--web.telemetry-path {0:?}: {1}")]
+    TelemetryPath(String, &'static str),
+    /// Every collector switched off.
+    #[error("every collector is disabled: enable at least one of --collector.connections, --collector.states")]
+    NoCollectors,
+}
+
+/// Where to listen: a wildcard bind for `:port`, or resolved addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Listen {
+    /// Every address of the host, IPv6 and IPv4 (one dual-stack socket, or IPv4 alone when IPv6 is off).
+    AnyAddress(u16),
+    /// These addresses.
+    Addresses(Vec<SocketAddr>),
+}
+
+/// The checked configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Listeners, one entry per flag.
+    pub listen: Vec<(String, Listen)>,
+    /// Metrics path.
+    pub telemetry_path: String,
+    /// Concurrent scrape limit; 0 for none.
+    pub max_requests: usize,
+    /// What a scrape does.
+    pub exporter: ExporterConfig,
+    /// Log level.
+    pub log_level: LevelFilter,
+    /// Log format.
+    pub log_format: LogFormat,
+}
+
+/// Parses one `--web.listen-address` value.
+pub fn parse_listen(value: &str) -> Result<Listen, ConfigError> {
+    let err = |why: &str| ConfigError::ListenAddress(value.to_owned(), why.to_owned());
+    if let Some(port) = value.strip_prefix(':') {
+        return port.parse().map(Listen::AnyAddress).map_err(|_| err("the port must be a number from 0 to 65535"));
+    }
+    let Some((host, port)) = value.rsplit_once(':') else {
+        return Err(err("expected host:port, [ipv6]:port or :port"));
+    };
+    let port: u16 = port.parse().map_err(|_| err("the port must be a number from 0 to 65535"))?;
+    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    if host.is_empty() {
+        return Err(err("empty host"));
+    }
+    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        return Ok(Listen::Addresses(vec![SocketAddr::new(ip, port)]));
+    }
+    if host.contains(':') {
+        return Err(err("an IPv6 address must be in brackets: [addr]:port"));
+    }
+    let addrs: Vec<SocketAddr> =
+        (host, port).to_socket_addrs().map_err(|e| err(&format!("cannot resolve {host:?}: {e}")))?.collect();
+    if addrs.is_empty() {
+        return Err(err(&format!("{host:?} resolves to no address")));
+    }
+    Ok(Listen::Addresses(addrs))
+}
+
+impl Config {
+    /// Checks parsed flags.
+    pub fn from_args(args: Args) -> Result<Config, ConfigError> {
+        let listen = args
+            .listen_addresses
+            .iter()
+            .map(|a| parse_listen(a).map(|l| (a.clone(), l)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let path = &args.telemetry_path;
+        if !path.starts_with('/') || path.contains(['?', '#']) {
+            return Err(ConfigError::TelemetryPath(path.clone(), "must be an absolute path without query or fragment"));
+        }
+        if path == "/" || path == "/-/healthy" {
+            return Err(ConfigError::TelemetryPath(path.clone(), "is taken by the landing page or health check"));
+        }
+        let mut collectors = CollectorSet::ALL;
+        collectors.set(CollectorName::Connections, !args.no_connections);
+        collectors.set(CollectorName::States, !args.no_states);
+        if collectors == CollectorSet::NONE {
+            return Err(ConfigError::NoCollectors);
+        }
+        Ok(Config {
+            listen,
+            telemetry_path: args.telemetry_path,
+            max_requests: args.max_requests,
+            exporter: ExporterConfig {
+                procfs: args.procfs,
+                collectors,
+                max_series: args.max_series,
+                exporter_metrics: !args.disable_exporter_metrics,
+            },
+            log_level: args.log_level.into(),
+            log_format: args.log_format,
+        })
+    }
+}
+
+/// Version string used by the landing page.
+pub fn version_line() -> String {
+    format!("conn-exporter {VERSION} (revision {REVISION})")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, String> {
+        let args = Args::try_parse_from(std::iter::once("conn-exporter").chain(args.iter().copied()))
+            .map_err(|e| e.to_string())?;
+        Config::from_args(args).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_follow_node_exporter() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.listen, vec![(":9100".to_owned(), Listen::AnyAddress(9100))]);
+        assert_eq!(c.telemetry_path, "/metrics");
+        assert_eq!(c.max_requests, 40);
+        assert_eq!(c.exporter.max_series, 20000);
+        assert_eq!(c.exporter.collectors, CollectorSet::ALL);
+        assert!(c.exporter.exporter_metrics);
+    }
+
+    #[test]
+    fn listen_addresses() {
+        assert_eq!(parse_listen("127.0.0.1:9"), Ok(Listen::Addresses(vec!["127.0.0.1:9".parse().unwrap()])));
+        assert_eq!(parse_listen("[::1]:9"), Ok(Listen::Addresses(vec!["[::1]:9".parse().unwrap()])));
+        assert!(parse_listen("::1:9").is_err());
+        assert!(parse_listen("127.0.0.1").is_err());
+        assert!(parse_listen(":99999").is_err());
+        assert!(parse_listen(":").is_err());
+        let c = parse(&["--web.listen-address", "127.0.0.1:1", "--web.listen-address=[::1]:2"]).unwrap();
+        assert_eq!(c.listen.len(), 2);
+    }
+
+    #[test]
+    fn collectors_switch_and_the_last_flag_wins() {
+        let c = parse(&["--no-collector.connections"]).unwrap();
+        assert_eq!(c.exporter.collectors, CollectorSet { connections: false, states: true });
+        let c = parse(&["--no-collector.states", "--collector.states"]).unwrap();
+        assert_eq!(c.exporter.collectors, CollectorSet::ALL);
+        assert!(parse(&["--no-collector.states", "--no-collector.connections"])
+            .unwrap_err()
+            .contains("every collector"));
+    }
+
+    #[test]
+    fn bad_values_say_which_flag() {
+        assert!(parse(&["--collector.connections.max-series", "many"]).unwrap_err().contains("max-series"));
+        assert!(parse(&["--log.level", "loud"]).unwrap_err().contains("log.level"));
+        assert!(parse(&["--web.telemetry-path", "metrics"]).unwrap_err().contains("telemetry-path"));
+        assert!(parse(&["--web.listen-address", "nowhere"]).unwrap_err().contains("listen-address"));
+        assert!(parse(&["--bogus"]).is_err());
+    }
+}

@@ -1,0 +1,259 @@
+//! Exposition formats: text 0.0.4 and OpenMetrics 1.0.0, content negotiation, and a
+//! writer that puts label values straight into the output without building strings.
+
+use std::io::{self, Write};
+use std::net::IpAddr;
+
+/// `Content-Type` of the text format.
+pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// `Content-Type` of OpenMetrics.
+pub const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The two formats served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// Prometheus text format 0.0.4.
+    Text,
+    /// OpenMetrics 1.0.0 text.
+    OpenMetrics,
+}
+
+impl Format {
+    /// The exact `Content-Type` header value.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Text => TEXT_CONTENT_TYPE,
+            Format::OpenMetrics => OPENMETRICS_CONTENT_TYPE,
+        }
+    }
+
+    /// Picks the format for an `Accept` header: OpenMetrics when it is acceptable and
+    /// weighted at least as high as the text format, text otherwise (and when absent).
+    pub fn negotiate(accept: Option<&str>) -> Format {
+        let Some(accept) = accept else { return Format::Text };
+        let (mut om, mut text) = (0.0f32, 0.0f32);
+        for range in accept.split(',') {
+            let mut parts = range.split(';').map(str::trim);
+            let media = parts.next().unwrap_or("").to_ascii_lowercase();
+            let (mut q, mut version) = (1.0f32, None);
+            for p in parts {
+                if let Some((k, v)) = p.split_once('=') {
+                    match k.trim().to_ascii_lowercase().as_str() {
+                        "q" => q = v.trim().parse().ok().filter(|q: &f32| (0.0..=1.0).contains(q)).unwrap_or(0.0),
+                        "version" => version = Some(v.trim().trim_matches('"').to_owned()),
+                        _ => {}
+                    }
+                }
+            }
+            match media.as_str() {
+                "application/openmetrics-text" if version.as_deref().is_none_or(|v| v == "1.0.0") => om = om.max(q),
+                "text/plain" if version.as_deref().is_none_or(|v| v == "0.0.4") => text = text.max(q),
+                "*/*" | "text/*" => text = text.max(q),
+                _ => {}
+            }
+        }
+        if om > 0.0 && om >= text {
+            Format::OpenMetrics
+        } else {
+            Format::Text
+        }
+    }
+}
+
+/// True when an `Accept-Encoding` header accepts gzip.
+pub fn accepts_gzip(accept_encoding: Option<&str>) -> bool {
+    accept_encoding.is_some_and(|h| {
+        h.split(',').any(|coding| {
+            let mut parts = coding.split(';').map(str::trim);
+            let name = parts.next().unwrap_or("");
+            let q = parts.find_map(|p| p.strip_prefix("q=")).map_or(1.0, |q| q.trim().parse::<f32>().unwrap_or(0.0));
+            (name.eq_ignore_ascii_case("gzip") || name == "*") && q > 0.0
+        })
+    })
+}
+
+/// Metric types used here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// A gauge.
+    Gauge,
+    /// A counter: samples carry `_total`; OpenMetrics names the family without it.
+    Counter,
+}
+
+/// A label value; addresses and ports are formatted on the way out.
+#[derive(Clone, Copy, Debug)]
+pub enum Value<'a> {
+    /// Text, escaped as it is written.
+    Str(&'a str),
+    /// An address, written in its canonical form.
+    Ip(IpAddr),
+    /// A port or other integer.
+    Int(u64),
+}
+
+/// A sample value.
+#[derive(Clone, Copy, Debug)]
+pub enum Number {
+    /// An integer.
+    Int(u64),
+    /// A float.
+    Float(f64),
+}
+
+/// Writes families and samples in one format.
+pub struct Encoder<W: Write> {
+    out: W,
+    format: Format,
+    itoa: itoa::Buffer,
+}
+
+impl<W: Write> Encoder<W> {
+    /// An encoder writing to `out`.
+    pub fn new(out: W, format: Format) -> Self {
+        Encoder { out, format, itoa: itoa::Buffer::new() }
+    }
+
+    /// The format being written.
+    pub fn format(&self) -> Format {
+        self.format
+    }
+
+    /// Writes `# HELP` and `# TYPE` for a family. `name` is the sample name, with
+    /// `_total` for counters.
+    pub fn family(&mut self, name: &str, kind: Kind, help: &str) -> io::Result<()> {
+        let family = match (self.format, kind) {
+            (Format::OpenMetrics, Kind::Counter) => name.strip_suffix("_total").unwrap_or(name),
+            _ => name,
+        };
+        let kind = match kind {
+            Kind::Gauge => "gauge",
+            Kind::Counter => "counter",
+        };
+        writeln!(self.out, "# HELP {family} {help}\n# TYPE {family} {kind}")
+    }
+
+    /// Writes one sample line.
+    pub fn sample(&mut self, name: &str, labels: &[(&str, Value<'_>)], value: Number) -> io::Result<()> {
+        self.out.write_all(name.as_bytes())?;
+        if !labels.is_empty() {
+            self.out.write_all(b"{")?;
+            for (i, (label, v)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.out.write_all(b",")?;
+                }
+                self.out.write_all(label.as_bytes())?;
+                self.out.write_all(b"=\"")?;
+                match *v {
+                    Value::Str(s) => write_escaped(&mut self.out, s)?,
+                    Value::Ip(ip) => write_ip(&mut self.out, &mut self.itoa, ip)?,
+                    Value::Int(n) => self.out.write_all(self.itoa.format(n).as_bytes())?,
+                }
+                self.out.write_all(b"\"")?;
+            }
+            self.out.write_all(b"}")?;
+        }
+        self.out.write_all(b" ")?;
+        match value {
+            Number::Int(n) => self.out.write_all(self.itoa.format(n).as_bytes())?,
+            Number::Float(f) if f.is_finite() => write!(self.out, "{f}")?,
+            Number::Float(f) if f.is_nan() => self.out.write_all(b"NaN")?,
+            Number::Float(f) => self.out.write_all(if f > 0.0 { b"+Inf" } else { b"-Inf" })?,
+        }
+        self.out.write_all(b"\n")
+    }
+
+    /// Ends the exposition (`# EOF` in OpenMetrics) and returns the writer.
+    pub fn finish(mut self) -> io::Result<W> {
+        if self.format == Format::OpenMetrics {
+            self.out.write_all(b"# EOF\n")?;
+        }
+        self.out.flush()?;
+        Ok(self.out)
+    }
+}
+
+fn write_escaped<W: Write>(out: &mut W, s: &str) -> io::Result<()> {
+    let mut rest = s.as_bytes();
+    while let Some(i) = rest.iter().position(|&b| matches!(b, b'\\' | b'"' | b'\n')) {
+        out.write_all(&rest[..i])?;
+        out.write_all(match rest[i] {
+            b'\\' => b"\\\\",
+            b'"' => b"\\\"",
+            _ => b"\\n",
+        })?;
+        rest = &rest[i + 1..];
+    }
+    out.write_all(rest)
+}
+
+fn write_ip<W: Write>(out: &mut W, itoa: &mut itoa::Buffer, ip: IpAddr) -> io::Result<()> {
+    match ip {
+        // The common case, without the formatting machinery.
+        IpAddr::V4(v4) => {
+            let [a, b, c, d] = v4.octets();
+            out.write_all(itoa.format(a).as_bytes())?;
+            for octet in [b, c, d] {
+                out.write_all(b".")?;
+                out.write_all(itoa.format(octet).as_bytes())?;
+            }
+            Ok(())
+        }
+        IpAddr::V6(v6) => write!(out, "{v6}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PROMETHEUS_2_ACCEPT: &str = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+
+    #[test]
+    fn negotiation() {
+        assert_eq!(Format::negotiate(Some(PROMETHEUS_2_ACCEPT)), Format::OpenMetrics);
+        assert_eq!(Format::negotiate(None), Format::Text);
+        assert_eq!(Format::negotiate(Some("*/*")), Format::Text);
+        assert_eq!(Format::negotiate(Some("text/plain")), Format::Text);
+        assert_eq!(Format::negotiate(Some("application/openmetrics-text")), Format::OpenMetrics);
+        assert_eq!(Format::negotiate(Some("application/openmetrics-text;q=0.2,text/plain;q=0.9")), Format::Text);
+        assert_eq!(Format::negotiate(Some("application/openmetrics-text;version=0.0.1")), Format::Text);
+        assert_eq!(Format::negotiate(Some("application/openmetrics-text;q=0")), Format::Text);
+        assert_eq!(Format::negotiate(Some(";;,=;q=x,\u{0},application/openmetrics-text;q=nan")), Format::Text);
+    }
+
+    #[test]
+    fn gzip_acceptance() {
+        assert!(accepts_gzip(Some("gzip")));
+        assert!(accepts_gzip(Some("deflate, GZIP;q=0.5")));
+        assert!(!accepts_gzip(Some("gzip;q=0")));
+        assert!(!accepts_gzip(Some("identity")));
+        assert!(!accepts_gzip(None));
+    }
+
+    fn encode(format: Format) -> String {
+        let mut e = Encoder::new(Vec::new(), format);
+        e.family("x_total", Kind::Counter, "Things.").unwrap();
+        e.sample(
+            "x_total",
+            &[
+                ("a", Value::Str("q\"u\\o\nte")),
+                ("ip", Value::Ip("::ffff:10.0.0.1".parse().unwrap())),
+                ("ip4", Value::Ip("10.20.30.4".parse().unwrap())),
+                ("port", Value::Int(443)),
+            ],
+            Number::Int(3),
+        )
+        .unwrap();
+        e.sample("y", &[], Number::Float(0.25)).unwrap();
+        String::from_utf8(e.finish().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn text_and_openmetrics_differ_only_where_they_must() {
+        let sample =
+            "x_total{a=\"q\\\"u\\\\o\\nte\",ip=\"::ffff:10.0.0.1\",ip4=\"10.20.30.4\",port=\"443\"} 3\ny 0.25\n";
+        assert_eq!(encode(Format::Text), format!("# HELP x_total Things.\n# TYPE x_total counter\n{sample}"));
+        assert_eq!(encode(Format::OpenMetrics), format!("# HELP x Things.\n# TYPE x counter\n{sample}# EOF\n"));
+    }
+}

@@ -1,0 +1,255 @@
+//! The HTTP side: routing, the streamed metrics response, and the accept loop with
+//! graceful shutdown.
+
+mod body;
+
+use std::convert::Infallible;
+use std::io::{self, Write};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use flate2::write::GzEncoder;
+use flate2::Compression;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+
+pub use body::Body;
+
+use crate::collector::{CollectorSet, Exporter};
+use crate::config::version_line;
+use crate::exposition::{accepts_gzip, Encoder, Format};
+use crate::logging::RateLimit;
+
+/// Bytes handed to the connection at a time: big enough to keep syscalls few, small
+/// enough that a scrape of any size holds only a few of them.
+const CHUNK_BYTES: usize = 64 * 1024;
+/// Chunks buffered between the encoder and a slow client.
+const CHUNKS_IN_FLIGHT: usize = 4;
+
+/// What every request handler shares.
+pub struct App {
+    exporter: Exporter,
+    telemetry_path: String,
+    scrapes: Option<Arc<Semaphore>>,
+    landing: Bytes,
+    accept_errors: RateLimit,
+}
+
+impl App {
+    /// An app serving `exporter` at `telemetry_path`, at most `max_requests` scrapes at once (0: no limit).
+    pub fn new(exporter: Exporter, telemetry_path: String, max_requests: usize) -> App {
+        let landing = landing_page(&exporter, &telemetry_path);
+        App {
+            exporter,
+            telemetry_path,
+            scrapes: (max_requests > 0).then(|| Arc::new(Semaphore::new(max_requests))),
+            landing: Bytes::from(landing),
+            accept_errors: RateLimit::new(Duration::from_secs(10)),
+        }
+    }
+
+    /// Answers one request.
+    pub fn handle<B>(self: &Arc<Self>, req: &Request<B>) -> Response<Body> {
+        if req.method() != Method::GET && req.method() != Method::HEAD {
+            let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed: use GET or HEAD\n");
+            r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+            return r;
+        }
+        let path = req.uri().path();
+        if path == self.telemetry_path {
+            return self.metrics(req);
+        }
+        match path {
+            "/" => {
+                let mut r = Response::new(Body::full(self.landing.clone()));
+                r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+                r
+            }
+            "/-/healthy" => text(StatusCode::OK, "Healthy\n"),
+            "/-/ready" => text(StatusCode::OK, "Ready\n"),
+            _ => text(StatusCode::NOT_FOUND, "404 page not found\n"),
+        }
+    }
+
+    fn metrics<B>(self: &Arc<Self>, req: &Request<B>) -> Response<Body> {
+        let query = req.uri().query().unwrap_or("");
+        let names: Vec<String> = form_urlencoded::parse(query.as_bytes())
+            .filter(|(k, _)| k == "collect[]")
+            .map(|(_, v)| v.into_owned())
+            .collect();
+        let wanted = match self.exporter.filter(names.iter().map(String::as_str)) {
+            Ok(w) => w,
+            Err(e) => return text(StatusCode::BAD_REQUEST, &format!("{e}\n")),
+        };
+        let permit = match &self.scrapes {
+            None => None,
+            Some(s) => match s.clone().try_acquire_owned() {
+                Ok(p) => Some(p),
+                Err(_) => {
+                    return text(StatusCode::SERVICE_UNAVAILABLE, "too many concurrent scrapes (--web.max-requests)\n");
+                }
+            },
+        };
+        let header = |name| req.headers().get(name).and_then(|v| v.to_str().ok());
+        let format = Format::negotiate(header(header::ACCEPT));
+        let gzip = accepts_gzip(header(header::ACCEPT_ENCODING));
+        let body =
+            if req.method() == Method::HEAD { Body::empty() } else { self.stream_scrape(wanted, format, gzip, permit) };
+        let mut r = Response::new(body);
+        let h = r.headers_mut();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static(format.content_type()));
+        h.insert(header::VARY, HeaderValue::from_static("Accept, Accept-Encoding"));
+        if gzip {
+            h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        }
+        r
+    }
+
+    /// Runs the scrape on a blocking thread; its output reaches the client in chunks as
+    /// it is written, so a scrape's size never sits in memory whole.
+    fn stream_scrape(
+        self: &Arc<Self>,
+        wanted: CollectorSet,
+        format: Format,
+        gzip: bool,
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> Body {
+        let (tx, rx) = mpsc::channel(CHUNKS_IN_FLIGHT);
+        let app = Arc::clone(self);
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let sink = ChunkWriter { buf: Vec::with_capacity(CHUNK_BYTES), tx };
+            let result = if gzip {
+                write_scrape(&app.exporter, wanted, GzEncoder::new(sink, Compression::fast()), format)
+                    .and_then(GzEncoder::finish)
+                    .and_then(ChunkWriter::finish)
+            } else {
+                write_scrape(&app.exporter, wanted, sink, format).and_then(ChunkWriter::finish)
+            };
+            if let Err(e) = result {
+                log::debug!("scrape not delivered: {e}");
+            }
+        });
+        Body::stream(rx)
+    }
+}
+
+fn write_scrape<W: Write>(exporter: &Exporter, wanted: CollectorSet, out: W, format: Format) -> io::Result<W> {
+    let mut enc = Encoder::new(out, format);
+    exporter.collect(wanted, &mut enc)?;
+    enc.finish()
+}
+
+/// Collects output into chunks and hands each to the response body.
+struct ChunkWriter {
+    buf: Vec<u8>,
+    tx: mpsc::Sender<Bytes>,
+}
+
+impl ChunkWriter {
+    fn send(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK_BYTES)));
+        self.tx.blocking_send(chunk).map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "client went away"))
+    }
+
+    fn finish(mut self) -> io::Result<()> {
+        self.send()
+    }
+}
+
+impl Write for ChunkWriter {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= CHUNK_BYTES {
+            self.send()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+fn text(status: StatusCode, body: &str) -> Response<Body> {
+    let mut r = Response::new(Body::full(Bytes::copy_from_slice(body.as_bytes())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r
+}
+
+fn landing_page(exporter: &Exporter, telemetry_path: &str) -> String {
+    let escape = |s: &str| s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;");
+    let collectors: Vec<&str> = exporter.config().collectors.names().collect();
+    format!(
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>conn-exporter</title></head>\n<body>\n<h1>conn-exporter</h1>\n<p>{}</p>\n<p>Every TCP connection of this host, IPv4 and IPv6.</p>\n<ul>\n<li><a href=\"{path}\">Metrics</a></li>\n<li><a href=\"{path}?collect[]=states\">Aggregate counts only</a></li>\n<li><a href=\"/-/healthy\">Health</a></li>\n</ul>\n<p>Enabled collectors: {}</p>\n</body></html>\n",
+        escape(&version_line()),
+        escape(&collectors.join(", ")),
+        path = escape(telemetry_path),
+    )
+}
+
+/// Serves HTTP on `listeners` until `shutdown` turns true, then lets requests in flight
+/// finish (up to `grace`).
+pub async fn serve(listeners: Vec<TcpListener>, app: Arc<App>, shutdown: watch::Receiver<bool>, grace: Duration) {
+    let mut loops = JoinSet::new();
+    for listener in listeners {
+        loops.spawn(accept_loop(listener, Arc::clone(&app), shutdown.clone(), grace));
+    }
+    while loops.join_next().await.is_some() {}
+}
+
+async fn accept_loop(listener: TcpListener, app: Arc<App>, mut shutdown: watch::Receiver<bool>, grace: Duration) {
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => {
+                    connections.spawn(serve_connection(stream, Arc::clone(&app), shutdown.clone()));
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: wait instead of spinning.
+                    if app.accept_errors.allow() {
+                        log::warn!("accept failed: {e}");
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = shutdown.changed() => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    drop(listener);
+    if tokio::time::timeout(grace, async { while connections.join_next().await.is_some() {} }).await.is_err() {
+        log::warn!("{} connection(s) still open after {grace:?}; closing them", connections.len());
+    }
+}
+
+async fn serve_connection(stream: tokio::net::TcpStream, app: Arc<App>, mut shutdown: watch::Receiver<bool>) {
+    let service = service_fn(move |req: Request<hyper::body::Incoming>| {
+        let app = Arc::clone(&app);
+        async move { Ok::<_, Infallible>(app.handle(&req)) }
+    });
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10))
+        .max_buf_size(16 * 1024)
+        .serve_connection(TokioIo::new(stream), service);
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = shutdown.changed() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! The `conn-exporter` binary: flags to configuration, logging, listeners, signals, exit codes.
+//!
+//! Exit codes: 0 after a clean shutdown, 1 when the exporter cannot run (a port taken),
+//! 2 for a bad flag or value.
+
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, SignalKind};
+
+use conn_exporter::collector::Exporter;
+use conn_exporter::config::{version_line, Args, Config, Listen};
+use conn_exporter::http::{self, App};
+use conn_exporter::logging;
+
+fn main() -> ExitCode {
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
+        }
+    };
+    logging::init(args.log_format, args.log_level.into());
+    let config = match Config::from_args(args) {
+        Ok(c) => c,
+        Err(e) => {
+            log::error!("bad configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("{e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(config: Config) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(64)
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(async move {
+        let mut listeners = Vec::new();
+        for (flag, listen) in &config.listen {
+            for listener in bind(flag, listen)? {
+                log::info!("listening on {} (metrics at {})", listener.local_addr()?, config.telemetry_path);
+                listeners.push(listener);
+            }
+        }
+        log::info!(
+            "starting {}; procfs {}; collectors {}",
+            version_line(),
+            config.exporter.procfs.display(),
+            config.exporter.collectors.names().collect::<Vec<_>>().join(",")
+        );
+        let app = Arc::new(App::new(
+            Exporter::new(config.exporter.clone()),
+            config.telemetry_path.clone(),
+            config.max_requests,
+        ));
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let server = tokio::spawn(http::serve(listeners, app, stopped, Duration::from_secs(10)));
+        let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+        let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        log::info!("{name} received, shutting down");
+        let _ = stop.send(true);
+        server.await.context("server task")?;
+        log::info!("stopped");
+        Ok(())
+    })
+}
+
+fn bind(flag: &str, listen: &Listen) -> Result<Vec<TcpListener>> {
+    let bind_one = |addr: SocketAddr| -> Result<TcpListener> {
+        let listener = std::net::TcpListener::bind(addr).map_err(|e| {
+            let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
+                format!(
+                    "address already in use: another process listens on port {}{}. Pick a free one with --web.listen-address (e.g. --web.listen-address=:9101)",
+                    addr.port(),
+                    if addr.port() == 9100 { " (9100 is node_exporter's port; it may be running here)" } else { "" }
+                )
+            } else {
+                e.to_string()
+            };
+            anyhow::anyhow!("cannot listen on --web.listen-address={flag} ({addr}): {hint}")
+        })?;
+        listener.set_nonblocking(true)?;
+        Ok(TcpListener::from_std(listener)?)
+    };
+    match listen {
+        Listen::AnyAddress(port) => {
+            // One dual-stack socket; hosts with IPv6 switched off get IPv4 alone.
+            match bind_one(SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), *port)) {
+                Ok(l) => Ok(vec![l]),
+                Err(e) if e.to_string().contains("address already in use") => Err(e),
+                Err(_) => Ok(vec![bind_one(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), *port))?]),
+            }
+        }
+        Listen::Addresses(addrs) => addrs.iter().map(|a| bind_one(*a)).collect(),
+    }
+}

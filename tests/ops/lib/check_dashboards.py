@@ -1,0 +1,216 @@
+#!/usr/bin/env python3
+"""Checks the Grafana dashboards: their structure, and their queries against a real Prometheus.
+
+    check_dashboards.py structure DASHBOARD.json...
+    check_dashboards.py queries --prom http://127.0.0.1:9090 --job conn-exporter \
+        --instances host1,host2,host3 [--rate-interval 30s] DASHBOARD.json...
+
+Grafana is not installable here, so `queries` does what Grafana would: it
+substitutes the template variables (every selected host, all interfaces and
+states) and runs each variable query and each panel query through the
+Prometheus HTTP API. Each must parse and return data.
+"""
+
+import argparse
+import json
+import re
+import sys
+import urllib.parse
+import urllib.request
+
+RATE_FUNCS = re.compile(r"\b(rate|irate|increase|deriv|delta|idelta|changes|resets|[a-z]+_over_time)\(")
+RANGE = re.compile(r"\[([^\]]+)\]")
+REQUIRED_VARS = {"datasource", "job", "instance", "interface", "state"}
+REQUIRED_TOPICS = {
+    "overview stats": lambda p: p["type"] == "stat",
+    "connection table": lambda p: p["type"] == "table" and "network_connections_info{" in exprs(p)[0],
+    "time series by state": lambda p: p["type"] == "timeseries" and any("by (state)" in e for e in exprs(p)),
+    "top destination ports": lambda p: any("by (destination_port)" in e for e in exprs(p)),
+    "top remote addresses": lambda p: any("by (destination_address)" in e for e in exprs(p)),
+    "listening sockets": lambda p: any('state="LISTEN"' in e for e in exprs(p)) and p["type"] == "table",
+    "exporter health": lambda p: any("conn_exporter_scrape_collector" in e for e in exprs(p)),
+}
+
+errors = []
+
+
+def err(msg):
+    errors.append(msg)
+    print("  ERROR: " + msg)
+
+
+def exprs(panel):
+    return [t.get("expr", "") for t in panel.get("targets", [])]
+
+
+def panels(dash):
+    for p in dash["panels"]:
+        if p["type"] == "row":
+            yield from p.get("panels", [])
+        else:
+            yield p
+
+
+def check_structure(path):
+    print(f"structure: {path}")
+    with open(path) as f:
+        dash = json.load(f)
+    for key in ("title", "uid", "schemaVersion", "panels", "templating"):
+        if key not in dash:
+            err(f"{path}: missing top-level '{key}'")
+    if "__inputs" in dash:
+        err(f"{path}: uses __inputs, which file provisioning does not resolve")
+    variables = {v["name"]: v for v in dash["templating"]["list"]}
+    missing = REQUIRED_VARS - variables.keys()
+    if missing:
+        err(f"{path}: missing template variables {sorted(missing)}")
+    ds = variables.get("datasource", {})
+    if ds.get("type") != "datasource" or ds.get("query") != "prometheus":
+        err(f"{path}: variable 'datasource' must be type datasource with query prometheus")
+    inst = variables.get("instance", {})
+    if not inst.get("multi"):
+        err(f"{path}: host variable 'instance' must allow multi-select")
+    for name in ("interface", "state"):
+        if variables.get(name, {}).get("type") != "query":
+            err(f"{path}: filter variable '{name}' must be a query variable")
+    ids = set()
+    all_panels = list(panels(dash))
+    for p in all_panels:
+        where = f"{path}: panel {p.get('id')} '{p.get('title', '')}'"
+        if p.get("id") in ids:
+            err(f"{where}: duplicate id")
+        ids.add(p.get("id"))
+        if not p.get("title"):
+            err(f"{where}: no title")
+        if not p.get("description"):
+            err(f"{where}: no description")
+        if not p.get("fieldConfig", {}).get("defaults", {}).get("unit"):
+            err(f"{where}: no unit")
+        if p.get("datasource", {}).get("uid") != "${datasource}":
+            err(f"{where}: datasource is not the ${{datasource}} variable")
+        if not p.get("targets"):
+            err(f"{where}: no queries")
+        gp = p.get("gridPos", {})
+        if not all(k in gp for k in ("x", "y", "w", "h")) or gp.get("x", 0) + gp.get("w", 0) > 24:
+            err(f"{where}: bad gridPos {gp}")
+        for t in p.get("targets", []):
+            e = t.get("expr", "")
+            if t.get("datasource", {}).get("uid") != "${datasource}":
+                err(f"{where}: target {t.get('refId')} datasource is not ${{datasource}}")
+            # Every selector must carry the job and instance filters.
+            for sel in re.findall(r"[a-z_:]+\{[^}]*\}", e):
+                if 'job="$job"' not in sel or 'instance=~"$instance"' not in sel:
+                    err(f"{where}: selector without job/instance filter: {sel}")
+            if not re.search(r"\{", e):
+                err(f"{where}: query has no label filter: {e}")
+            if RATE_FUNCS.search(e):
+                for rng in RANGE.findall(e):
+                    if rng != "$__rate_interval":
+                        err(f"{where}: range [{rng}] should be [$__rate_interval]")
+    for topic, pred in REQUIRED_TOPICS.items():
+        if not any(pred(p) for p in all_panels):
+            err(f"{path}: no panel for '{topic}'")
+    print(f"  {len(all_panels)} panels, {sum(len(p.get('targets', [])) for p in all_panels)} queries")
+
+
+def prom_get(base, api, params):
+    url = f"{base}/api/v1/{api}?" + urllib.parse.urlencode(params, doseq=True)
+    try:
+        with urllib.request.urlopen(url, timeout=30) as r:
+            return json.load(r)
+    except urllib.error.HTTPError as e:
+        return json.load(e)
+
+
+def substitute(expr, values):
+    # Longest names first: $instance before $in...
+    for name in sorted(values, key=len, reverse=True):
+        expr = expr.replace("${" + name + "}", values[name]).replace("$" + name, values[name])
+    return expr
+
+
+def label_values(base, query):
+    m = re.fullmatch(r"label_values\((?:(.+),\s*)?([a-zA-Z_]+)\)", query.strip())
+    if not m:
+        raise ValueError(f"unsupported variable query {query!r}")
+    selector, label = m.groups()
+    params = {"match[]": [selector]} if selector else {}
+    return prom_get(base, f"label/{label}/values", params)
+
+
+def check_queries(path, args):
+    print(f"queries: {path}")
+    with open(path) as f:
+        dash = json.load(f)
+    instances = args.instances.split(",")
+    values = {
+        "job": args.job,
+        "instance": "(" + "|".join(re.escape(i) for i in instances) + ")",
+        "interface": ".*",
+        "state": ".*",
+        "__rate_interval": args.rate_interval,
+        "__interval": "15s",
+    }
+    for var in dash["templating"]["list"]:
+        if var["type"] != "query":
+            continue
+        q = substitute(var["query"]["query"], values)
+        res = label_values(args.prom, q)
+        if res.get("status") != "success":
+            err(f"{path}: variable {var['name']}: {q}: {res.get('error')}")
+        elif not res["data"]:
+            err(f"{path}: variable {var['name']}: {q}: no values")
+        else:
+            print(f"  var {var['name']}: {len(res['data'])} values, e.g. {res['data'][:4]}")
+            if var["name"] == "instance" and not set(instances) <= set(res["data"]):
+                err(f"{path}: variable instance lists {res['data']}, missing some of {instances}")
+    count = 0
+    for p in panels(dash):
+        for t in p.get("targets", []):
+            q = substitute(t["expr"], values)
+            if "$" in q:
+                err(f"{path}: '{p['title']}': unsubstituted variable in {q}")
+                continue
+            count += 1
+            if t.get("instant"):
+                res = prom_get(args.prom, "query", {"query": q})
+            else:
+                res = prom_get(args.prom, "query_range", {"query": q, "start": args.start,
+                                                          "end": args.end, "step": "5"})
+            if res.get("status") != "success":
+                err(f"{path}: '{p['title']}' {t['refId']}: {q}: {res.get('errorType')}: {res.get('error')}")
+            elif not res["data"]["result"]:
+                err(f"{path}: '{p['title']}' {t['refId']}: {q}: returned no data")
+            else:
+                print(f"  ok {p['title']!r} {t['refId']}: {len(res['data']['result'])} series")
+    print(f"  {count} panel queries run")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("structure")
+    s.add_argument("files", nargs="+")
+    q = sub.add_parser("queries")
+    q.add_argument("--prom", required=True)
+    q.add_argument("--job", default="conn-exporter")
+    q.add_argument("--instances", required=True)
+    q.add_argument("--rate-interval", default="30s")
+    q.add_argument("--start", type=float, required=True, help="range query start (unix time)")
+    q.add_argument("--end", type=float, required=True)
+    q.add_argument("files", nargs="+")
+    args = ap.parse_args()
+    for path in args.files:
+        if args.cmd == "structure":
+            check_structure(path)
+        else:
+            check_queries(path, args)
+    if errors:
+        print(f"{len(errors)} error(s)")
+        return 1
+    print("all checks passed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
