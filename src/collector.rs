@@ -15,7 +15,7 @@ use crate::exposition::{Encoder, Kind, Number, Value};
 use crate::iface::{IfaceId, InterfaceTable};
 use crate::logging::RateLimit;
 use crate::model::{Connection, Endpoint, Family, TcpState};
-use crate::source::{self, interfaces, process, procfs, SourceError};
+use crate::source::{self, interfaces, process, procfs};
 
 /// The collectors, by name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -117,7 +117,16 @@ pub struct Exporter {
     parse_errors: [AtomicU64; 2],
     truncating: AtomicBool,
     last_socket_count: AtomicUsize,
-    warn_limit: RateLimit,
+    /// One limiter per kind of warning, so that a steady one cannot hide a new one.
+    warn_limits: [RateLimit; 3],
+}
+
+/// Kinds of warnings a scrape can raise; each is logged at most once a minute.
+#[derive(Clone, Copy)]
+enum Warning {
+    Interfaces = 0,
+    Sockets = 1,
+    Malformed = 2,
 }
 
 /// The key a per-connection series is merged and sorted by. Same size and alignment as
@@ -147,7 +156,7 @@ impl Exporter {
             parse_errors: [AtomicU64::new(0), AtomicU64::new(0)],
             truncating: AtomicBool::new(false),
             last_socket_count: AtomicUsize::new(0),
-            warn_limit: RateLimit::new(Duration::from_secs(60)),
+            warn_limits: std::array::from_fn(|_| RateLimit::new(Duration::from_secs(60))),
         }
     }
 
@@ -171,8 +180,8 @@ impl Exporter {
         Ok(if any { wanted } else { self.config.collectors })
     }
 
-    fn warn(&self, message: std::fmt::Arguments<'_>) {
-        if self.warn_limit.allow() {
+    fn warn(&self, kind: Warning, message: std::fmt::Arguments<'_>) {
+        if self.warn_limits[kind as usize].allow() {
             log::warn!("{message}");
         }
     }
@@ -181,7 +190,10 @@ impl Exporter {
         match interfaces::read(&self.config.procfs, self.live) {
             Ok(t) => (t, true),
             Err(e) => {
-                self.warn(format_args!("couldn't read interfaces, labelling by address class only: {e}"));
+                self.warn(
+                    Warning::Interfaces,
+                    format_args!("couldn't read interfaces, labelling by address class only: {e}"),
+                );
                 (InterfaceTable::default(), false)
             }
         }
@@ -197,27 +209,26 @@ impl Exporter {
                     if report.errors > 0 {
                         self.parse_errors[family.index()].fetch_add(report.errors, Ordering::Relaxed);
                         if let Some((line, e)) = report.first_error {
-                            self.warn(format_args!(
-                                "skipped {} malformed line(s) in {}/net/{}, first at line {line}: {e}",
-                                report.errors,
-                                self.config.procfs.display(),
-                                procfs::file_name(family)
-                            ));
+                            self.warn(
+                                Warning::Malformed,
+                                format_args!(
+                                    "skipped {} malformed line(s) in {}/net/{}, first at line {line}: {e}",
+                                    report.errors,
+                                    self.config.procfs.display(),
+                                    procfs::file_name(family)
+                                ),
+                            );
                         }
                     }
                 }
                 Ok(None) => {}
                 Err(e) => {
                     ok = false;
-                    self.log_source_error(&e);
+                    self.warn(Warning::Sockets, format_args!("couldn't read sockets: {e}"));
                 }
             }
         }
         Outcome { ok, elapsed: start.elapsed() }
-    }
-
-    fn log_source_error(&self, e: &SourceError) {
-        self.warn(format_args!("couldn't read sockets: {e}"));
     }
 
     /// Runs the wanted collectors and writes their families, then the exporter's own.

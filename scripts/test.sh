@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Every test of conn-exporter, from a bare Debian machine: installs what the tests need,
+# then formatting, lints, unit and integration tests (real sockets, ss, promtool, a real
+# Prometheus), the operations kit's tests and the benchmark's smoke run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+step() { printf '\n==> %s\n' "$*"; }
+
+step "installing test dependencies"
+scripts/install-test-deps.sh
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy -D warnings"
+cargo clippy --all-targets --locked -- -D warnings
+
+step "cargo test (unit, doc, integration)"
+# --nocapture shows the figures tests print (the truth test's match count).
+cargo test --locked -- --nocapture
+
+step "cargo doc (broken links denied)"
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --quiet
+
+step "release build"
+cargo build --release --locked
+export CONN_EXPORTER_BIN="$PWD/target/release/conn-exporter"
+
+if [[ -x tests/ops/run-all.sh ]]; then
+  step "operations kit (tests/ops/run-all.sh)"
+  tests/ops/run-all.sh
+fi
+
+if [[ -f bench/run.py ]]; then
+  step "benchmark smoke run"
+  python3 bench/run.py --smoke --exporter "$CONN_EXPORTER_BIN"
+fi
+
+step "all tests passed"

@@ -1,0 +1,9 @@
+//! Integration tests: the real binary, real sockets, real Prometheus tools. One test
+//! binary (see `util` for the shared helpers).
+
+mod cli;
+mod formats;
+mod golden;
+mod live;
+mod prometheus;
+mod util;

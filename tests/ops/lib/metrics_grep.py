@@ -1,0 +1,45 @@
+#!/usr/bin/env python3
+"""Prints the samples of a Prometheus text exposition (stdin) that match.
+
+    curl -s host:9100/metrics | metrics_grep.py network_connections_info state=LISTEN source_port=22
+
+Each matching sample is printed as one JSON object of its labels plus
+"__value__"; label order in the exposition does not matter. Exit 1 when
+nothing matches (so `if metrics_grep.py ...` reads naturally).
+Use label!=value for a negative match.
+"""
+import json
+import re
+import sys
+
+LINE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)')
+PAIR = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
+def main():
+    name, conds = sys.argv[1], sys.argv[2:]
+    found = 0
+    for line in sys.stdin:
+        if line.startswith("#"):
+            continue
+        m = LINE.match(line)
+        if not m or m.group(1) != name:
+            continue
+        labels = dict(PAIR.findall(m.group(2) or ""))
+        okay = True
+        for c in conds:
+            if "!=" in c:
+                k, v = c.split("!=", 1)
+                okay &= labels.get(k) != v
+            else:
+                k, v = c.split("=", 1)
+                okay &= labels.get(k) == v
+        if okay:
+            labels["__value__"] = m.group(3)
+            print(json.dumps(labels, sort_keys=True))
+            found += 1
+    return 0 if found else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

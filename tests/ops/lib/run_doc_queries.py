@@ -1,0 +1,68 @@
+#!/usr/bin/env python3
+"""Runs every ```promql block of a Markdown file against a real Prometheus.
+
+    run_doc_queries.py --prom http://127.0.0.1:9090 docs/promql-queries.md
+
+One query per block; '#' lines are comments. A block with a '# may be empty'
+comment must evaluate without error; every other block must also return data.
+"""
+
+import argparse
+import json
+import re
+import sys
+import urllib.parse
+import urllib.request
+
+
+def blocks(text):
+    for m in re.finditer(r"^```promql[ \t]*\n(.*?)^```", text, re.S | re.M):
+        lines = m.group(1).splitlines()
+        may_be_empty = any(line.strip().startswith("# may be empty") for line in lines)
+        query = "\n".join(line for line in lines if not line.strip().startswith("#")).strip()
+        line_no = text.count("\n", 0, m.start()) + 1
+        yield line_no, query, may_be_empty
+
+
+def query(base, q):
+    url = f"{base}/api/v1/query?" + urllib.parse.urlencode({"query": q})
+    try:
+        with urllib.request.urlopen(url, timeout=30) as r:
+            return json.load(r)
+    except urllib.error.HTTPError as e:
+        return json.load(e)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--prom", required=True)
+    ap.add_argument("files", nargs="+")
+    args = ap.parse_args()
+    errors = total = 0
+    for path in args.files:
+        with open(path) as f:
+            text = f.read()
+        for line_no, q, may_be_empty in blocks(text):
+            total += 1
+            res = query(args.prom, q)
+            where = f"{path}:{line_no}"
+            one_line = " ".join(q.split())
+            if res.get("status") != "success":
+                errors += 1
+                print(f"ERROR {where}: {one_line}\n      {res.get('errorType')}: {res.get('error')}")
+                continue
+            n = len(res["data"]["result"]) if isinstance(res["data"]["result"], list) else 1
+            if n == 0 and not may_be_empty:
+                errors += 1
+                print(f"ERROR {where}: returned no data: {one_line}")
+            else:
+                print(f"ok    {where}: {n} result(s){' (may be empty)' if may_be_empty else ''}: {one_line[:110]}")
+    if total == 0:
+        print("no ```promql blocks found")
+        return 1
+    print(f"{total} queries, {errors} error(s)")
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

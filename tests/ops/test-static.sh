@@ -1,0 +1,193 @@
+#!/usr/bin/env bash
+# Static checks of the operations kit with the real tools: shellcheck, promtool
+# (config, rules, rule unit tests), kubernetes-validate, systemd-analyze
+# (security exposure and verify), the Grafana dashboards' structure, and the
+# installer's refusals (not root, no systemd, bad options) on this host.
+set -euo pipefail
+TEST_NAME=static
+# shellcheck source=tests/ops/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+require_root
+require_cmds shellcheck promtool kubernetes-validate systemd-analyze python3 setpriv unshare
+cd "$REPO"
+
+WORK=$(mktemp -d /tmp/conn-exporter-ops-static.XXXXXX)
+trap 'rm -rf "$WORK"' EXIT
+
+# --- shellcheck: every shell script of the kit ---------------------------------
+mapfile -t scripts < <(
+    {
+        ls install-conn-exporter.sh deploy-to-multiple-hosts.sh
+        find deploy tests/ops -name '*.sh'
+        find deploy/debian -type f \( -name postinst -o -name prerm -o -name postrm -o -name preinst \)
+    } | sort -u
+)
+((${#scripts[@]} >= 8)) || fail "found only ${#scripts[@]} scripts to check"
+shellcheck -x "${scripts[@]}" || fail "shellcheck reported problems"
+ok "shellcheck: ${#scripts[@]} scripts clean"
+
+# --- Prometheus: configs, rules, rule unit tests -------------------------------
+for cfg in deploy/prometheus/prometheus-scrape-config.yml deploy/prometheus/prometheus-multi-host-config.yml; do
+    promtool check config "$cfg" >"$WORK/out" 2>&1 || { cat "$WORK/out"; fail "promtool check config $cfg"; }
+done
+ok "promtool check config: both configs valid"
+promtool check rules deploy/prometheus/alerts.yml >"$WORK/out" 2>&1 || { cat "$WORK/out"; fail "promtool check rules"; }
+ok "promtool check rules: $(grep -o '[0-9]* rules found' "$WORK/out")"
+promtool test rules deploy/prometheus/alerts_test.yml >"$WORK/out" 2>&1 || { cat "$WORK/out"; fail "promtool test rules"; }
+ok "promtool test rules: alerts_test.yml passes"
+
+# Every alert has a firing and a not-firing case in the unit tests.
+python3 - deploy/prometheus/alerts.yml deploy/prometheus/alerts_test.yml <<'PY' || fail "alert test coverage"
+import sys, yaml
+rules = yaml.safe_load(open(sys.argv[1]))
+tests = yaml.safe_load(open(sys.argv[2]))
+alerts = {r["alert"] for g in rules["groups"] for r in g["rules"] if "alert" in r}
+fires, silent = set(), set()
+for t in tests["tests"]:
+    for a in t.get("alert_rule_test", []):
+        (fires if a.get("exp_alerts") else silent).add(a["alertname"])
+required = {"TooManyConnections", "NoListeningSSH", "ConnExporterDown", "ConnExporterSeriesTruncated",
+            "ConnExporterCollectorFailing", "CloseWaitPileUp", "TimeWaitPileUp"}
+bad = []
+if required - alerts:
+    bad.append(f"missing alerts: {sorted(required - alerts)}")
+for a in sorted(alerts):
+    if a not in fires or a not in silent:
+        bad.append(f"{a}: firing case {a in fires}, silent case {a in silent}")
+expr = {r["alert"]: r["expr"].strip() for g in rules["groups"] for r in g["rules"] if "alert" in r}
+if expr.get("TooManyConnections") != "sum by (instance) (network_connection_states) > 10000":
+    bad.append("TooManyConnections must use the exact aggregate: " + expr.get("TooManyConnections", ""))
+for a, e in expr.items():
+    if "sum" in e and "network_connections_info" in e and a != "NoListeningSSH":
+        bad.append(f"{a} sums the truncatable per-connection series")
+print("\n".join(bad) if bad else f"{len(alerts)} alerts, each tested firing and silent")
+sys.exit(1 if bad else 0)
+PY
+# The unit tests can fail: a wrong expectation must be reported.
+sed 's/instance: busy$/instance: calm/' deploy/prometheus/alerts_test.yml >"$WORK/alerts_test_broken.yml"
+cp deploy/prometheus/alerts.yml "$WORK/"
+if promtool test rules "$WORK/alerts_test_broken.yml" >/dev/null 2>&1; then
+    fail "promtool test rules passed with a wrong expectation"
+fi
+ok "promtool test rules fails on a wrong expectation"
+
+# --- Kubernetes ---------------------------------------------------------------------
+kubernetes-validate --strict deploy/kubernetes/*.yaml >"$WORK/out" 2>&1 || { cat "$WORK/out"; fail "kubernetes-validate"; }
+if ! grep -q 'daemonset/conn-exporter' "$WORK/out" || ! grep -q 'service/conn-exporter' "$WORK/out"; then
+    cat "$WORK/out"
+    fail "kubernetes-validate did not validate the DaemonSet and the Service"
+fi
+python3 - deploy/kubernetes/daemonset.yaml <<'PY' || fail "DaemonSet settings"
+import sys, yaml
+ds = yaml.safe_load(open(sys.argv[1]))
+spec = ds["spec"]["template"]["spec"]
+c = spec["containers"][0]
+mounts = {m["mountPath"]: m for m in c.get("volumeMounts", [])}
+vols = {v["name"]: v for v in spec.get("volumes", [])}
+checks = {
+    "hostNetwork": spec.get("hostNetwork") is True,
+    "runAsUser 65534": c["securityContext"].get("runAsUser") == 65534 and spec["securityContext"].get("runAsUser") == 65534,
+    "runAsNonRoot": c["securityContext"].get("runAsNonRoot") is True,
+    "readOnlyRootFilesystem": c["securityContext"].get("readOnlyRootFilesystem") is True,
+    "no privilege escalation": c["securityContext"].get("allowPrivilegeEscalation") is False,
+    "capabilities dropped": c["securityContext"].get("capabilities", {}).get("drop") == ["ALL"],
+    "resource limits": {"cpu", "memory"} <= set(c.get("resources", {}).get("limits", {})),
+    "resource requests": {"cpu", "memory"} <= set(c.get("resources", {}).get("requests", {})),
+    "--path.procfs=/host/proc": "--path.procfs=/host/proc" in c.get("args", []),
+    "/host/proc read-only": mounts.get("/host/proc", {}).get("readOnly") is True,
+    "/host/proc is the host's /proc": vols.get(mounts.get("/host/proc", {}).get("name"), {}).get("hostPath", {}).get("path") == "/proc",
+}
+bad = [k for k, v in checks.items() if not v]
+print("DaemonSet: " + ("missing " + ", ".join(bad) if bad else "all required settings present"))
+sys.exit(1 if bad else 0)
+PY
+ok "kubernetes-validate --strict: DaemonSet and Service valid"
+
+# --- systemd unit --------------------------------------------------------------------
+unit=deploy/systemd/conn-exporter.service
+systemd-analyze security --offline=true "$unit" >"$WORK/security.txt" 2>&1 || true
+score=$(grep -o 'Overall exposure level for conn-exporter.service: [0-9.]*' "$WORK/security.txt" | awk '{print $NF}')
+[[ -n $score ]] || { cat "$WORK/security.txt"; fail "no exposure score from systemd-analyze security"; }
+awk -v s="$score" 'BEGIN { exit !(s <= 1.2) }' || { grep '✗' "$WORK/security.txt"; fail "exposure $score > 1.2"; }
+ok "systemd-analyze security --offline=true: exposure $score (target <= 1.2)"
+grep -q '^PrivateNetwork=' "$unit" && fail "the unit must not use PrivateNetwork= (socket tables are per namespace)"
+families=$(grep '^RestrictAddressFamilies=' "$unit")
+for fam in AF_NETLINK AF_INET AF_INET6 AF_UNIX; do
+    grep -qw "$fam" <<<"$families" || fail "RestrictAddressFamilies lacks $fam"
+done
+grep -Eq '^(DynamicUser=yes|User=)' "$unit" || fail "the unit does not drop root"
+# verify needs the ExecStart binary: check the unit as the installer writes it.
+mkdir -p "$WORK/unit"
+sed "s#^ExecStart=/usr/bin/conn-exporter#ExecStart=$BIN#" "$unit" >"$WORK/unit/conn-exporter.service"
+if [[ -x $BIN ]]; then
+    systemd-analyze verify "$WORK/unit/conn-exporter.service" >"$WORK/out" 2>&1 ||
+        { cat "$WORK/out"; fail "systemd-analyze verify"; }
+    if grep -v 'Failed to .*bus\|System has not been booted\|not booted with systemd' "$WORK/out" | grep -q 'conn-exporter'; then
+        cat "$WORK/out"
+        fail "systemd-analyze verify reported problems with the unit"
+    fi
+    ok "systemd-analyze verify: unit clean"
+else
+    fail "binary $BIN missing: systemd-analyze verify needs it"
+fi
+
+# --- Grafana dashboards (structure; queries run in test-multihost.sh) ------------------
+python3 deploy/grafana/generate-dashboards.py --check || fail "dashboards differ from generate-dashboards.py output"
+python3 "$OPS_DIR/lib/check_dashboards.py" structure deploy/grafana/conn-exporter-single-host.json \
+    deploy/grafana/conn-exporter-multi-host.json >"$WORK/out" || { cat "$WORK/out"; fail "dashboard structure"; }
+for f in deploy/grafana/provisioning/dashboards/*.yml deploy/grafana/provisioning/datasources/*.yml; do
+    python3 -c 'import sys, yaml; d = yaml.safe_load(open(sys.argv[1])); assert d["apiVersion"] == 1' "$f" ||
+        fail "bad provisioning file $f"
+done
+ok "Grafana dashboards: structure, generator and provisioning files"
+
+# --- docs ----------------------------------------------------------------------------
+n=$(grep -c '^```promql' docs/promql-queries.md)
+((n >= 20)) || fail "docs/promql-queries.md has only $n promql blocks"
+guide=docs/multi-host-deployment-guide.md
+for topic in node_exporter 9100 --listen-address 'Permission' 'firewall' 'cardinality' 'max-series' \
+    'tls_server_config' 'basic_auth_users' 'file_sd' 'deploy-to-multiple-hosts.sh'; do
+    grep -qi -- "$topic" "$guide" || fail "$guide does not cover '$topic'"
+done
+ok "docs: $n PromQL blocks; deployment guide covers the troubleshooting topics"
+
+# --- installer refusals ----------------------------------------------------------------
+set +e
+out=$(setpriv --reuid=nobody --regid=nogroup --clear-groups bash install-conn-exporter.sh --binary /bin/true 2>&1)
+rc=$?
+set -e
+((rc == 1)) || fail "installer as non-root: exit $rc, want 1"
+assert_contains "$out" "must run as root" "installer as non-root"
+ok "installer refuses non-root: $out"
+
+# No systemd: hide /run/systemd in a private mount namespace (works whether or
+# not this machine runs systemd).
+set +e
+out=$(unshare -m bash -c 'mount -t tmpfs none /run 2>/dev/null || exit 99; bash install-conn-exporter.sh --binary /bin/true' 2>&1)
+rc=$?
+set -e
+((rc == 1)) || fail "installer without systemd: exit $rc, want 1 ($out)"
+assert_contains "$out" "systemd is not running" "installer without systemd"
+assert_contains "$out" "--init none" "installer without systemd names the alternative"
+ok "installer refuses without systemd"
+
+set +e
+out=$(bash install-conn-exporter.sh --no-such-option 2>&1)
+rc=$?
+set -e
+((rc == 2)) || fail "installer with a bad option: exit $rc, want 2"
+out=$(bash deploy-to-multiple-hosts.sh 2>&1) && fail "deploy without hosts succeeded"
+assert_contains "$out" "no hosts given" "deploy without hosts"
+ok "bad options and missing hosts are refused"
+
+# Dry run: lists each host with its command, connects to none (the hosts do not exist).
+printf 'alpha.invalid\nbeta.invalid --listen-address :9101  # clash there\n# comment\n\n' >"$WORK/hosts"
+touch "$WORK/fake-bin" && chmod +x "$WORK/fake-bin"
+out=$(bash deploy-to-multiple-hosts.sh --dry-run --binary "$WORK/fake-bin" --hosts-file "$WORK/hosts" gamma.invalid)
+for h in alpha.invalid beta.invalid gamma.invalid; do assert_contains "$out" "[$h]" "dry run"; done
+assert_contains "$out" "--listen-address :9101" "dry run per-host options"
+assert_contains "$out" "3 host(s) would be installed" "dry run count"
+out=$(bash deploy-to-multiple-hosts.sh --dry-run --binary "$WORK/fake-bin" a.invalid a.invalid 2>&1) &&
+    fail "deploy accepted a duplicate host"
+ok "deploy --dry-run lists hosts and per-host options; duplicates refused"
+log "all static checks passed"
