@@ -374,8 +374,9 @@ def run_size(n: int, args, procs: Processes, tmp: str) -> SizeResult:
         exp_port = free_port(args.port_base, taken)
         argv = [args.exporter_bin, "--web.listen-address", f"127.0.0.1:{exp_port}",
                 "--collector.connections.max-series=0",
-                "--collector.connections.source", args.source,
                 "--web.disable-exporter-metrics"] + shlex.split(args.exporter_args)
+        if args.source:
+            argv += ["--collector.connections.source", args.source]
         exp_log = open(os.path.join(tmp, f"conn-exporter-{n}.log"), "wb")
         exporter = procs.start(argv, stdout=exp_log, stderr=subprocess.STDOUT,
                                stdin=subprocess.DEVNULL)
@@ -529,7 +530,7 @@ def mib(kib: int) -> str:
 def print_size(res: SizeResult, args) -> None:
     print()
     print(f"== N = {res.n} connections: {res.ss_established} ESTABLISHED sockets (ss), "
-          f"{args.rounds} rounds, encoding {args.encoding}, source {args.source}")
+          f"{args.rounds} rounds, encoding {args.encoding}, source {args.source or 'default'}")
     print(f"  {'measure':<28} {'median (min–max) ms':>28} {'CPU ms/op':>10} {'first ms':>9}")
     for k, label in MEASURES:
         first = f"{res.first[k] * 1000:.1f}" if k in res.first else ""
@@ -553,7 +554,7 @@ def print_size(res: SizeResult, args) -> None:
 def markdown(results: list[SizeResult], args) -> str:
     lines = [
         f"Wall time in ms, median (min–max) of {args.rounds} rounds; encoding `{args.encoding}`, "
-        f"source `{args.source}`.",
+        f"source `{args.source or 'default'}`.",
         "",
         "| Connections | ESTABLISHED sockets | (a) full scrape | (b) states scrape | (c) `ss -tanH` "
         "| (d) `cat /proc/net/tcp*` | (e) node_exporter | (a)/(c) | (b)/(e) |",
@@ -571,7 +572,7 @@ def markdown(results: list[SizeResult], args) -> str:
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
-        cpu = {k: (f"{r.cpu[k] * 1000:.0f}" if r.times[k] else "n/a") for k in "abe"}
+        cpu = {k: (num(r.cpu[k] * 1000) if r.times[k] else "n/a") for k in "abe"}
         lines.append(
             f"| {r.n:,} | {mib(r.rss_idle_kib)} | {mib(r.rss_peak_kib)} | {mib(r.rss_settled_kib)} "
             f"| {cpu['a']} | {cpu['b']} | {cpu['e']} | {r.body_bytes:,} | {r.series_total:,} |")
@@ -603,8 +604,9 @@ def main() -> int:
     ap.add_argument("--no-exporter", action="store_true",
                     help="measure only ss, /proc and node_exporter (test the harness)")
     ap.add_argument("--exporter-args", default="", help="extra conn-exporter flags (shell-quoted)")
-    ap.add_argument("--source", default="auto", choices=["auto", "netlink", "procfs"],
-                    help="--collector.connections.source (default auto)")
+    ap.add_argument("--source", choices=["auto", "netlink", "procfs"],
+                    help="pass --collector.connections.source (default: not passed, the "
+                         "exporter's own default)")
     ap.add_argument("--node-exporter", default=shutil.which("prometheus-node-exporter")
                     or "/usr/bin/prometheus-node-exporter")
     ap.add_argument("--encoding", default="gzip", choices=["gzip", "identity"],

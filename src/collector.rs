@@ -1,20 +1,23 @@
 //! A scrape: sockets and interfaces in, metric families out, with the cardinality guard
 //! and the exporter's own metrics.
 //!
-//! Both collectors rest on one read of the socket tables per scrape. Per socket the
-//! path is: resolve the interface to a small id, count it, and (for the per-connection
-//! series) keep a 44-byte key; keys are sorted so that duplicates are adjacent and merge
-//! into one series whose value is their number.
+//! Both collectors rest on one read of the socket tables per scrape, shared with any
+//! concurrent scrape that wants the same collectors. Per socket the path is: resolve the
+//! interface to a small id, count it, and (for the per-connection series) keep a 48-byte
+//! key; keys are sorted so that duplicates are adjacent and merge into one series whose
+//! value is their number.
 
 use std::io::{self, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::exposition::{Encoder, Kind, Number, Value};
 use crate::iface::{IfaceId, InterfaceTable};
 use crate::logging::RateLimit;
 use crate::model::{Connection, Endpoint, Family, TcpState};
+use crate::source::sock_diag::SockDiag;
 use crate::source::{self, interfaces, process, procfs};
 
 /// The collectors, by name.
@@ -92,6 +95,8 @@ pub struct ExporterConfig {
     pub max_series: usize,
     /// Whether to add build, scrape and process metrics.
     pub exporter_metrics: bool,
+    /// Where sockets come from.
+    pub source: SourceChoice,
 }
 
 /// Version and revision for `conn_exporter_build_info`.
@@ -110,15 +115,31 @@ pub enum FilterError {
     Disabled(String),
 }
 
+/// Where sockets are read from (`--collector.connections.source`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SourceChoice {
+    /// Netlink when `--path.procfs` shows this process's own network namespace and the
+    /// kernel allows it; the procfs files otherwise.
+    Auto,
+    /// Always the NETLINK_SOCK_DIAG dump of the exporter's network namespace.
+    Netlink,
+    /// Always `<procfs>/net/tcp{,6}`.
+    Procfs,
+}
+
 /// The exporter: configuration plus what persists between scrapes.
 pub struct Exporter {
     config: ExporterConfig,
     live: bool,
+    netlink_refused: AtomicBool,
     parse_errors: [AtomicU64; 2],
     truncating: AtomicBool,
     last_socket_count: AtomicUsize,
     /// One limiter per kind of warning, so that a steady one cannot hide a new one.
-    warn_limits: [RateLimit; 3],
+    warn_limits: [RateLimit; 4],
+    /// Reads in progress, by wanted collector set: concurrent scrapes asking for the same
+    /// collectors wait for one read of the kernel instead of each making their own.
+    flights: Mutex<[Option<Arc<Flight>>; 4]>,
 }
 
 /// Kinds of warnings a scrape can raise; each is logged at most once a minute.
@@ -127,6 +148,7 @@ enum Warning {
     Interfaces = 0,
     Sockets = 1,
     Malformed = 2,
+    Netlink = 3,
 }
 
 /// The key a per-connection series is merged and sorted by. Same size and alignment as
@@ -140,10 +162,27 @@ struct SeriesKey {
     iface: IfaceId,
 }
 
-/// The result of reading one source: whether it was complete.
-struct Outcome {
+/// One read of the kernel, ready to encode: what concurrent scrapes share.
+struct Snapshot {
+    table: InterfaceTable,
+    /// Sorted, so equal keys are adjacent; empty unless the connections collector ran.
+    keys: Vec<SeriesKey>,
+    counts: StateCounts,
     ok: bool,
-    elapsed: Duration,
+    read_time: Duration,
+}
+
+/// A read in progress and the scrapes waiting for it.
+#[derive(Default)]
+struct Flight {
+    result: Mutex<Option<Arc<Snapshot>>>,
+    done: Condvar,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Nothing holding these locks can leave the data half-written, so a poisoned lock is
+    // still good to use.
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Exporter {
@@ -153,16 +192,35 @@ impl Exporter {
         Exporter {
             config,
             live,
+            netlink_refused: AtomicBool::new(false),
             parse_errors: [AtomicU64::new(0), AtomicU64::new(0)],
             truncating: AtomicBool::new(false),
             last_socket_count: AtomicUsize::new(0),
             warn_limits: std::array::from_fn(|_| RateLimit::new(Duration::from_secs(60))),
+            flights: Mutex::new(Default::default()),
         }
     }
 
     /// The configuration.
     pub fn config(&self) -> &ExporterConfig {
         &self.config
+    }
+
+    /// The source the next scrape will read sockets from: `netlink` or `procfs`.
+    pub fn source_name(&self) -> &'static str {
+        if self.uses_netlink() {
+            "netlink"
+        } else {
+            "procfs"
+        }
+    }
+
+    fn uses_netlink(&self) -> bool {
+        match self.config.source {
+            SourceChoice::Netlink => true,
+            SourceChoice::Procfs => false,
+            SourceChoice::Auto => self.live && !self.netlink_refused.load(Ordering::Relaxed),
+        }
     }
 
     /// Which collectors a request gets: all enabled ones, or those its `collect[]` names.
@@ -199,12 +257,43 @@ impl Exporter {
         }
     }
 
-    /// Reads both families into `sink`; parse errors are counted, failures logged.
-    fn read_sockets(&self, mut sink: impl FnMut(Connection)) -> Outcome {
-        let start = Instant::now();
+    /// Reads both families into `sink` from the chosen source; returns whether every
+    /// read succeeded. Failures are logged, parse errors counted.
+    fn read_sockets(&self, mut sink: impl FnMut(Connection)) -> bool {
+        if self.uses_netlink() {
+            match SockDiag::open() {
+                Ok(mut diag) => return self.read_netlink(&mut diag, &mut sink),
+                Err(e) if self.config.source == SourceChoice::Auto => {
+                    self.netlink_refused.store(true, Ordering::Relaxed);
+                    log::warn!(
+                        "netlink refused, reading {}/net/tcp{{,6}} from now on: {e}",
+                        self.config.procfs.display()
+                    );
+                }
+                Err(e) => {
+                    self.warn(Warning::Netlink, format_args!("couldn't read sockets: {e}"));
+                    return false;
+                }
+            }
+        }
+        self.read_procfs(&mut sink)
+    }
+
+    fn read_netlink(&self, diag: &mut SockDiag, sink: &mut impl FnMut(Connection)) -> bool {
         let mut ok = true;
         for family in Family::ALL {
-            match procfs::read_tcp(&self.config.procfs, family, &mut sink) {
+            if let Err(e) = diag.dump(family, &mut *sink) {
+                ok = false;
+                self.warn(Warning::Netlink, format_args!("couldn't read {} sockets: {e}", family.label()));
+            }
+        }
+        ok
+    }
+
+    fn read_procfs(&self, sink: &mut impl FnMut(Connection)) -> bool {
+        let mut ok = true;
+        for family in Family::ALL {
+            match procfs::read_tcp(&self.config.procfs, family, &mut *sink) {
                 Ok(Some(report)) => {
                     if report.errors > 0 {
                         self.parse_errors[family.index()].fetch_add(report.errors, Ordering::Relaxed);
@@ -228,42 +317,80 @@ impl Exporter {
                 }
             }
         }
-        Outcome { ok, elapsed: start.elapsed() }
+        ok
+    }
+
+    /// Reads the kernel for the wanted collectors. Per socket: resolve the interface,
+    /// count, and (for the connections collector) keep a key; nothing else is allocated.
+    fn read(&self, wanted: CollectorSet) -> Snapshot {
+        let start = Instant::now();
+        let (table, table_ok) = self.read_interfaces();
+        let mut counts = StateCounts::new(&table);
+        let mut keys = Vec::new();
+        let sockets_ok = if wanted.connections {
+            let mut conns: Vec<Connection> = Vec::with_capacity(self.last_socket_count.load(Ordering::Relaxed) + 64);
+            let ok = self.read_sockets(|c| conns.push(c));
+            self.last_socket_count.store(conns.len(), Ordering::Relaxed);
+            keys = conns
+                .into_iter()
+                .map(|c| {
+                    let iface = table.resolve(&c.local, c.if_index);
+                    counts.add(c.family(), iface, c.state);
+                    SeriesKey { local: c.local, remote: c.remote, state: c.state, iface }
+                })
+                .collect();
+            keys.sort_unstable();
+            ok
+        } else {
+            self.read_sockets(|c| counts.add(c.family(), table.resolve(&c.local, c.if_index), c.state))
+        };
+        Snapshot { table, keys, counts, ok: table_ok && sockets_ok, read_time: start.elapsed() }
+    }
+
+    /// The snapshot for `wanted`: a read of our own, or the one another scrape is making.
+    fn snapshot(&self, wanted: CollectorSet) -> Arc<Snapshot> {
+        let slot = usize::from(wanted.connections) * 2 + usize::from(wanted.states);
+        let (flight, leader) = {
+            let mut flights = lock(&self.flights);
+            match &flights[slot] {
+                Some(f) => (Arc::clone(f), false),
+                None => {
+                    let f = Arc::new(Flight::default());
+                    flights[slot] = Some(Arc::clone(&f));
+                    (f, true)
+                }
+            }
+        };
+        if leader {
+            let snapshot = Arc::new(self.read(wanted));
+            *lock(&flight.result) = Some(Arc::clone(&snapshot));
+            lock(&self.flights)[slot] = None;
+            flight.done.notify_all();
+            return snapshot;
+        }
+        let mut result = lock(&flight.result);
+        loop {
+            if let Some(s) = result.as_ref() {
+                return Arc::clone(s);
+            }
+            result = flight.done.wait(result).unwrap_or_else(|e| e.into_inner());
+        }
     }
 
     /// Runs the wanted collectors and writes their families, then the exporter's own.
     pub fn collect<W: Write>(&self, wanted: CollectorSet, enc: &mut Encoder<W>) -> io::Result<()> {
         let mut durations: Vec<(CollectorName, Duration, bool)> = Vec::with_capacity(2);
         if wanted.connections || wanted.states {
-            let start = Instant::now();
-            let (table, table_ok) = self.read_interfaces();
-            let mut counts = StateCounts::new(&table);
+            let snap = self.snapshot(wanted);
             if wanted.connections {
-                let mut conns = Vec::with_capacity(self.last_socket_count.load(Ordering::Relaxed) + 64);
-                let outcome = self.read_sockets(|c| conns.push(c));
-                self.last_socket_count.store(conns.len(), Ordering::Relaxed);
-                let read_time = start.elapsed();
-                let keys: Vec<SeriesKey> = conns
-                    .into_iter()
-                    .map(|c| {
-                        let iface = table.resolve(&c.local, c.if_index);
-                        counts.add(c.family(), iface, c.state);
-                        SeriesKey { local: c.local, remote: c.remote, state: c.state, iface }
-                    })
-                    .collect();
                 let t = Instant::now();
-                self.write_connections(enc, keys, &table)?;
-                durations.push((CollectorName::Connections, read_time + t.elapsed(), outcome.ok && table_ok));
-                if wanted.states {
-                    let t = Instant::now();
-                    counts.write(enc, &table)?;
-                    durations.push((CollectorName::States, read_time + t.elapsed(), outcome.ok && table_ok));
-                }
-            } else {
-                let outcome =
-                    self.read_sockets(|c| counts.add(c.family(), table.resolve(&c.local, c.if_index), c.state));
-                counts.write(enc, &table)?;
-                durations.push((CollectorName::States, start.elapsed().max(outcome.elapsed), outcome.ok && table_ok));
+                self.write_connections(enc, &snap.keys, &snap.table)?;
+                durations.push((CollectorName::Connections, snap.read_time + t.elapsed(), snap.ok));
+            }
+            if wanted.states {
+                let t = Instant::now();
+                snap.counts.write(enc, &snap.table)?;
+                durations.push((CollectorName::States, snap.read_time + t.elapsed(), snap.ok));
             }
         }
         self.write_parse_errors(enc)?;
@@ -276,10 +403,9 @@ impl Exporter {
     fn write_connections<W: Write>(
         &self,
         enc: &mut Encoder<W>,
-        mut keys: Vec<SeriesKey>,
+        keys: &[SeriesKey],
         table: &InterfaceTable,
     ) -> io::Result<()> {
-        keys.sort_unstable();
         // First pass: distinct series per keep class, to know how many of each fit.
         let mut distinct = [0usize; 3];
         for run in keys.chunk_by(|a, b| a == b) {

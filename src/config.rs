@@ -8,7 +8,7 @@ use clap::{ArgAction, Parser};
 use log::LevelFilter;
 use thiserror::Error;
 
-use crate::collector::{CollectorName, CollectorSet, ExporterConfig, REVISION, VERSION};
+use crate::collector::{CollectorName, CollectorSet, ExporterConfig, SourceChoice, REVISION, VERSION};
 use crate::logging::LogFormat;
 
 /// `--version` text; build.rs bakes the revision in.
@@ -84,6 +84,11 @@ pub struct Args {
     /// Most per-connection series in a scrape (LISTEN and ESTABLISHED kept first). 0 means no limit.
     #[arg(long = "collector.connections.max-series", value_name = "N", default_value_t = 20000)]
     pub max_series: usize,
+
+    /// Where sockets are read from: netlink (sock_diag) when the procfs tree is this
+    /// process's own namespace and the kernel allows it (auto), or always one of the two.
+    #[arg(long = "collector.connections.source", value_enum, default_value = "auto")]
+    pub source: SourceChoice,
 
     /// Only log messages with the given severity or above.
     #[arg(long = "log.level", value_enum, default_value = "info")]
@@ -192,6 +197,7 @@ impl Config {
                 collectors,
                 max_series: args.max_series,
                 exporter_metrics: !args.disable_exporter_metrics,
+                source: args.source,
             },
             log_level: args.log_level.into(),
             log_format: args.log_format,

@@ -51,6 +51,14 @@ fn run(config: Config) -> Result<()> {
         .build()
         .context("starting the runtime")?;
     runtime.block_on(async move {
+        let exporter = Exporter::new(config.exporter.clone());
+        log::info!(
+            "starting {}; sockets from {}; procfs {}; collectors {}",
+            version_line(),
+            exporter.source_name(),
+            config.exporter.procfs.display(),
+            config.exporter.collectors.names().collect::<Vec<_>>().join(",")
+        );
         let mut listeners = Vec::new();
         for (flag, listen) in &config.listen {
             for listener in bind(flag, listen)? {
@@ -58,17 +66,7 @@ fn run(config: Config) -> Result<()> {
                 listeners.push(listener);
             }
         }
-        log::info!(
-            "starting {}; procfs {}; collectors {}",
-            version_line(),
-            config.exporter.procfs.display(),
-            config.exporter.collectors.names().collect::<Vec<_>>().join(",")
-        );
-        let app = Arc::new(App::new(
-            Exporter::new(config.exporter.clone()),
-            config.telemetry_path.clone(),
-            config.max_requests,
-        ));
+        let app = Arc::new(App::new(exporter, config.telemetry_path.clone(), config.max_requests));
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let server = tokio::spawn(http::serve(listeners, app, stopped, Duration::from_secs(10)));
         let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;

@@ -4,3 +4,4 @@ pub mod hex;
 pub mod proc_net;
 pub mod process;
 pub mod route;
+pub mod sock_diag;

@@ -91,6 +91,12 @@ fn mapped(a: SocketAddr) -> SocketAddr {
 #[test]
 fn every_socket_matches_ss_and_the_opened_ones_are_labelled_right() {
     let _serial = serial();
+    for source in ["netlink", "procfs"] {
+        truth_test(source);
+    }
+}
+
+fn truth_test(source: &str) {
     let mut expect: Vec<(Tuple, &str)> = Vec::new();
 
     let l4 = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -142,7 +148,9 @@ fn every_socket_matches_ss_and_the_opened_ones_are_labelled_right() {
     drop(ts);
     expect.push((("TIME_WAIT".into(), tw_local, a4), "lo"));
 
-    let exporter = Exporter::start(&["--collector.connections.max-series=0"]);
+    let exporter =
+        Exporter::start(&["--collector.connections.max-series=0", &format!("--collector.connections.source={source}")]);
+    assert!(exporter.log_text().contains(&format!("sockets from {source}")), "{}", exporter.log_text());
     // Let the handshakes and FINs settle before the comparison.
     let missing = || {
         let now: BTreeSet<Tuple> = ss().into_iter().collect();
@@ -198,11 +206,39 @@ fn every_socket_matches_ss_and_the_opened_ones_are_labelled_right() {
     let states: f64 = samples(&text, "network_connection_states").iter().map(|s| s.1).sum();
     assert_eq!(total, states, "the aggregate counts the same sockets");
     eprintln!(
-        "truth test: {matched}/{} stable sockets matched, {} series, {total} sockets",
+        "truth test ({source}): {matched}/{} stable sockets matched, {} series, {total} sockets",
         stable.len(),
         series.len()
     );
     drop((c4, s4, c6, s6, cd, sd, dual, r1, r2, hc, hs));
+}
+
+#[test]
+fn netlink_and_procfs_give_the_same_series() {
+    let _serial = serial();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let pairs: Vec<_> = (0..20).map(|_| pair(&listener)).collect();
+    let l6 = TcpListener::bind("[::1]:0").unwrap();
+    let pairs6: Vec<_> = (0..5).map(|_| pair(&l6)).collect();
+    let netlink = Exporter::start(&["--collector.connections.max-series=0", "--collector.connections.source=netlink"]);
+    let procfs = Exporter::start(&["--collector.connections.max-series=0", "--collector.connections.source=procfs"]);
+    let ports = [netlink.addr.port(), procfs.addr.port()];
+    let series = |e: &Exporter| -> BTreeMap<Tuple, (f64, String)> {
+        scraped(&e.scrape())
+            .into_iter()
+            .filter(|(t, _)| !ports.contains(&t.1.port()) && !ports.contains(&t.2.port()))
+            .collect()
+    };
+    let (n1, p, n2) = (series(&netlink), series(&procfs), series(&netlink));
+    let stable: BTreeMap<&Tuple, &(f64, String)> = n1.iter().filter(|(t, v)| n2.get(*t) == Some(*v)).collect();
+    for (t, v) in &stable {
+        assert_eq!(p.get(*t), Some(*v), "{t:?}: netlink {v:?} twice, procfs {:?}", p.get(*t));
+    }
+    for t in p.keys() {
+        assert!(n1.contains_key(t) || n2.contains_key(t), "{t:?} only in procfs");
+    }
+    assert!(stable.len() >= 2 * 25 + 2, "our sockets are in: {}", stable.len());
+    drop((pairs, pairs6));
 }
 
 struct Netns(String);

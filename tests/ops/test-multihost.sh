@@ -188,32 +188,32 @@ for i in 1 2 3; do
     body=$(in_ctl curl -fsS --max-time 10 "http://$h:9100/metrics") || fail "$h: /metrics does not answer"
     for j in 1 2 3; do
         if ((j == i)); then
-            metrics_match=$("$OPS_DIR/lib/metrics_grep.py" network_connections_info state=LISTEN \
+            metrics_match=$(python3 "$OPS_DIR/lib/metrics_grep.py" network_connections_info state=LISTEN \
                 "source_address=$(host_ip "$h")" "source_port=2000$j" <<<"$body") ||
                 fail "$h: its own listener :2000$j is missing from its /metrics"
             assert_contains "$metrics_match" '"interface": "eth0"' "$h: listener on eth0's address"
-        elif "$OPS_DIR/lib/metrics_grep.py" network_connections_info state=LISTEN "source_port=2000$j" <<<"$body" >/dev/null; then
+        elif python3 "$OPS_DIR/lib/metrics_grep.py" network_connections_info state=LISTEN "source_port=2000$j" <<<"$body" >/dev/null; then
             fail "$h: /metrics shows host$j's listener :2000$j"
         fi
     done
     next=$((i % 3 + 1))
-    "$OPS_DIR/lib/metrics_grep.py" network_connections_info state=ESTABLISHED \
+    python3 "$OPS_DIR/lib/metrics_grep.py" network_connections_info state=ESTABLISHED \
         "destination_address=$(host_ip "host$next")" "destination_port=2000$next" <<<"$body" >/dev/null ||
         fail "$h: its connection to host$next is missing"
-    "$OPS_DIR/lib/metrics_grep.py" network_connections_info state=LISTEN source_port=22 <<<"$body" >/dev/null ||
+    python3 "$OPS_DIR/lib/metrics_grep.py" network_connections_info state=LISTEN source_port=22 <<<"$body" >/dev/null ||
         fail "$h: its sshd listener is missing"
     if ((i == 2)); then
-        "$OPS_DIR/lib/metrics_grep.py" network_connections_info state=LISTEN source_port=21002 interface=any <<<"$body" >/dev/null ||
+        python3 "$OPS_DIR/lib/metrics_grep.py" network_connections_info state=LISTEN source_port=21002 interface=any <<<"$body" >/dev/null ||
             fail "host2: wildcard listener :21002 missing or not interface=any"
     else
-        if "$OPS_DIR/lib/metrics_grep.py" network_connections_info source_port=21002 <<<"$body" >/dev/null; then
+        if python3 "$OPS_DIR/lib/metrics_grep.py" network_connections_info source_port=21002 <<<"$body" >/dev/null; then
             fail "$h: shows host2's listener :21002"
         fi
     fi
     # The exact totals agree with the host's own socket count (ss, same namespace).
     # Sockets come and go (scrapes), so allow a small difference.
     ss_listen=$(ip netns exec "$(host_ns "$h")" ss -Htln | wc -l)
-    m_listen=$("$OPS_DIR/lib/metrics_grep.py" network_connection_states state=LISTEN <<<"$body" |
+    m_listen=$(python3 "$OPS_DIR/lib/metrics_grep.py" network_connection_states state=LISTEN <<<"$body" |
         python3 -c 'import json,sys; print(sum(int(float(json.loads(l)["__value__"])) for l in sys.stdin))')
     ((ss_listen == m_listen)) || fail "$h: ss shows $ss_listen listening sockets, network_connection_states $m_listen"
 done

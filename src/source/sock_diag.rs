@@ -1,0 +1,77 @@
+//! Sockets from the kernel's NETLINK_SOCK_DIAG (inet_diag) dump: the socket I/O only;
+//! `parse::sock_diag` builds the request and decodes the replies.
+
+use std::io;
+
+use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket, SocketAddr};
+
+use super::SourceError;
+use crate::model::{Connection, Family};
+use crate::parse::sock_diag::{self, Batch, DecodeError};
+
+/// The kernel sends at most 32 KiB per dump message batch; twice that never truncates.
+const RECV_BYTES: usize = 64 * 1024;
+
+/// A connected NETLINK_SOCK_DIAG socket and its receive buffer.
+pub struct SockDiag {
+    socket: Socket,
+    buf: Vec<u8>,
+    seq: u32,
+}
+
+impl SockDiag {
+    /// Opens the socket. An error here means netlink is refused (seccomp, a sandbox
+    /// without AF_NETLINK, an old kernel): callers may fall back to procfs.
+    pub fn open() -> Result<SockDiag, SourceError> {
+        let kernel = |source| SourceError::Kernel { what: "opening a NETLINK_SOCK_DIAG socket", source };
+        let mut socket = Socket::new(NETLINK_SOCK_DIAG).map_err(kernel)?;
+        socket.bind_auto().map_err(kernel)?;
+        socket.connect(&SocketAddr::new(0, 0)).map_err(kernel)?;
+        Ok(SockDiag { socket, buf: Vec::with_capacity(RECV_BYTES), seq: 0 })
+    }
+
+    /// Dumps one family's TCP sockets into `sink`; returns how many.
+    ///
+    /// `Ok(None)` when the kernel has no inet6_diag (IPv6 off), like a missing `tcp6`.
+    pub fn dump(&mut self, family: Family, mut sink: impl FnMut(Connection)) -> Result<Option<u64>, SourceError> {
+        let af = match family {
+            Family::Ipv4 => sock_diag::AF_INET,
+            Family::Ipv6 => sock_diag::AF_INET6,
+        };
+        self.seq = self.seq.wrapping_add(1);
+        let request = sock_diag::dump_request(af, sock_diag::ALL_STATES, self.seq);
+        self.socket
+            .send(&request, 0)
+            .map_err(|source| SourceError::Kernel { what: "sending the sock_diag dump request", source })?;
+        let mut count = 0u64;
+        loop {
+            self.buf.clear();
+            self.socket
+                .recv(&mut self.buf, 0)
+                .map_err(|source| SourceError::Kernel { what: "receiving the sock_diag dump", source })?;
+            match sock_diag::decode_batch(&self.buf, |c| {
+                count += 1;
+                sink(c)
+            }) {
+                Ok(Batch::More) => {}
+                Ok(Batch::Done) => return Ok(Some(count)),
+                Err(DecodeError::Kernel { errno })
+                    if family == Family::Ipv6 && errno == libc_enoent() && count == 0 =>
+                {
+                    return Ok(None);
+                }
+                Err(e) => {
+                    return Err(SourceError::Kernel {
+                        what: "decoding the sock_diag dump",
+                        source: io::Error::new(io::ErrorKind::InvalidData, e),
+                    })
+                }
+            }
+        }
+    }
+}
+
+/// ENOENT: what the kernel answers for a family whose diag handler is not loaded.
+fn libc_enoent() -> i32 {
+    nix::errno::Errno::ENOENT as i32
+}
