@@ -262,7 +262,7 @@ impl Exporter {
     fn read_sockets(&self, mut sink: impl FnMut(Connection)) -> bool {
         if self.uses_netlink() {
             match SockDiag::open() {
-                Ok(mut diag) => return self.read_netlink(&mut diag, &mut sink),
+                Ok(diag) => return self.read_netlink(diag, &mut sink),
                 Err(e) if self.config.source == SourceChoice::Auto => {
                     self.netlink_refused.store(true, Ordering::Relaxed);
                     log::warn!(
@@ -279,10 +279,10 @@ impl Exporter {
         self.read_procfs(&mut sink)
     }
 
-    fn read_netlink(&self, diag: &mut SockDiag, sink: &mut impl FnMut(Connection)) -> bool {
+    fn read_netlink(&self, diag: SockDiag, sink: &mut impl FnMut(Connection)) -> bool {
         let mut ok = true;
-        for family in Family::ALL {
-            if let Err(e) = diag.dump(family, &mut *sink) {
+        for (family, result) in Family::ALL.into_iter().zip(diag.dump_all(sink)) {
+            if let Err(e) = result {
                 ok = false;
                 self.warn(Warning::Netlink, format_args!("couldn't read {} sockets: {e}", family.label()));
             }

@@ -102,16 +102,20 @@ pub enum Number {
 }
 
 /// Writes families and samples in one format.
+///
+/// Each sample line is assembled in a reused buffer and handed to the writer in one
+/// call: at hundreds of thousands of series, per-fragment `write_all` calls and the
+/// formatting machinery cost more than the kernel's dump itself.
 pub struct Encoder<W: Write> {
     out: W,
     format: Format,
-    itoa: itoa::Buffer,
+    line: Vec<u8>,
 }
 
 impl<W: Write> Encoder<W> {
     /// An encoder writing to `out`.
     pub fn new(out: W, format: Format) -> Self {
-        Encoder { out, format, itoa: itoa::Buffer::new() }
+        Encoder { out, format, line: Vec::with_capacity(512) }
     }
 
     /// The format being written.
@@ -135,32 +139,38 @@ impl<W: Write> Encoder<W> {
 
     /// Writes one sample line.
     pub fn sample(&mut self, name: &str, labels: &[(&str, Value<'_>)], value: Number) -> io::Result<()> {
-        self.out.write_all(name.as_bytes())?;
+        let line = &mut self.line;
+        line.clear();
+        line.extend_from_slice(name.as_bytes());
         if !labels.is_empty() {
-            self.out.write_all(b"{")?;
-            for (i, (label, v)) in labels.iter().enumerate() {
-                if i > 0 {
-                    self.out.write_all(b",")?;
-                }
-                self.out.write_all(label.as_bytes())?;
-                self.out.write_all(b"=\"")?;
+            let mut sep = b'{';
+            for (label, v) in labels {
+                line.push(sep);
+                sep = b',';
+                line.extend_from_slice(label.as_bytes());
+                line.extend_from_slice(b"=\"");
                 match *v {
-                    Value::Str(s) => write_escaped(&mut self.out, s)?,
-                    Value::Ip(ip) => write_ip(&mut self.out, &mut self.itoa, ip)?,
-                    Value::Int(n) => self.out.write_all(self.itoa.format(n).as_bytes())?,
+                    Value::Str(s) => push_escaped(line, s),
+                    Value::Ip(IpAddr::V4(ip)) => push_ipv4(line, ip.octets()),
+                    Value::Ip(IpAddr::V6(ip)) => push_ipv6(line, ip),
+                    Value::Int(n) => line.extend_from_slice(itoa::Buffer::new().format(n).as_bytes()),
                 }
-                self.out.write_all(b"\"")?;
+                line.push(b'"');
             }
-            self.out.write_all(b"}")?;
+            line.push(b'}');
         }
-        self.out.write_all(b" ")?;
+        line.push(b' ');
         match value {
-            Number::Int(n) => self.out.write_all(self.itoa.format(n).as_bytes())?,
-            Number::Float(f) if f.is_finite() => write!(self.out, "{f}")?,
-            Number::Float(f) if f.is_nan() => self.out.write_all(b"NaN")?,
-            Number::Float(f) => self.out.write_all(if f > 0.0 { b"+Inf" } else { b"-Inf" })?,
+            Number::Int(n) => line.extend_from_slice(itoa::Buffer::new().format(n).as_bytes()),
+            Number::Float(f) if f.is_finite() => {
+                // Display never uses exponents, so this is a valid Prometheus float.
+                write!(line, "{f}")?;
+            }
+            Number::Float(f) if f.is_nan() => line.extend_from_slice(b"NaN"),
+            Number::Float(f) => line.extend_from_slice(if f > 0.0 { b"+Inf" } else { b"-Inf" }),
         }
-        self.out.write_all(b"\n")
+        line.push(b'\n');
+        self.out.write_all(line)
     }
 
     /// Ends the exposition (`# EOF` in OpenMetrics) and returns the writer.
@@ -173,33 +183,72 @@ impl<W: Write> Encoder<W> {
     }
 }
 
-fn write_escaped<W: Write>(out: &mut W, s: &str) -> io::Result<()> {
-    let mut rest = s.as_bytes();
-    while let Some(i) = rest.iter().position(|&b| matches!(b, b'\\' | b'"' | b'\n')) {
-        out.write_all(&rest[..i])?;
-        out.write_all(match rest[i] {
-            b'\\' => b"\\\\",
-            b'"' => b"\\\"",
-            _ => b"\\n",
-        })?;
-        rest = &rest[i + 1..];
+fn push_escaped(line: &mut Vec<u8>, s: &str) {
+    for &b in s.as_bytes() {
+        match b {
+            b'\\' => line.extend_from_slice(b"\\\\"),
+            b'"' => line.extend_from_slice(b"\\\""),
+            b'\n' => line.extend_from_slice(b"\\n"),
+            b => line.push(b),
+        }
     }
-    out.write_all(rest)
 }
 
-fn write_ip<W: Write>(out: &mut W, itoa: &mut itoa::Buffer, ip: IpAddr) -> io::Result<()> {
-    match ip {
-        // The common case, without the formatting machinery.
-        IpAddr::V4(v4) => {
-            let [a, b, c, d] = v4.octets();
-            out.write_all(itoa.format(a).as_bytes())?;
-            for octet in [b, c, d] {
-                out.write_all(b".")?;
-                out.write_all(itoa.format(octet).as_bytes())?;
+fn push_ipv4(line: &mut Vec<u8>, [a, b, c, d]: [u8; 4]) {
+    let mut buf = itoa::Buffer::new();
+    line.extend_from_slice(buf.format(a).as_bytes());
+    for octet in [b, c, d] {
+        line.push(b'.');
+        line.extend_from_slice(buf.format(octet).as_bytes());
+    }
+}
+
+/// RFC 5952 text, as `Ipv6Addr`'s `Display` writes it (IPv4-mapped as `::ffff:a.b.c.d`),
+/// without the formatting machinery.
+pub fn push_ipv6(line: &mut Vec<u8>, ip: std::net::Ipv6Addr) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    if let Some(v4) = ip.to_ipv4_mapped() {
+        line.extend_from_slice(b"::ffff:");
+        return push_ipv4(line, v4.octets());
+    }
+    let groups = ip.segments();
+    // The longest run of two or more zero groups, the first of equals, becomes "::".
+    let (mut best, mut best_len, mut run, mut run_len) = (0, 0, 0, 0);
+    for (i, &g) in groups.iter().enumerate() {
+        if g == 0 {
+            if run_len == 0 {
+                run = i;
             }
-            Ok(())
+            run_len += 1;
+            if run_len > best_len {
+                (best, best_len) = (run, run_len);
+            }
+        } else {
+            run_len = 0;
         }
-        IpAddr::V6(v6) => write!(out, "{v6}"),
+    }
+    let push_group = |line: &mut Vec<u8>, g: u16| {
+        let mut started = false;
+        for shift in [12, 8, 4, 0] {
+            let nibble = usize::from((g >> shift) & 0xf);
+            if nibble != 0 || started || shift == 0 {
+                line.push(HEX[nibble]);
+                started = true;
+            }
+        }
+    };
+    let mut i = 0;
+    while i < 8 {
+        if best_len >= 2 && i == best {
+            line.extend_from_slice(b"::");
+            i += best_len;
+            continue;
+        }
+        if i > 0 && !(best_len >= 2 && i == best + best_len) {
+            line.push(b':');
+        }
+        push_group(line, groups[i]);
+        i += 1;
     }
 }
 
@@ -247,6 +296,45 @@ mod tests {
         .unwrap();
         e.sample("y", &[], Number::Float(0.25)).unwrap();
         String::from_utf8(e.finish().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn ipv6_text_matches_the_standard_library() {
+        let mut seed = 0x9e3779b97f4a7c15u64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut cases: Vec<std::net::Ipv6Addr> = [
+            "::",
+            "::1",
+            "1::",
+            "fe80::1",
+            "2001:db8::1:0:0:1",
+            "2001:0:0:1::1",
+            "::ffff:1.2.3.4",
+            "1:0:0:2:0:0:0:3",
+            "0:1:0:1:0:1:0:1",
+        ]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+        for _ in 0..20000 {
+            // Random addresses with many zero groups, where compression has choices.
+            let mut g = [0u16; 8];
+            for x in g.iter_mut() {
+                let r = next();
+                *x = if r % 3 == 0 { (r >> 8) as u16 } else { 0 };
+            }
+            cases.push(std::net::Ipv6Addr::from(g));
+        }
+        for ip in cases {
+            let mut line = Vec::new();
+            push_ipv6(&mut line, ip);
+            assert_eq!(String::from_utf8(line).unwrap(), ip.to_string());
+        }
     }
 
     #[test]

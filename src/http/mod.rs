@@ -28,7 +28,7 @@ use crate::logging::RateLimit;
 
 /// Bytes handed to the connection at a time: big enough to keep syscalls few, small
 /// enough that a scrape of any size holds only a few of them.
-const CHUNK_BYTES: usize = 64 * 1024;
+const CHUNK_BYTES: usize = 256 * 1024;
 /// Chunks buffered between the encoder and a slow client.
 const CHUNKS_IN_FLIGHT: usize = 4;
 

@@ -120,6 +120,20 @@ pub fn decode_socket(msg: &[u8]) -> Result<Connection, DecodeError> {
     })
 }
 
+/// Whether a receive buffer ends the dump (`NLMSG_DONE`, an error, or garbage), reading
+/// only message headers: the receiving thread's check, cheaper than a decode.
+pub fn ends_dump(mut buf: &[u8]) -> bool {
+    while buf.len() >= NLMSG_HDRLEN {
+        let len = u32_at(buf, 0) as usize;
+        match u16_at(buf, 4) {
+            NLMSG_DONE | NLMSG_ERROR => return true,
+            _ if len < NLMSG_HDRLEN || len > buf.len() => return true,
+            _ => buf = buf.get((len + 3) & !3..).unwrap_or(&[]),
+        }
+    }
+    !buf.is_empty()
+}
+
 /// Decodes every message in one receive buffer, passing sockets to `sink`.
 ///
 /// Messages of other types (none are expected) are skipped; an `NLMSG_ERROR` ends the
@@ -235,7 +249,11 @@ pub(crate) mod tests {
     #[test]
     fn done_ends_the_dump_and_errors_carry_the_errno() {
         let mut buf = socket_msg(AF_INET, 6, &[10, 0, 0, 1], 1, &[10, 0, 0, 2], 2, 0);
+        assert!(!ends_dump(&buf));
         buf.extend(done_msg());
+        assert!(ends_dump(&buf));
+        assert!(ends_dump(&error_msg(1)));
+        assert!(ends_dump(&buf[..20]), "a cut header ends the dump");
         let mut n = 0;
         assert_eq!(decode_batch(&buf, |_| n += 1), Ok(Batch::Done));
         assert_eq!(n, 1);

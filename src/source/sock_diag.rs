@@ -71,6 +71,81 @@ impl SockDiag {
     }
 }
 
+/// What the receiving thread hands to the decoding one.
+enum Received {
+    Batch(Family, Vec<u8>),
+    Failed(Family, io::Error),
+}
+
+impl SockDiag {
+    /// Dumps both families, receiving on a helper thread while the calling thread decodes
+    /// into `sink`: the kernel's half of the work (most of it) overlaps with ours.
+    /// Returns each family's result as [`dump`](Self::dump) would.
+    pub fn dump_all(mut self, sink: &mut impl FnMut(Connection)) -> [Result<Option<u64>, SourceError>; 2] {
+        let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<Received>(8);
+        let (free_tx, free_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+        std::thread::scope(|scope| {
+            scope.spawn(move || {
+                for family in Family::ALL {
+                    let af = match family {
+                        Family::Ipv4 => sock_diag::AF_INET,
+                        Family::Ipv6 => sock_diag::AF_INET6,
+                    };
+                    self.seq = self.seq.wrapping_add(1);
+                    if let Err(e) = self.socket.send(&sock_diag::dump_request(af, sock_diag::ALL_STATES, self.seq), 0) {
+                        let _ = full_tx.send(Received::Failed(family, e));
+                        continue;
+                    }
+                    loop {
+                        let mut buf = free_rx.try_recv().unwrap_or_else(|_| Vec::with_capacity(RECV_BYTES));
+                        buf.clear();
+                        if let Err(e) = self.socket.recv(&mut buf, 0) {
+                            let _ = full_tx.send(Received::Failed(family, e));
+                            break;
+                        }
+                        let end = sock_diag::ends_dump(&buf);
+                        if full_tx.send(Received::Batch(family, buf)).is_err() || end {
+                            break;
+                        }
+                    }
+                }
+            });
+            let mut results: [Result<Option<u64>, SourceError>; 2] = [Ok(Some(0)), Ok(Some(0))];
+            for received in full_rx {
+                match received {
+                    Received::Failed(family, source) => {
+                        results[family.index()] = Err(SourceError::Kernel { what: "sock_diag dump", source });
+                    }
+                    Received::Batch(family, buf) => {
+                        let slot = &mut results[family.index()];
+                        if let Ok(Some(count)) = slot {
+                            match sock_diag::decode_batch(&buf, |c| {
+                                *count += 1;
+                                sink(c)
+                            }) {
+                                Ok(_) => {}
+                                Err(DecodeError::Kernel { errno })
+                                    if family == Family::Ipv6 && errno == libc_enoent() && *count == 0 =>
+                                {
+                                    *slot = Ok(None)
+                                }
+                                Err(e) => {
+                                    *slot = Err(SourceError::Kernel {
+                                        what: "decoding the sock_diag dump",
+                                        source: io::Error::new(io::ErrorKind::InvalidData, e),
+                                    })
+                                }
+                            }
+                        }
+                        let _ = free_tx.send(buf);
+                    }
+                }
+            }
+            results
+        })
+    }
+}
+
 /// ENOENT: what the kernel answers for a family whose diag handler is not loaded.
 fn libc_enoent() -> i32 {
     nix::errno::Errno::ENOENT as i32
