@@ -19,6 +19,7 @@ use crate::logging::RateLimit;
 use crate::model::{Connection, Endpoint, Family, TcpState};
 use crate::source::sock_diag::SockDiag;
 use crate::source::{self, interfaces, process, procfs};
+use crate::webconfig::ReloadStatus;
 
 /// The collectors, by name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -140,6 +141,7 @@ pub struct Exporter {
     /// Reads in progress, by wanted collector set: concurrent scrapes asking for the same
     /// collectors wait for one read of the kernel instead of each making their own.
     flights: Mutex<[Option<Arc<Flight>>; 4]>,
+    web_config: Option<Arc<ReloadStatus>>,
 }
 
 /// Kinds of warnings a scrape can raise; each is logged at most once a minute.
@@ -198,7 +200,13 @@ impl Exporter {
             last_socket_count: AtomicUsize::new(0),
             warn_limits: std::array::from_fn(|_| RateLimit::new(Duration::from_secs(60))),
             flights: Mutex::new(Default::default()),
+            web_config: None,
         }
+    }
+
+    /// Adds the web configuration's reload metrics to the exporter's own.
+    pub fn set_web_config_status(&mut self, status: Arc<ReloadStatus>) {
+        self.web_config = Some(status);
     }
 
     /// The configuration.
@@ -519,6 +527,28 @@ impl Exporter {
                 "conn_exporter_scrape_collector_success",
                 &[("collector", Value::Str(c.as_str()))],
                 Number::Int(u64::from(*ok)),
+            )?;
+        }
+        if let Some(status) = &self.web_config {
+            enc.family(
+                "conn_exporter_web_config_last_reload_successful",
+                Kind::Gauge,
+                "1 when the last read of --web.config.file succeeded; 0 when a change was refused and the last good configuration is in force.",
+            )?;
+            enc.sample(
+                "conn_exporter_web_config_last_reload_successful",
+                &[],
+                Number::Int(u64::from(status.last_ok.load(Ordering::Relaxed))),
+            )?;
+            enc.family(
+                "conn_exporter_web_config_reload_failures_total",
+                Kind::Counter,
+                "Changes to --web.config.file refused as invalid.",
+            )?;
+            enc.sample(
+                "conn_exporter_web_config_reload_failures_total",
+                &[],
+                Number::Int(status.failures.load(Ordering::Relaxed)),
             )?;
         }
         let Some(p) = process::read() else { return Ok(()) };

@@ -55,6 +55,11 @@ pub struct Args {
     #[arg(long = "web.telemetry-path", value_name = "PATH", default_value = "/metrics")]
     pub telemetry_path: String,
 
+    /// Web configuration file (exporter-toolkit format): TLS, client certificates, basic
+    /// auth, response headers. Re-read when it changes.
+    #[arg(long = "web.config.file", value_name = "FILE")]
+    pub web_config_file: Option<PathBuf>,
+
     /// Most concurrent scrapes; more are answered 503. 0 means no limit.
     #[arg(long = "web.max-requests", value_name = "N", default_value_t = 40)]
     pub max_requests: usize,
@@ -131,6 +136,8 @@ pub struct Config {
     pub telemetry_path: String,
     /// Concurrent scrape limit; 0 for none.
     pub max_requests: usize,
+    /// `--web.config.file`.
+    pub web_config_file: Option<PathBuf>,
     /// What a scrape does.
     pub exporter: ExporterConfig,
     /// Log level.
@@ -192,6 +199,7 @@ impl Config {
             listen,
             telemetry_path: args.telemetry_path,
             max_requests: args.max_requests,
+            web_config_file: args.web_config_file,
             exporter: ExporterConfig {
                 procfs: args.procfs,
                 collectors,

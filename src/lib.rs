@@ -18,3 +18,4 @@ pub mod logging;
 pub mod model;
 pub mod parse;
 pub mod source;
+pub mod webconfig;

@@ -17,6 +17,7 @@ use conn_exporter::collector::Exporter;
 use conn_exporter::config::{version_line, Args, Config, Listen};
 use conn_exporter::http::{self, App};
 use conn_exporter::logging;
+use conn_exporter::webconfig::WebConfigFile;
 
 fn main() -> ExitCode {
     let args = match Args::try_parse() {
@@ -34,7 +35,15 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match run(config) {
+    let web = match config.web_config_file.as_deref().map(WebConfigFile::open).transpose() {
+        Ok(w) => w,
+        Err(e) => {
+            let path = config.web_config_file.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
+            log::error!("bad --web.config.file {path}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(config, web) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log::error!("{e:#}");
@@ -43,7 +52,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(config: Config) -> Result<()> {
+fn run(config: Config, web: Option<WebConfigFile>) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .max_blocking_threads(64)
@@ -51,7 +60,10 @@ fn run(config: Config) -> Result<()> {
         .build()
         .context("starting the runtime")?;
     runtime.block_on(async move {
-        let exporter = Exporter::new(config.exporter.clone());
+        let mut exporter = Exporter::new(config.exporter.clone());
+        if let Some(web) = &web {
+            exporter.set_web_config_status(Arc::clone(&web.status));
+        }
         log::info!(
             "starting {}; sockets from {}; procfs {}; collectors {}",
             version_line(),
@@ -66,7 +78,7 @@ fn run(config: Config) -> Result<()> {
                 listeners.push(listener);
             }
         }
-        let app = Arc::new(App::new(exporter, config.telemetry_path.clone(), config.max_requests));
+        let app = Arc::new(App::new(exporter, config.telemetry_path.clone(), config.max_requests, web));
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let server = tokio::spawn(http::serve(listeners, app, stopped, Duration::from_secs(10)));
         let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;

@@ -1,6 +1,7 @@
 //! The HTTP side: routing, the streamed metrics response, and the accept loop with
 //! graceful shutdown.
 
+mod auth;
 mod body;
 
 use std::convert::Infallible;
@@ -25,6 +26,15 @@ use crate::collector::{CollectorSet, Exporter};
 use crate::config::version_line;
 use crate::exposition::{accepts_gzip, Encoder, Format};
 use crate::logging::RateLimit;
+use crate::webconfig::{cert_has_allowed_san, WebConfig, WebConfigFile};
+use auth::Authenticator;
+
+/// How long a client may take to send a request's headers, or to finish a TLS handshake.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest request head accepted; larger ones are answered 431.
+const MAX_HEAD_BYTES: usize = 16 * 1024;
+/// Requests to this exporter carry no body; a declared one larger than this is refused 413.
+const MAX_BODY_BYTES: u64 = 1024;
 
 /// Bytes handed to the connection at a time: big enough to keep syscalls few, small
 /// enough that a scrape of any size holds only a few of them.
@@ -39,11 +49,16 @@ pub struct App {
     scrapes: Option<Arc<Semaphore>>,
     landing: Bytes,
     accept_errors: RateLimit,
+    client_errors: RateLimit,
+    web: Option<WebConfigFile>,
+    no_web: Arc<WebConfig>,
+    auth: Authenticator,
 }
 
 impl App {
     /// An app serving `exporter` at `telemetry_path`, at most `max_requests` scrapes at once (0: no limit).
-    pub fn new(exporter: Exporter, telemetry_path: String, max_requests: usize) -> App {
+    /// `web` is the `--web.config.file`, when given.
+    pub fn new(exporter: Exporter, telemetry_path: String, max_requests: usize, web: Option<WebConfigFile>) -> App {
         let landing = landing_page(&exporter, &telemetry_path);
         App {
             exporter,
@@ -51,10 +66,46 @@ impl App {
             scrapes: (max_requests > 0).then(|| Arc::new(Semaphore::new(max_requests))),
             landing: Bytes::from(landing),
             accept_errors: RateLimit::new(Duration::from_secs(10)),
+            client_errors: RateLimit::new(Duration::from_secs(60)),
+            web,
+            no_web: Arc::new(WebConfig::default()),
+            auth: Authenticator::default(),
         }
     }
 
-    /// Answers one request.
+    /// The web configuration in force now (reloaded if its files changed).
+    fn web_config(&self) -> Arc<WebConfig> {
+        match &self.web {
+            Some(file) => file.current(),
+            None => Arc::clone(&self.no_web),
+        }
+    }
+
+    /// Answers one request: size limits, authentication, then routing; the configured
+    /// headers go on every answer.
+    pub async fn respond<B>(self: &Arc<Self>, req: &Request<B>) -> Response<Body> {
+        let web = self.web_config();
+        let mut response = self.checked(&web, req).await;
+        for (name, value) in &web.headers {
+            response.headers_mut().insert(name.clone(), value.clone());
+        }
+        response
+    }
+
+    async fn checked<B>(self: &Arc<Self>, web: &WebConfig, req: &Request<B>) -> Response<Body> {
+        let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > MAX_BODY_BYTES) || req.headers().contains_key(header::TRANSFER_ENCODING) {
+            return text(StatusCode::PAYLOAD_TOO_LARGE, "request bodies are not accepted\n");
+        }
+        if !web.users.is_empty() && !self.auth.check(&web.users, req.headers().get(header::AUTHORIZATION)).await {
+            let mut r = text(StatusCode::UNAUTHORIZED, "Unauthorized\n");
+            r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic"));
+            return r;
+        }
+        self.handle(req)
+    }
+
+    /// Routes one request that passed the checks.
     pub fn handle<B>(self: &Arc<Self>, req: &Request<B>) -> Response<Body> {
         if req.method() != Method::GET && req.method() != Method::HEAD {
             let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed: use GET or HEAD\n");
@@ -234,16 +285,53 @@ async fn accept_loop(listener: TcpListener, app: Arc<App>, mut shutdown: watch::
     }
 }
 
-async fn serve_connection(stream: tokio::net::TcpStream, app: Arc<App>, mut shutdown: watch::Receiver<bool>) {
+async fn serve_connection(stream: tokio::net::TcpStream, app: Arc<App>, shutdown: watch::Receiver<bool>) {
+    let _ = stream.set_nodelay(true);
+    let web = app.web_config();
+    let Some(tls) = &web.tls else {
+        return serve_http(stream, app, shutdown).await;
+    };
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(&tls.server));
+    let stream = match tokio::time::timeout(CLIENT_TIMEOUT, acceptor.accept(stream)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            if app.client_errors.allow() {
+                log::debug!("TLS handshake failed: {e}");
+            }
+            return;
+        }
+        Err(_) => return,
+    };
+    if !tls.allowed_sans.is_empty() {
+        let allowed = stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .is_some_and(|c| cert_has_allowed_san(c, &tls.allowed_sans));
+        if !allowed {
+            if app.client_errors.allow() {
+                log::info!("client certificate refused: no SAN in client_allowed_sans");
+            }
+            return;
+        }
+    }
+    serve_http(stream, app, shutdown).await
+}
+
+async fn serve_http<I>(io: I, app: Arc<App>, mut shutdown: watch::Receiver<bool>)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let service = service_fn(move |req: Request<hyper::body::Incoming>| {
         let app = Arc::clone(&app);
-        async move { Ok::<_, Infallible>(app.handle(&req)) }
+        async move { Ok::<_, Infallible>(app.respond(&req).await) }
     });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(10))
-        .max_buf_size(16 * 1024)
-        .serve_connection(TokioIo::new(stream), service);
+        .header_read_timeout(CLIENT_TIMEOUT)
+        .max_buf_size(MAX_HEAD_BYTES)
+        .serve_connection(TokioIo::new(io), service);
     let mut conn = std::pin::pin!(conn);
     tokio::select! {
         _ = conn.as_mut() => {}
