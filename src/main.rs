@@ -60,6 +60,9 @@ fn run(config: Config, web: Option<WebConfigFile>) -> Result<()> {
         .build()
         .context("starting the runtime")?;
     runtime.block_on(async move {
+        // Before anything else, so that a SIGTERM right after start-up is a clean stop.
+        let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+        let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
         let mut exporter = Exporter::new(config.exporter.clone());
         if let Some(web) = &web {
             exporter.set_web_config_status(Arc::clone(&web.status));
@@ -81,8 +84,6 @@ fn run(config: Config, web: Option<WebConfigFile>) -> Result<()> {
         let app = Arc::new(App::new(exporter, config.telemetry_path.clone(), config.max_requests, web));
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let server = tokio::spawn(http::serve(listeners, app, stopped, Duration::from_secs(10)));
-        let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-        let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
         let name = tokio::select! {
             _ = term.recv() => "SIGTERM",
             _ = int.recv() => "SIGINT",

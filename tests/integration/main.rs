@@ -4,6 +4,8 @@
 mod cli;
 mod formats;
 mod golden;
+mod hostile;
 mod live;
 mod prometheus;
+mod security;
 mod util;

@@ -28,7 +28,7 @@ impl Prometheus {
         std::fs::write(
             &config,
             format!(
-                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: conn-exporter\n    static_configs:\n      - targets: ['{target}']\n        labels:\n          service: network-monitoring\n"
+                "global:\n  scrape_interval: 2s\n  scrape_timeout: 2s\n  evaluation_interval: 2s\nscrape_configs:\n  - job_name: conn-exporter\n    static_configs:\n      - targets: ['{target}']\n        labels:\n          service: network-monitoring\n"
             ),
         )
         .unwrap();
