@@ -3,7 +3,7 @@
 //!
 //! Both collectors rest on one read of the socket tables per scrape, shared with any
 //! concurrent scrape that wants the same collectors. Per socket the path is: resolve the
-//! interface to a small id, count it, and (for the per-connection series) keep a 48-byte
+//! interface to a small id, count it, and (for the per-connection series) keep a 44-byte
 //! key; keys are sorted so that duplicates are adjacent and merge into one series whose
 //! value is their number.
 
@@ -153,10 +153,8 @@ enum Warning {
     Netlink = 3,
 }
 
-/// The key a per-connection series is merged and sorted by. Same size and alignment as
-/// `Connection`, so that turning one vector into the other reuses its memory.
+/// The key a per-connection series is merged and sorted by: 44 bytes, no heap.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-#[repr(align(4))]
 struct SeriesKey {
     local: Endpoint,
     remote: Endpoint,
@@ -336,17 +334,13 @@ impl Exporter {
         let mut counts = StateCounts::new(&table);
         let mut keys = Vec::new();
         let sockets_ok = if wanted.connections {
-            let mut conns: Vec<Connection> = Vec::with_capacity(self.last_socket_count.load(Ordering::Relaxed) + 64);
-            let ok = self.read_sockets(|c| conns.push(c));
-            self.last_socket_count.store(conns.len(), Ordering::Relaxed);
-            keys = conns
-                .into_iter()
-                .map(|c| {
-                    let iface = table.resolve(&c.local, c.if_index);
-                    counts.add(c.family(), iface, c.state);
-                    SeriesKey { local: c.local, remote: c.remote, state: c.state, iface }
-                })
-                .collect();
+            keys.reserve(self.last_socket_count.load(Ordering::Relaxed) + 64);
+            let ok = self.read_sockets(|c| {
+                let iface = table.resolve(&c.local, c.if_index);
+                counts.add(c.family(), iface, c.state);
+                keys.push(SeriesKey { local: c.local, remote: c.remote, state: c.state, iface });
+            });
+            self.last_socket_count.store(keys.len(), Ordering::Relaxed);
             keys.sort_unstable();
             ok
         } else {

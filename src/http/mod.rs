@@ -172,18 +172,44 @@ impl App {
         permit: Option<OwnedSemaphorePermit>,
     ) -> Body {
         let (tx, rx) = mpsc::channel(CHUNKS_IN_FLIGHT);
+        let to_body = move |chunk: Vec<u8>| {
+            tx.blocking_send(Bytes::from(chunk))
+                .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "client went away"))
+        };
         let app = Arc::clone(self);
+        if !gzip {
+            tokio::task::spawn_blocking(move || {
+                let _permit = permit;
+                let result = write_scrape(&app.exporter, wanted, ChunkWriter::new(to_body), format)
+                    .and_then(ChunkWriter::finish);
+                if let Err(e) = result {
+                    log::debug!("scrape not delivered: {e}");
+                }
+            });
+            return Body::stream(rx);
+        }
+        // Compression runs on its own thread, fed chunk by chunk, so that it overlaps with
+        // encoding instead of adding to it.
+        let (raw_tx, raw_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(CHUNKS_IN_FLIGHT);
+        tokio::task::spawn_blocking(move || {
+            let mut gz = GzEncoder::new(ChunkWriter::new(to_body), Compression::fast());
+            let result = raw_rx
+                .iter()
+                .try_for_each(|chunk| gz.write_all(&chunk))
+                .and_then(|()| gz.finish())
+                .and_then(ChunkWriter::finish);
+            if let Err(e) = result {
+                log::debug!("scrape not delivered: {e}");
+            }
+        });
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            let sink = ChunkWriter { buf: Vec::with_capacity(CHUNK_BYTES), tx };
-            let result = if gzip {
-                write_scrape(&app.exporter, wanted, GzEncoder::new(sink, Compression::fast()), format)
-                    .and_then(GzEncoder::finish)
-                    .and_then(ChunkWriter::finish)
-            } else {
-                write_scrape(&app.exporter, wanted, sink, format).and_then(ChunkWriter::finish)
+            let to_gzip = move |chunk| {
+                raw_tx.send(chunk).map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "compressor stopped"))
             };
-            if let Err(e) = result {
+            if let Err(e) =
+                write_scrape(&app.exporter, wanted, ChunkWriter::new(to_gzip), format).and_then(ChunkWriter::finish)
+            {
                 log::debug!("scrape not delivered: {e}");
             }
         });
@@ -197,19 +223,23 @@ fn write_scrape<W: Write>(exporter: &Exporter, wanted: CollectorSet, out: W, for
     enc.finish()
 }
 
-/// Collects output into chunks and hands each to the response body.
-struct ChunkWriter {
+/// Collects output into chunks of [`CHUNK_BYTES`] and hands each on.
+struct ChunkWriter<F: FnMut(Vec<u8>) -> io::Result<()>> {
     buf: Vec<u8>,
-    tx: mpsc::Sender<Bytes>,
+    send: F,
 }
 
-impl ChunkWriter {
+impl<F: FnMut(Vec<u8>) -> io::Result<()>> ChunkWriter<F> {
+    fn new(send: F) -> Self {
+        ChunkWriter { buf: Vec::with_capacity(CHUNK_BYTES), send }
+    }
+
     fn send(&mut self) -> io::Result<()> {
         if self.buf.is_empty() {
             return Ok(());
         }
-        let chunk = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK_BYTES)));
-        self.tx.blocking_send(chunk).map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "client went away"))
+        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK_BYTES));
+        (self.send)(chunk)
     }
 
     fn finish(mut self) -> io::Result<()> {
@@ -217,7 +247,7 @@ impl ChunkWriter {
     }
 }
 
-impl Write for ChunkWriter {
+impl<F: FnMut(Vec<u8>) -> io::Result<()>> Write for ChunkWriter<F> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         self.buf.extend_from_slice(data);
         if self.buf.len() >= CHUNK_BYTES {
