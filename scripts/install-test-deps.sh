@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-apt_pkgs=(prometheus prometheus-node-exporter iproute2 curl python3 python3-pip procps)
+apt_pkgs=(prometheus prometheus-node-exporter iproute2 curl python3 python3-pip python3-seccomp procps util-linux openssl apache2-utils)
 pip_pkgs=(prometheus_client)
 cargo_tools=()
 

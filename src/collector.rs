@@ -251,7 +251,23 @@ impl Exporter {
     }
 
     fn read_interfaces(&self) -> (InterfaceTable, bool) {
-        match interfaces::read(&self.config.procfs, self.live) {
+        let live = self.live && !self.netlink_refused.load(Ordering::Relaxed);
+        let result = match interfaces::read(&self.config.procfs, live) {
+            Err(e) if live => {
+                // getifaddrs asks over netlink too: where netlink is refused, the files
+                // still name every interface.
+                self.warn(
+                    Warning::Interfaces,
+                    format_args!(
+                        "couldn't list interfaces ({e}); reading {}/net/route and if_inet6",
+                        self.config.procfs.display()
+                    ),
+                );
+                interfaces::read_files(&self.config.procfs)
+            }
+            other => other,
+        };
+        match result {
             Ok(t) => (t, true),
             Err(e) => {
                 self.warn(

@@ -26,7 +26,8 @@ pub fn read(procfs: &Path, live: bool) -> Result<InterfaceTable, SourceError> {
     }
 }
 
-fn read_live() -> Result<InterfaceTable, SourceError> {
+/// The kernel's address list (getifaddrs, which asks over NETLINK_ROUTE).
+pub fn read_live() -> Result<InterfaceTable, SourceError> {
     let addrs = getifaddrs().map_err(|e| SourceError::Kernel { what: "getifaddrs", source: io::Error::from(e) })?;
     let mut table = InterfaceTableBuilder::default();
     for a in addrs {
@@ -42,7 +43,8 @@ fn read_live() -> Result<InterfaceTable, SourceError> {
     Ok(table.build())
 }
 
-fn read_files(procfs: &Path) -> Result<InterfaceTable, SourceError> {
+/// The files under `<procfs>/net`: exact for IPv6, by connected route for IPv4.
+pub fn read_files(procfs: &Path) -> Result<InterfaceTable, SourceError> {
     let mut table = InterfaceTableBuilder::default();
     let net = procfs.join("net");
     if let Some(file) = open_optional(&net.join("if_inet6"))? {

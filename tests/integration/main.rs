@@ -2,6 +2,7 @@
 //! binary (see `util` for the shared helpers).
 
 mod cli;
+mod faults;
 mod formats;
 mod golden;
 mod hostile;
