@@ -31,7 +31,9 @@ Python 3.11 standard library only. Needs root only if loadgen must raise sysctls
 from __future__ import annotations
 
 import argparse
+import fcntl
 import gzip
+import hashlib
 import json
 import os
 import re
@@ -279,6 +281,11 @@ def count_series(body: bytes, series_metric: str) -> tuple[int, int, int]:
 
 
 def established_value(body: bytes, metric: str) -> float | None:
+    """Sum of the family's samples with state ESTABLISHED, over all other labels.
+
+    conn-exporter splits network_connection_states by family and interface, where
+    interface="any" is the bucket of sockets bound to a wildcard address (not a total).
+    """
     vals = [v for _n, labels, v, _k in parse_samples(body, {metric})
             if labels.get("state", "").lower() == "established"]
     return sum(vals) if vals else None
@@ -323,6 +330,8 @@ def children_cpu_seconds() -> float:
 class SizeResult:
     n: int
     ss_established: int = 0
+    ss_established_end: int = 0
+    background: int = 0
     times: dict[str, list[float]] = field(default_factory=lambda: {k: [] for k, _ in MEASURES})
     cpu: dict[str, float] = field(default_factory=lambda: {k: 0.0 for k, _ in MEASURES})
     first: dict[str, float] = field(default_factory=dict)
@@ -340,10 +349,32 @@ class SizeResult:
     failures: list[str] = field(default_factory=list)
 
 
+def wait_quiet(args) -> int:
+    """ESTABLISHED sockets before the load starts; waits for a busy host to calm down.
+
+    Another benchmark or test's connections would be timed along with ours, so a timing
+    run needs a quiet host; the smoke run only compares against `ss` and does not wait.
+    """
+    count = ss_established()
+    if args.smoke or args.allow_busy or count <= args.max_background:
+        return count
+    log(f"{count} ESTABLISHED sockets before the load (more than --max-background "
+        f"{args.max_background}): waiting up to {args.quiet_wait:.0f} s for the host to calm down")
+    deadline = time.monotonic() + args.quiet_wait
+    while time.monotonic() < deadline:
+        time.sleep(2)
+        count = ss_established()
+        if count <= args.max_background:
+            return count
+    raise RuntimeError(f"host busy: {count} ESTABLISHED sockets that are not ours "
+                       "(use --allow-busy to measure anyway)")
+
+
 def run_size(n: int, args, procs: Processes, tmp: str) -> SizeResult:
     res = SizeResult(n)
     timeout = args.scrape_timeout
     loadgen = None
+    res.background = wait_quiet(args)
     if n > 0:
         ready = os.path.join(tmp, f"ready-{n}")
         argv = [sys.executable, os.path.join(HERE, "loadgen.py"), "-n", str(n),
@@ -370,6 +401,7 @@ def run_size(n: int, args, procs: Processes, tmp: str) -> SizeResult:
     taken: set[int] = set()
     exporter = node = None
     exp_port = node_port = 0
+    exp_log = None
     if args.exporter_bin:
         exp_port = free_port(args.port_base, taken)
         argv = [args.exporter_bin, "--web.listen-address", f"127.0.0.1:{exp_port}",
@@ -456,6 +488,15 @@ def run_size(n: int, args, procs: Processes, tmp: str) -> SizeResult:
                 raise RuntimeError(f"conn-exporter exited with {exporter.returncode}")
         for k in res.cpu:
             res.cpu[k] /= max(1, args.rounds)
+        res.ss_established_end = ss_established()
+        drift = abs(res.ss_established_end - res.ss_established)
+        if drift > max(args.tolerance_abs, int(res.ss_established * args.tolerance)):
+            msg = (f"ESTABLISHED sockets moved from {res.ss_established} to "
+                   f"{res.ss_established_end} during the rounds: foreign load?")
+            if args.smoke:
+                log("note: " + msg)
+            else:
+                res.failures.append(msg)
 
         if exporter:
             res.rss_peak_kib = proc_status(exporter.pid).get("VmHWM", 0)
@@ -467,6 +508,9 @@ def run_size(n: int, args, procs: Processes, tmp: str) -> SizeResult:
         for p in (exporter, node, loadgen):
             if p is not None:
                 procs.stop(p)
+        for f in (exp_log, node_log):
+            if f is not None:
+                f.close()
     if loadgen is not None:
         # Wait for the RST teardown to finish so the next size starts from a quiet host.
         deadline = time.monotonic() + 60
@@ -529,7 +573,8 @@ def mib(kib: int) -> str:
 
 def print_size(res: SizeResult, args) -> None:
     print()
-    print(f"== N = {res.n} connections: {res.ss_established} ESTABLISHED sockets (ss), "
+    print(f"== N = {res.n} connections: {res.ss_established} ESTABLISHED sockets (ss; "
+          f"{res.background} before the load, {res.ss_established_end} after the rounds), "
           f"{args.rounds} rounds, encoding {args.encoding}, source {args.source or 'default'}")
     print(f"  {'measure':<28} {'median (min–max) ms':>28} {'CPU ms/op':>10} {'first ms':>9}")
     for k, label in MEASURES:
@@ -584,7 +629,9 @@ def host_line() -> str:
     cpus = os.cpu_count()
     with open("/proc/meminfo") as f:
         mem = int(f.readline().split()[1]) // (1024 * 1024)
-    return f"host: Linux {kernel}, {cpus} CPUs, {mem} GiB, Python {sys.version.split()[0]}"
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    return (f"host: Linux {kernel}, {cpus} CPUs, {mem} GiB, Python {sys.version.split()[0]}, "
+            f"load average {load}")
 
 
 # --------------------------------------------------------------------------- main
@@ -622,6 +669,14 @@ def main() -> int:
     ap.add_argument("--tolerance-abs", type=int, default=10,
                     help="absolute tolerance of series counts vs ss (default 10)")
     ap.add_argument("--set-sysctls", action="store_true", help="let loadgen raise sysctls")
+    ap.add_argument("--max-background", type=int, default=2000,
+                    help="most ESTABLISHED sockets allowed before the load starts (default 2000)")
+    ap.add_argument("--quiet-wait", type=float, default=120.0,
+                    help="seconds to wait for a busy host to drop below --max-background")
+    ap.add_argument("--allow-busy", action="store_true",
+                    help="measure even if the host has other connections")
+    ap.add_argument("--lock-file", default="/tmp/conn-exporter-bench.lock",
+                    help="runs on one host are serialised with flock on this file")
     ap.add_argument("--json", help="write all raw samples and results here")
     ap.add_argument("--markdown", help="write the Markdown tables here")
     args = ap.parse_args()
@@ -647,6 +702,14 @@ def main() -> int:
             log(f"missing tool: {tool}")
             return 2
 
+    # Two runs at once would count each other's sockets: take a host-wide lock.
+    lock = open(args.lock_file, "a")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        log(f"another benchmark holds {args.lock_file}; waiting for it")
+        fcntl.flock(lock, fcntl.LOCK_EX)
+
     procs = Processes()
 
     def on_term(signum, _frame):
@@ -660,6 +723,18 @@ def main() -> int:
     print(host_line())
     try:
         with tempfile.TemporaryDirectory(prefix="conn-exporter-bench-") as tmp:
+            if args.exporter_bin:
+                # Run a private copy: a `cargo build` during the run must not swap the
+                # binary between sizes.
+                copy = os.path.join(tmp, "conn-exporter")
+                shutil.copy2(args.exporter_bin, copy)
+                with open(copy, "rb") as f:
+                    digest = hashlib.sha256(f.read()).hexdigest()[:16]
+                version = subprocess.run([copy, "--version"], capture_output=True,
+                                         text=True).stdout.strip()
+                print(f"conn-exporter: {args.exporter_bin} ({version or 'no --version'}, "
+                      f"sha256 {digest}...)")
+                args.exporter_bin = copy
             for n in sizes:
                 try:
                     res = run_size(n, args, procs, tmp)
@@ -688,7 +763,8 @@ def main() -> int:
             json.dump({"host": host_line(), "args": {k: v for k, v in vars(args).items()},
                        "results": [r.__dict__ for r in results], "errors": errors}, f, indent=1)
     failures = errors + [f"N={r.n}: {f}" for r in results for f in r.failures]
-    log(f"done in {time.perf_counter() - t_start:.0f} s, {len(failures)} failure(s)")
+    log(f"done in {time.perf_counter() - t_start:.0f} s, {len(failures)} failure(s); "
+        f"load average at the end {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     for f in failures:
         log("FAILURE: " + f)
     return 1 if failures else 0

@@ -125,12 +125,6 @@ if [[ -n $ssh_config ]]; then
 fi
 ssh_options=(-o BatchMode=yes -o ConnectTimeout=15 "${ssh_options[@]}")
 
-if [[ -z $log_dir ]]; then
-    log_dir=$(mktemp -d "${TMPDIR:-/tmp}/conn-exporter-deploy.XXXXXX")
-else
-    mkdir -p "$log_dir"
-fi
-
 # The installer's command line for one host, as words.
 installer_args() {
     local host=$1 opts=$2 words=()
@@ -193,6 +187,12 @@ if ((dry_run)); then
     done
     printf '\n%d host(s) would be %s.\n' "${#hosts[@]}" "$([[ $action == install ]] && echo installed || echo uninstalled)"
     exit 0
+fi
+
+if [[ -z $log_dir ]]; then
+    log_dir=$(mktemp -d "${TMPDIR:-/tmp}/conn-exporter-deploy.XXXXXX")
+else
+    mkdir -p "$log_dir"
 fi
 
 echo "${action}ing conn-exporter on ${#hosts[@]} host(s), $parallel at a time; logs in $log_dir"

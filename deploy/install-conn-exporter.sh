@@ -139,6 +139,14 @@ check_url() {
     printf 'http://%s:%s/metrics\n' "$host" "$port"
 }
 
+# True while a process runs (a zombie waiting for its parent to reap it does not).
+alive() {
+    local state
+    kill -0 "$1" 2>/dev/null || return 1
+    state=$(awk '/^State:/{print $2}' "/proc/$1/status" 2>/dev/null) || return 1
+    [[ -n $state && $state != Z && $state != X ]]
+}
+
 # Pid of the exporter this script manages, if it runs (else empty).
 our_pid() {
     local pid=""
@@ -147,7 +155,7 @@ our_pid() {
         [[ $pid == 0 ]] && pid=""
     elif [[ -r $PID_PATH ]]; then
         pid=$(<"$PID_PATH")
-        if ! [[ $pid =~ ^[0-9]+$ ]] || ! kill -0 "$pid" 2>/dev/null ||
+        if ! [[ $pid =~ ^[0-9]+$ ]] || ! alive "$pid" ||
             [[ $(readlink "/proc/$pid/exe" 2>/dev/null) != "$BIN_PATH"* ]]; then
             pid=""
         fi
@@ -157,30 +165,28 @@ our_pid() {
 
 # Fails (with a message naming the flag to change) when another program
 # listens on the port. Our own running exporter does not count: that is an upgrade.
+# Sockets are matched by inode against our own process's descriptors; only
+# when a stranger holds the port does `ss -p` (which walks every process's
+# descriptors, slow on busy hosts) name it.
 check_port_free() {
-    local port=$1 mine=$2 line pids pid others=""
+    local port=$1 mine=$2 inode ours="" foreign=0 holders
     command -v ss >/dev/null 2>&1 || { info "warning: 'ss' (iproute2) not found, cannot check port $port before starting"; return 0; }
-    while IFS= read -r line; do
-        [[ -n $line ]] || continue
-        pids=$(grep -o 'pid=[0-9]*' <<<"$line" | cut -d= -f2 || true)
-        if [[ -z $pids ]]; then
-            others+="${line}"$'\n'
-            continue
-        fi
-        for pid in $pids; do
-            [[ $pid == "$mine" ]] && continue
-            others+="$(grep -o 'users:(.*)' <<<"$line" || printf '%s' "$line")"$'\n'
-            break
-        done
-    done < <(ss -Htlnp "( sport = :$port )" 2>/dev/null || true)
-    if [[ -n $others ]]; then
-        local holder=""
-        grep -q '"node_exporter"\|"prometheus-node' <<<"$others" && holder=" (node_exporter: it uses 9100 by default)"
-        printf '%s: error: port %s is already in use%s:\n%s' "$PROG" "$port" "$holder" "$others" >&2
-        printf '%s: choose a free port with --listen-address (passed to the exporter as --web.listen-address), e.g.: %s --listen-address :%s\n' \
-            "$PROG" "$PROG" "$((port + 1))" >&2
-        exit 1
+    if [[ -n $mine ]]; then
+        ours=$(find "/proc/$mine/fd" -maxdepth 1 -lname 'socket:*' -printf '%l\n' 2>/dev/null | tr -dc '0-9\n' || true)
     fi
+    while IFS= read -r inode; do
+        [[ -n $inode ]] || continue
+        grep -qx -- "$inode" <<<"$ours" || foreign=1
+    done < <(ss -Htlne "( sport = :$port )" 2>/dev/null | grep -o 'ino:[0-9]*' | cut -d: -f2 || true)
+    ((foreign)) || return 0
+    holders=$(ss -Htlnp "( sport = :$port )" 2>/dev/null | grep -o 'users:(.*)' || true)
+    [[ -n $holders ]] || holders="(a process in another container or namespace, or not visible to ss)"
+    local hint=""
+    grep -q '"node_exporter"\|"prometheus-node' <<<"$holders" && hint=" (node_exporter: it uses 9100 by default)"
+    printf '%s: error: port %s is already in use%s:\n%s\n' "$PROG" "$port" "$hint" "$holders" >&2
+    printf '%s: choose a free port with --listen-address (passed to the exporter as --web.listen-address), e.g.: %s --listen-address :%s\n' \
+        "$PROG" "$PROG" "$((port + 1))" >&2
+    exit 1
 }
 
 wait_for_metrics() {
@@ -214,10 +220,10 @@ stop_plain() {
     [[ -n $pid ]] || return 0
     kill "$pid" 2>/dev/null || true
     for ((i = 0; i < 50; i++)); do
-        kill -0 "$pid" 2>/dev/null || break
+        alive "$pid" || break
         sleep 0.1
     done
-    kill -9 "$pid" 2>/dev/null || true
+    if alive "$pid"; then kill -9 "$pid" 2>/dev/null || true; fi
 }
 
 if [[ $action == uninstall ]]; then

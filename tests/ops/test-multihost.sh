@@ -39,7 +39,11 @@ cleanup() {
     for f in "$WORK"/hosts/*/run/conn-exporter.pid; do
         [[ -r $f ]] && kill -9 "$(<"$f")" 2>/dev/null
     done
-    for ns in "$NS_CTL" "${HOSTS[@]/#/$P-}"; do ip netns del "$ns" 2>/dev/null; done
+    # Anything still running inside our namespaces was started by this test.
+    for ns in "$NS_CTL" "${HOSTS[@]/#/$P-}"; do
+        for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$pid" 2>/dev/null; done
+        ip netns del "$ns" 2>/dev/null
+    done
     rm -rf "/etc/netns/$NS_CTL"
     ((CREATED_RUN_SSHD)) && rmdir /run/sshd 2>/dev/null
     if ((rc != 0)) && [[ -d $WORK/deploy-logs ]]; then
@@ -155,7 +159,8 @@ done
 # --- deploy: three hosts plus one unreachable ------------------------------------------
 printf '# test hosts\nhost1\nhost2   # web\nhost3\nhost4   # unreachable on purpose\n' >"$WORK/hosts.txt"
 deploy() {
-    in_ctl bash "$REPO/deploy-to-multiple-hosts.sh" --ssh-config "$WORK/ssh_config" \
+    # TMPDIR: the script's default per-run log directory goes under $WORK.
+    in_ctl env TMPDIR="$WORK" bash "$REPO/deploy-to-multiple-hosts.sh" --ssh-config "$WORK/ssh_config" \
         --binary "$BIN" --install-args "--init none --prefix $WORK/hosts/{host}" \
         --timeout 60 "$@"
 }
@@ -226,7 +231,9 @@ assert_contains "$out" "3 ok, 0 failed" "re-run summary"
 for h in "${HOSTS[@]}"; do
     pid=$(<"$WORK/hosts/$h/run/conn-exporter.pid")
     [[ $pid != "${FIRST_PID[$h]}" ]] || fail "$h: exporter was not restarted by the upgrade"
-    kill -0 "${FIRST_PID[$h]}" 2>/dev/null && fail "$h: old exporter ${FIRST_PID[$h]} still runs"
+    # A zombie (exited, not yet reaped by PID 1) does not count as running.
+    old_state=$(awk '/^State:/{print $2}' "/proc/${FIRST_PID[$h]}/status" 2>/dev/null || true)
+    [[ -z $old_state || $old_state == Z ]] || fail "$h: old exporter ${FIRST_PID[$h]} still runs ($old_state)"
     n=$(ip netns exec "$(host_ns "$h")" ss -Htlnp 'sport = :9100' | grep -c conn-exporter || true)
     ((n >= 1)) || fail "$h: no exporter listens on 9100 after the upgrade"
     left=$(find /tmp -maxdepth 1 -name 'conn-exporter-install.*' -newer "$WORK/hosts.txt" | wc -l)
@@ -267,7 +274,7 @@ yaml.safe_dump([{"targets": ["10.123.0.13:9100"],
                open(out + "/targets/hosts.yml", "w"))
 PY
 promtool check config "$WORK/prom/prometheus.yml" >/dev/null || fail "derived Prometheus config invalid"
-in_ctl prometheus --config.file="$WORK/prom/prometheus.yml" --storage.tsdb.path="$WORK/prom/data" \
+ip netns exec "$NS_CTL" prometheus --config.file="$WORK/prom/prometheus.yml" --storage.tsdb.path="$WORK/prom/data" \
     --web.listen-address=127.0.0.1:19090 >"$WORK/prom/prometheus.log" 2>&1 &
 PIDS+=("$!")
 PROM_START=$(date +%s)
@@ -315,9 +322,14 @@ sleep 6
 kill "$GONE_PID"
 kill "$(<"$WORK/host3/sshd.pid")"
 rm -f "$WORK/host3/sshd.pid"
-# Let Prometheus see it, and collect enough samples for the range queries.
+# Let Prometheus see it, and collect enough samples for the range queries
+# (the docs' [1d:1m] subquery needs a minute boundary with data).
 elapsed=$(($(date +%s) - PROM_START))
-((elapsed >= 40)) || sleep $((40 - elapsed))
+((elapsed >= 62)) || sleep $((62 - elapsed))
+# A fresh connection on host1, for "connections that appeared within the last minute".
+ip netns exec "$(host_ns host1)" python3 "$OPS_DIR/lib/tcp_fixture.py" --connect "$(host_ip host2):20002" \
+    >/dev/null 2>&1 &
+PIDS+=("$!")
 ssh_alert_host3() { in_ctl curl -fsS "$PROM/api/v1/alerts" | grep -q '"alertname":"NoListeningSSH".*"instance":"host3"'; }
 wait_until 30 "NoListeningSSH pending for host3" ssh_alert_host3
 alerts=$(in_ctl curl -fsS "$PROM/api/v1/alerts")

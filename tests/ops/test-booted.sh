@@ -1,0 +1,260 @@
+#!/usr/bin/env bash
+# Booted-system proof: a minimal Debian bookworm (debootstrap, cached) booted
+# with systemd-nspawn -b in its own network namespace. Inside it, with the
+# container's own systemd:
+#  - install-conn-exporter.sh refuses a port held by another program, then
+#    installs (with --listen-address), upgrades, and the service is active,
+#    enabled, runs as a dynamic non-root user without capabilities, and its
+#    /metrics shows the container's sockets (the same listeners as `ss`), not
+#    the host's;
+#  - --uninstall leaves no unit, binary or defaults file;
+#  - the .deb from `cargo deb` installs the same unit with dpkg -i, starts it,
+#    and dpkg --purge removes it.
+set -euo pipefail
+TEST_NAME=booted
+# shellcheck source=tests/ops/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+require_root
+require_bin
+require_cmds debootstrap systemd-nspawn nsenter cargo cargo-deb python3 ss timeout flock
+cd "$REPO"
+
+CACHE=${CONN_EXPORTER_TEST_CACHE:-/var/cache/conn-exporter-test}
+MIRROR=${DEBOOTSTRAP_MIRROR:-http://deb.debian.org/debian}
+INCLUDE=systemd,systemd-sysv,dbus,curl,iproute2,ca-certificates
+KEY=bookworm-minbase-$(printf '%s' "$INCLUDE" | sha256sum | cut -c1-12)
+IMAGE=$CACHE/$KEY
+MACHINE=cxt-booted-$$
+WORK=$(mktemp -d /var/tmp/conn-exporter-ops-booted.XXXXXX)
+NSPAWN_PID=""
+MARKER_PID=""
+MOUNTED_NSPAWN_RUN=0
+
+cleanup() {
+    local rc=$? i
+    set +e
+    if [[ -n $NSPAWN_PID ]] && kill -0 "$NSPAWN_PID" 2>/dev/null; then
+        kill "$NSPAWN_PID" # nspawn asks the container's systemd to power off
+        for ((i = 0; i < 150; i++)); do
+            kill -0 "$NSPAWN_PID" 2>/dev/null || break
+            sleep 0.2
+        done
+        kill -9 "$NSPAWN_PID" 2>/dev/null
+        wait "$NSPAWN_PID" 2>/dev/null
+    fi
+    [[ -n $MARKER_PID ]] && kill "$MARKER_PID" 2>/dev/null
+    if ((rc != 0)); then
+        echo "--- nspawn log (tail)"
+        tail -n 30 "$WORK/nspawn.log" 2>/dev/null
+    fi
+    ((MOUNTED_NSPAWN_RUN)) && umount /run/systemd/nspawn && rmdir /run/systemd/nspawn 2>/dev/null
+    rm -rf "$WORK"
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# --- the root tree, cached between runs ----------------------------------------------
+mkdir -p "$CACHE"
+start=$SECONDS
+(
+    flock 9
+    if [[ ! -e $IMAGE/.complete ]]; then
+        log "debootstrap bookworm (minbase + $INCLUDE) into $IMAGE"
+        rm -rf "$IMAGE.tmp" "$IMAGE"
+        debootstrap --variant=minbase --include="$INCLUDE" bookworm "$IMAGE.tmp" "$MIRROR" >"$CACHE/debootstrap.log" 2>&1 ||
+            { tail -n 20 "$CACHE/debootstrap.log"; exit 1; }
+        # A clean machine identity for each boot of a copy.
+        : >"$IMAGE.tmp/etc/machine-id"
+        rm -f "$IMAGE.tmp/var/lib/dbus/machine-id"
+        echo conn-exporter-test >"$IMAGE.tmp/etc/hostname"
+        touch "$IMAGE.tmp/.complete"
+        mv "$IMAGE.tmp" "$IMAGE"
+    fi
+) 9>"$CACHE/.lock" || fail "debootstrap failed (see $CACHE/debootstrap.log)"
+ok "root tree ready ($IMAGE, $((SECONDS - start))s)"
+
+# --- the .deb --------------------------------------------------------------------------
+start=$SECONDS
+mkdir -p "$WORK/deb"
+[[ $BIN -ef $REPO/target/release/conn-exporter ]] ||
+    log "note: the .deb packages target/release/conn-exporter (cargo-deb's path), not $BIN"
+cargo deb --no-build -q -o "$WORK/deb/" >"$WORK/cargo-deb.log" 2>&1 || { cat "$WORK/cargo-deb.log"; fail "cargo deb failed"; }
+DEB=$(ls "$WORK"/deb/*.deb)
+ok "cargo deb built $(basename "$DEB") ($((SECONDS - start))s)"
+
+# --- boot -------------------------------------------------------------------------------
+start=$SECONDS
+mkdir -p "$WORK/root"
+cp -a --reflink=auto "$IMAGE/." "$WORK/root/"
+mkdir -p "$WORK/bin" && cp "$BIN" "$WORK/bin/conn-exporter"
+# nspawn keeps state in /run/systemd/nspawn, which must be on a tmpfs.
+if [[ $(stat -f -c %T /run 2>/dev/null) != tmpfs ]] && ! mountpoint -q /run/systemd/nspawn; then
+    mkdir -p /run/systemd/nspawn
+    mount -t tmpfs -o mode=0755 tmpfs /run/systemd/nspawn
+    MOUNTED_NSPAWN_RUN=1
+fi
+# --register=no --keep-unit: this host may have no systemd/machined to talk to.
+systemd-nspawn --boot --directory="$WORK/root" --machine="$MACHINE" --register=no --keep-unit \
+    --private-network --console=passive \
+    --bind-ro="$REPO:/mnt/repo" --bind-ro="$WORK/bin:/mnt/bin" --bind-ro="$WORK/deb:/mnt/deb" \
+    >"$WORK/nspawn.log" 2>&1 &
+NSPAWN_PID=$!
+# The container's init: a child of nspawn that is PID 1 in its own PID
+# namespace and has exec'd systemd (nspawn's intermediate children are not).
+leader() {
+    local pid
+    for pid in $(ps -o pid= --ppid "$NSPAWN_PID"); do
+        if grep -Eq '^NSpid:.*[[:space:]]1$' "/proc/$pid/status" 2>/dev/null &&
+            [[ $(cat "/proc/$pid/comm" 2>/dev/null) == systemd ]]; then
+            echo "$pid"
+            return 0
+        fi
+    done
+}
+has_leader() { [[ -n $(leader) ]]; }
+wait_until 30 "the container's init" has_leader
+LEADER=$(leader)
+# Run a command inside the container, as its root, in all its namespaces.
+cexec() {
+    nsenter --target "$LEADER" --mount --uts --ipc --net --pid --root --wd \
+        /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 "$@"
+}
+# Until the container's systemd has set up its bus, is-system-running says
+# "offline" at once, even with --wait: ask again until it knows.
+deadline=$((SECONDS + 120))
+while :; do
+    state=$(timeout 60 nsenter --target "$LEADER" --mount --uts --ipc --net --pid --root --wd \
+        /usr/bin/env -i PATH=/usr/sbin:/usr/bin systemctl is-system-running --wait 2>&1) || true
+    case $state in
+        running | degraded | stopping | maintenance) break ;;
+    esac
+    ((SECONDS < deadline)) || break
+    kill -0 "$NSPAWN_PID" 2>/dev/null || break
+    sleep 0.5
+done
+case $state in
+    running) ;;
+    degraded) log "system is degraded: $(cexec systemctl --failed --no-legend --plain | tr '\n' ' ')" ;;
+    *) fail "container did not boot: '$state'" ;;
+esac
+[[ $(cexec cat /proc/1/comm) == systemd ]] || fail "PID 1 in the container is not systemd"
+[[ $(readlink "/proc/$LEADER/ns/net") != "$(readlink /proc/self/ns/net)" ]] || fail "container shares the host's network namespace"
+ok "booted Debian $(cexec cat /etc/debian_version) with systemd $(cexec systemctl --version | awk 'NR==1{print $2}') ($((SECONDS - start))s): $state"
+
+# A listener on the host side: it must not show up in the container's metrics.
+MARKER_PORT=$((30000 + RANDOM % 20000))
+python3 "$OPS_DIR/lib/tcp_fixture.py" --listen "127.0.0.1:$MARKER_PORT" >/dev/null 2>&1 &
+MARKER_PID=$!
+
+if [[ $BIN -ef $REPO/target/release/conn-exporter ]]; then
+    BIN_ARGS=() # the installer's default: target/release/conn-exporter of the repository
+else
+    BIN_ARGS=(--binary /mnt/bin/conn-exporter)
+fi
+install_in() { cexec bash -c 'cd /mnt/repo && ./install-conn-exporter.sh "$@"' install "${BIN_ARGS[@]}" "$@"; }
+scrape() { cexec curl -fsS --max-time 10 "http://127.0.0.1:${1:-9100}/metrics"; }
+grep_metrics() { python3 "$OPS_DIR/lib/metrics_grep.py" "$@"; }
+
+# --- port clash: "node_exporter" holds 9100 ------------------------------------------------
+cexec cp /usr/bin/systemd-socket-activate /usr/local/bin/node_exporter
+cexec systemd-run --quiet --unit=fake-node-exporter /usr/local/bin/node_exporter --listen=9100 /bin/cat
+node_exporter_listens() { cexec ss -Htlnp 'sport = :9100' | grep -q node_exporter; }
+wait_until 10 "stand-in node_exporter on 9100" node_exporter_listens
+set +e
+out=$(install_in 2>&1)
+rc=$?
+set -e
+((rc == 1)) || fail "install with 9100 taken: exit $rc, want 1: $out"
+assert_contains "$out" "port 9100 is already in use (node_exporter" "clash message"
+assert_contains "$out" "--listen-address" "clash message names the flag"
+cexec test ! -e /etc/systemd/system/conn-exporter.service || fail "clash: the unit was installed anyway"
+cexec test ! -e /usr/local/bin/conn-exporter || fail "clash: the binary was installed anyway"
+ok "install refused while node_exporter holds 9100: $(grep -m1 'already in use' <<<"$out")"
+
+# --- install on another port, as the message suggests -----------------------------------------
+start=$SECONDS
+out=$(install_in --listen-address :9101 2>&1) || { echo "$out"; fail "install with --listen-address :9101"; }
+[[ $(cexec systemctl is-active conn-exporter) == active ]] || fail "service not active after install"
+[[ $(cexec systemctl is-enabled conn-exporter) == enabled ]] || fail "service not enabled after install"
+scrape 9101 | grep -q '^conn_exporter_build_info' || fail "no metrics on :9101"
+ok "installed on :9101 beside node_exporter: active, enabled ($((SECONDS - start))s)"
+
+# --- upgrade back to the default port once 9100 is free -----------------------------------------
+cexec systemctl stop fake-node-exporter
+pid_before=$(cexec systemctl show -p MainPID --value conn-exporter)
+out=$(install_in 2>&1) || { echo "$out"; fail "re-running the installer (upgrade)"; }
+pid=$(cexec systemctl show -p MainPID --value conn-exporter)
+[[ $pid != "$pid_before" && $pid != 0 ]] || fail "upgrade did not restart the service"
+[[ $(cexec systemctl is-active conn-exporter) == active ]] || fail "service not active after upgrade"
+assert_contains "$(cexec cat /etc/default/conn-exporter)" "--web.listen-address=:9100" "defaults after upgrade"
+ok "re-run upgraded in place: new pid $pid, listening on :9100"
+
+# --- the service user ---------------------------------------------------------------------
+status=$(cexec cat "/proc/$pid/status")
+uid=$(awk '/^Uid:/{print $2}' <<<"$status")
+((uid != 0)) || fail "the exporter runs as root"
+grep -q '^CapEff:[[:space:]]*0000000000000000$' <<<"$status" || fail "the exporter has capabilities: $(grep CapEff <<<"$status")"
+grep -q '^NoNewPrivs:[[:space:]]*1$' <<<"$status" || fail "NoNewPrivs is not set"
+user=$(cexec getent passwd "$uid" | cut -d: -f1 || true)
+ok "service runs as uid $uid (${user:-dynamic user}), no capabilities, no_new_privs"
+
+# --- a scrape from inside shows the container's sockets ------------------------------------
+PROBE_PORT=$((30000 + RANDOM % 20000))
+((PROBE_PORT != MARKER_PORT)) || PROBE_PORT=$((PROBE_PORT + 1))
+cexec systemd-run --quiet --unit=probe-listener /usr/bin/systemd-socket-activate --listen="127.0.0.1:$PROBE_PORT" /bin/cat
+probe_listens() { cexec ss -Htln "sport = :$PROBE_PORT" | grep -q .; }
+wait_until 10 "probe listener in the container" probe_listens
+body=$(scrape)
+grep_metrics network_connections_info state=LISTEN "source_port=$PROBE_PORT" source_address=127.0.0.1 interface=lo <<<"$body" >/dev/null ||
+    fail "the container's listener :$PROBE_PORT is missing from /metrics"
+if grep_metrics network_connections_info "source_port=$MARKER_PORT" <<<"$body" >/dev/null; then
+    fail "the host's listener :$MARKER_PORT shows in the container's /metrics"
+fi
+ss_ports=$(cexec ss -Htln | awk '{print $4}' | sed 's/.*://' | sort -un | tr '\n' ' ')
+metric_ports=$(grep_metrics network_connections_info state=LISTEN <<<"$body" |
+    python3 -c 'import json,sys; print(" ".join(sorted({json.loads(l)["source_port"] for l in sys.stdin}, key=int)) + " ")')
+[[ $ss_ports == "$metric_ports" ]] || fail "listening ports differ: ss '$ss_ports', metrics '$metric_ports'"
+grep_metrics conn_exporter_scrape_collector_success collector=connections <<<"$body" | grep -q '"__value__": "1"' ||
+    fail "connections collector failed under the hardened unit"
+grep_metrics conn_exporter_scrape_collector_success collector=states <<<"$body" | grep -q '"__value__": "1"' ||
+    fail "states collector failed under the hardened unit"
+score=$(cexec systemd-analyze security conn-exporter.service --no-pager 2>/dev/null | grep -o 'exposure level for conn-exporter.service: [0-9.]*' | awk '{print $NF}')
+ok "scrape from inside: listening ports match ss ($metric_ports), probe :$PROBE_PORT present, host's :$MARKER_PORT absent; collectors succeed; live exposure ${score:-?}"
+
+# --- uninstall ---------------------------------------------------------------------------------
+out=$(install_in --uninstall 2>&1) || { echo "$out"; fail "uninstall"; }
+for f in /etc/systemd/system/conn-exporter.service /usr/local/bin/conn-exporter /etc/default/conn-exporter; do
+    cexec test ! -e "$f" || fail "uninstall left $f"
+done
+if cexec systemctl cat conn-exporter >/dev/null 2>&1; then fail "systemd still knows conn-exporter.service"; fi
+[[ $(cexec systemctl is-active conn-exporter || true) != active ]] || fail "service still active after uninstall"
+if cexec ss -Htln 'sport = :9100' | grep -q .; then fail "something still listens on 9100 after uninstall"; fi
+ok "uninstall left no unit, binary or defaults file"
+
+# --- the .deb -------------------------------------------------------------------------------------
+start=$SECONDS
+out=$(cexec dpkg -i "/mnt/deb/$(basename "$DEB")" 2>&1) || { echo "$out"; fail "dpkg -i"; }
+running() { [[ $(cexec systemctl is-active conn-exporter) == active ]]; }
+wait_until 20 "conn-exporter active after dpkg -i" running
+[[ $(cexec systemctl is-enabled conn-exporter) == enabled ]] || fail "deb: service not enabled"
+unit_path=$(cexec systemctl show -p FragmentPath --value conn-exporter)
+cexec cmp "$unit_path" /mnt/repo/deploy/systemd/conn-exporter.service || fail "deb: $unit_path differs from deploy/systemd/conn-exporter.service"
+pid=$(cexec systemctl show -p MainPID --value conn-exporter)
+uid=$(cexec cat "/proc/$pid/status" | awk '/^Uid:/{print $2}')
+((uid != 0)) || fail "deb: the exporter runs as root"
+metrics_ok() { scrape | grep -q '^network_connection_states'; }
+wait_until 10 "deb: /metrics answers" metrics_ok
+# Reinstalling the same package restarts the service (upgrade path).
+cexec dpkg -i "/mnt/deb/$(basename "$DEB")" >/dev/null 2>&1 || fail "dpkg -i (reinstall)"
+wait_until 20 "active after reinstall" running
+ok "dpkg -i: active, enabled, unit $unit_path identical to deploy/systemd/, uid $uid, /metrics answers ($((SECONDS - start))s)"
+
+cexec dpkg --purge conn-exporter >/dev/null 2>&1 || fail "dpkg --purge"
+for f in "$unit_path" /usr/bin/conn-exporter /etc/default/conn-exporter; do
+    cexec test ! -e "$f" || fail "purge left $f"
+done
+[[ $(cexec systemctl is-active conn-exporter || true) != active ]] || fail "service still active after purge"
+if cexec ss -Htln 'sport = :9100' | grep -q .; then fail "something still listens on 9100 after purge"; fi
+ok "dpkg --purge removed the service, unit, binary and defaults"
+log "all booted-system checks passed"
