@@ -47,8 +47,14 @@ impl From<LogLevel> for LevelFilter {
     max_term_width = 100
 )]
 pub struct Args {
-    /// Address to listen on: host:port, [v6]:port or :port (every address, IPv4 and IPv6). Repeatable.
-    #[arg(long = "web.listen-address", value_name = "ADDR", default_value = ":9100", action = ArgAction::Append)]
+    /// Addresses to listen on, as given.
+    #[arg(
+        long = "web.listen-address",
+        value_name = "ADDR",
+        default_value = ":9100",
+        action = ArgAction::Append,
+        help = "Address to listen on: host:port, [ipv6]:port or :port (every address, IPv4 and IPv6). Repeatable."
+    )]
     pub listen_addresses: Vec<String>,
 
     /// Path under which to expose metrics.

@@ -173,10 +173,7 @@ fn a_missing_tcp6_is_normal_and_an_unreadable_tcp_fails_only_its_collectors() {
     assert_eq!(success.len(), 2);
     assert!(success.iter().all(|s| s.1 == 0.0), "{text}");
     assert!(text.contains("source_address=\"::1\""), "IPv6 sockets are still exported");
-    let log = wait_for(Duration::from_secs(5), "the warning", || {
-        let log = e.log_text();
-        log.contains("couldn't read sockets").then_some(log)
-    });
+    let log = e.wait_log("couldn't read sockets");
     assert!(log.contains("net/tcp"), "{log}");
 }
 
@@ -186,10 +183,7 @@ fn malformed_lines_are_counted_and_logged() {
     let text = e.scrape();
     let errors = samples(&text, "conn_exporter_parse_errors_total");
     assert_eq!(errors.iter().find(|s| s.0["file"] == "tcp").unwrap().1, 3.0);
-    let log = wait_for(Duration::from_secs(5), "the warning", || {
-        let log = e.log_text();
-        log.contains("malformed").then_some(log)
-    });
+    let log = e.wait_log("malformed");
     assert!(log.contains("line 5"), "{log}");
     // Counted again on the next scrape; logged at most once a minute.
     let again = samples(&e.scrape(), "conn_exporter_parse_errors_total");

@@ -4,9 +4,8 @@
 //! happened.
 
 use std::process::Command;
-use std::time::Duration;
 
-use crate::util::{binary, fixture_copy, require_tool, run, samples, wait_for, Exporter};
+use crate::util::{binary, fixture_copy, require_tool, run, samples, Exporter};
 
 /// Runs the exporter under a seccomp filter that refuses AF_NETLINK sockets, as systemd's
 /// `RestrictAddressFamilies=~AF_NETLINK` would (Debian's python3-seccomp, libseccomp).
@@ -29,10 +28,7 @@ fn netlink_refused_falls_back_to_procfs_in_auto_mode() {
     let success = samples(&text, "conn_exporter_scrape_collector_success");
     assert!(success.iter().all(|s| s.1 == 1.0), "{text}");
     assert!(text.contains("network_connections_info{"), "sockets still come from /proc");
-    let log = wait_for(Duration::from_secs(5), "the fallback warning", || {
-        let log = e.log_text();
-        log.contains("netlink refused").then_some(log)
-    });
+    let log = e.wait_log("netlink refused");
     assert!(log.contains("/proc/net/tcp"), "{log}");
     // Said once, not at every scrape.
     e.scrape();
@@ -48,10 +44,7 @@ fn netlink_refused_with_the_netlink_source_fails_the_collectors_not_the_scrape()
     let success = samples(&text, "conn_exporter_scrape_collector_success");
     assert_eq!(success.len(), 2);
     assert!(success.iter().all(|s| s.1 == 0.0), "{text}");
-    let log = wait_for(Duration::from_secs(5), "the warning", || {
-        let log = e.log_text();
-        log.contains("NETLINK_SOCK_DIAG").then_some(log)
-    });
+    let log = e.wait_log("NETLINK_SOCK_DIAG");
     assert!(log.contains("couldn't read sockets"), "{log}");
 }
 
@@ -79,10 +72,7 @@ fn unreadable_vanishing_and_empty_files() {
     let text = e.scrape();
     assert!(samples(&text, "conn_exporter_scrape_collector_success").iter().all(|s| s.1 == 0.0), "{text}");
     assert!(text.contains("source_address=\"192.0.2.2\""), "IPv4 sockets still there");
-    let log = wait_for(Duration::from_secs(5), "the warning", || {
-        let log = e.log_text();
-        log.contains("permission denied").then_some(log)
-    });
+    let log = e.wait_log("permission denied");
     assert!(log.contains("tcp6"), "{log}");
 
     // tcp6 gone (IPv6 switched off between scrapes): normal again.

@@ -111,10 +111,7 @@ fn tls_basic_auth_headers_and_reload() {
     assert_eq!(code, 0, "{text}");
     assert_eq!(samples(&text, "conn_exporter_web_config_last_reload_successful")[0].1, 0.0, "{text}");
     assert_eq!(samples(&text, "conn_exporter_web_config_reload_failures_total")[0].1, 1.0);
-    let log = wait_for(Duration::from_secs(5), "the reload error", || {
-        let log = e.log_text();
-        log.contains("keeping the last good configuration").then_some(log)
-    });
+    let log = e.wait_log("keeping the last good configuration");
     assert!(log.contains("key_file"), "{log}");
 }
 

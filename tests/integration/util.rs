@@ -88,6 +88,14 @@ impl Exporter {
     pub fn log_text(&self) -> String {
         self.log.lock().unwrap().join("\n")
     }
+
+    /// Waits (up to 5 s) for a log line containing `needle`; returns the whole log.
+    pub fn wait_log(&self, needle: &str) -> String {
+        wait_for(Duration::from_secs(5), needle, || {
+            let log = self.log_text();
+            log.contains(needle).then_some(log)
+        })
+    }
 }
 
 impl Drop for Exporter {
