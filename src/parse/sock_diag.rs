@@ -174,35 +174,28 @@ pub fn decode_batch(mut buf: &[u8], mut sink: impl FnMut(Connection)) -> Result<
     Ok(Batch::More)
 }
 
+/// A `SOCK_DIAG_BY_FAMILY` reply as the kernel lays it out: addresses in network order
+/// (4 bytes for AF_INET, 16 for AF_INET6). For tests, benchmarks and fuzz seeds.
+pub fn reply_message(family: u8, state: u8, src: &[u8], sport: u16, dst: &[u8], dport: u16, ifindex: u32) -> Vec<u8> {
+    let mut m = vec![0u8; NLMSG_HDRLEN + MSG_LEN];
+    m[0..4].copy_from_slice(&((NLMSG_HDRLEN + MSG_LEN) as u32).to_ne_bytes());
+    m[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    let p = &mut m[NLMSG_HDRLEN..];
+    p[0] = family;
+    p[1] = state;
+    p[4..6].copy_from_slice(&sport.to_be_bytes());
+    p[6..8].copy_from_slice(&dport.to_be_bytes());
+    p[8..8 + src.len().min(16)].copy_from_slice(&src[..src.len().min(16)]);
+    p[24..24 + dst.len().min(16)].copy_from_slice(&dst[..dst.len().min(16)]);
+    p[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+    m
+}
+
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
 
-    /// A reply message as the kernel lays it out.
-    pub(crate) fn socket_msg(
-        family: u8,
-        state: u8,
-        src: &[u8],
-        sport: u16,
-        dst: &[u8],
-        dport: u16,
-        ifindex: u32,
-    ) -> Vec<u8> {
-        let mut m = vec![0u8; NLMSG_HDRLEN + MSG_LEN];
-        m[0..4].copy_from_slice(&((NLMSG_HDRLEN + MSG_LEN) as u32).to_ne_bytes());
-        m[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-        let p = &mut m[NLMSG_HDRLEN..];
-        p[0] = family;
-        p[1] = state;
-        p[4..6].copy_from_slice(&sport.to_be_bytes());
-        p[6..8].copy_from_slice(&dport.to_be_bytes());
-        p[8..8 + src.len()].copy_from_slice(src);
-        p[24..24 + dst.len()].copy_from_slice(dst);
-        p[40..44].copy_from_slice(&ifindex.to_ne_bytes());
-        m
-    }
-
-    pub(crate) fn done_msg() -> Vec<u8> {
+    fn done_msg() -> Vec<u8> {
         let mut m = vec![0u8; NLMSG_HDRLEN + 4];
         m[0..4].copy_from_slice(&20u32.to_ne_bytes());
         m[4..6].copy_from_slice(&NLMSG_DONE.to_ne_bytes());
@@ -232,10 +225,10 @@ pub(crate) mod tests {
 
     #[test]
     fn decodes_ipv4_ipv6_and_the_interface_index() {
-        let mut buf = socket_msg(AF_INET, 10, &[127, 0, 0, 1], 9100, &[0, 0, 0, 0], 0, 0);
+        let mut buf = reply_message(AF_INET, 10, &[127, 0, 0, 1], 9100, &[0, 0, 0, 0], 0, 0);
         let v6: Ipv6Addr = "fe80::fc:ff:fe00:1".parse().unwrap();
         let peer: Ipv6Addr = "fe80::1".parse().unwrap();
-        buf.extend(socket_msg(AF_INET6, 1, &v6.octets(), 7946, &peer.octets(), 40000, 4));
+        buf.extend(reply_message(AF_INET6, 1, &v6.octets(), 7946, &peer.octets(), 40000, 4));
         let mut got = Vec::new();
         assert_eq!(decode_batch(&buf, |c| got.push(c)), Ok(Batch::More));
         assert_eq!(got.len(), 2);
@@ -248,7 +241,7 @@ pub(crate) mod tests {
 
     #[test]
     fn done_ends_the_dump_and_errors_carry_the_errno() {
-        let mut buf = socket_msg(AF_INET, 6, &[10, 0, 0, 1], 1, &[10, 0, 0, 2], 2, 0);
+        let mut buf = reply_message(AF_INET, 6, &[10, 0, 0, 1], 1, &[10, 0, 0, 2], 2, 0);
         assert!(!ends_dump(&buf));
         buf.extend(done_msg());
         assert!(ends_dump(&buf));
@@ -263,7 +256,7 @@ pub(crate) mod tests {
 
     #[test]
     fn truncated_and_hostile_buffers_are_errors_not_panics() {
-        let full = socket_msg(AF_INET, 1, &[1, 2, 3, 4], 1, &[5, 6, 7, 8], 2, 0);
+        let full = reply_message(AF_INET, 1, &[1, 2, 3, 4], 1, &[5, 6, 7, 8], 2, 0);
         for cut in [1, 15, 16, 40, full.len() - 1] {
             assert!(matches!(decode_batch(&full[..cut], |_| {}), Err(DecodeError::Truncated { .. })), "cut at {cut}");
         }
