@@ -61,15 +61,24 @@ impl Format {
 }
 
 /// True when an `Accept-Encoding` header accepts gzip.
+///
+/// An explicit `gzip` entry decides; `*` counts only when gzip is not named (RFC 9110
+/// 12.5.3: `gzip;q=0, *` refuses gzip).
 pub fn accepts_gzip(accept_encoding: Option<&str>) -> bool {
-    accept_encoding.is_some_and(|h| {
-        h.split(',').any(|coding| {
-            let mut parts = coding.split(';').map(str::trim);
-            let name = parts.next().unwrap_or("");
-            let q = parts.find_map(|p| p.strip_prefix("q=")).map_or(1.0, |q| q.trim().parse::<f32>().unwrap_or(0.0));
-            (name.eq_ignore_ascii_case("gzip") || name == "*") && q > 0.0
-        })
-    })
+    let Some(header) = accept_encoding else { return false };
+    let (mut gzip, mut any) = (None::<f32>, None::<f32>);
+    for coding in header.split(',') {
+        let mut parts = coding.split(';').map(str::trim);
+        let name = parts.next().unwrap_or("");
+        let q = parts.find_map(|p| p.strip_prefix("q=")).map_or(1.0, |q| q.trim().parse::<f32>().unwrap_or(0.0));
+        let q = if (0.0..=1.0).contains(&q) { q } else { 0.0 };
+        if name.eq_ignore_ascii_case("gzip") || name.eq_ignore_ascii_case("x-gzip") {
+            gzip = Some(gzip.map_or(q, |g| g.max(q)));
+        } else if name == "*" {
+            any = Some(any.map_or(q, |a| a.max(q)));
+        }
+    }
+    gzip.or(any).is_some_and(|q| q > 0.0)
 }
 
 /// Metric types used here.
@@ -278,6 +287,9 @@ mod tests {
         assert!(!accepts_gzip(Some("gzip;q=0")));
         assert!(!accepts_gzip(Some("identity")));
         assert!(!accepts_gzip(None));
+        assert!(accepts_gzip(Some("*")));
+        assert!(!accepts_gzip(Some("gzip;q=0, *")), "an explicit refusal beats the wildcard");
+        assert!(!accepts_gzip(Some("gzip;q=2")));
     }
 
     fn encode(format: Format) -> String {

@@ -45,8 +45,12 @@ fn ipv4_field(field: &str, order: ByteOrder) -> Option<Ipv4Addr> {
 pub fn parse_routes<R: BufRead>(reader: R, order: ByteOrder) -> io::Result<(Vec<ConnectedRoute>, u64)> {
     let mut routes = Vec::new();
     let mut bad = 0;
-    for (i, line) in reader.lines().enumerate() {
-        let line = line?;
+    for (i, line) in reader.split(b'\n').enumerate() {
+        // A line that is not UTF-8 (an odd interface name) costs itself, not the file.
+        let Ok(line) = String::from_utf8(line?) else {
+            bad += 1;
+            continue;
+        };
         let f: Vec<&str> = line.split_whitespace().collect();
         if i == 0 && f.first() == Some(&"Iface") || f.is_empty() {
             continue;
@@ -83,8 +87,11 @@ pub fn parse_routes<R: BufRead>(reader: R, order: ByteOrder) -> io::Result<(Vec<
 pub fn parse_if_inet6<R: BufRead>(reader: R) -> io::Result<(Vec<InterfaceAddress6>, u64)> {
     let mut out = Vec::new();
     let mut bad = 0;
-    for line in reader.lines() {
-        let line = line?;
+    for line in reader.split(b'\n') {
+        let Ok(line) = String::from_utf8(line?) else {
+            bad += 1;
+            continue;
+        };
         let f: Vec<&str> = line.split_whitespace().collect();
         if f.is_empty() {
             continue;
@@ -167,5 +174,9 @@ fe8000000000000000fc00fffe000001 04 40 20 80     eth0
         let (addrs, bad) = parse_if_inet6("fe80 02 40 20 80 eth0\n".as_bytes()).unwrap();
         assert!(addrs.is_empty());
         assert_eq!(bad, 1);
+        let odd =
+            b"fd000000000000000000000000000005 03 40 00 80 e\xffx\n00000000000000000000000000000001 01 80 10 80 lo\n";
+        let (addrs, bad) = parse_if_inet6(&odd[..]).unwrap();
+        assert_eq!((addrs.len(), bad), (1, 1), "a non-UTF-8 name costs one line");
     }
 }

@@ -125,9 +125,16 @@ pub fn decode_socket(msg: &[u8]) -> Result<Connection, DecodeError> {
 pub fn ends_dump(mut buf: &[u8]) -> bool {
     while buf.len() >= NLMSG_HDRLEN {
         let len = u32_at(buf, 0) as usize;
+        if len < NLMSG_HDRLEN || len > buf.len() {
+            return true;
+        }
         match u16_at(buf, 4) {
             NLMSG_DONE | NLMSG_ERROR => return true,
-            _ if len < NLMSG_HDRLEN || len > buf.len() => return true,
+            // A reply the decoder would refuse ends the dump here too, so that both
+            // threads stop at the same place.
+            SOCK_DIAG_BY_FAMILY if len < NLMSG_HDRLEN + MSG_LEN || !matches!(buf[NLMSG_HDRLEN], AF_INET | AF_INET6) => {
+                return true
+            }
             _ => buf = buf.get((len + 3) & !3..).unwrap_or(&[]),
         }
     }
@@ -156,7 +163,8 @@ pub fn decode_batch(mut buf: &[u8], mut sink: impl FnMut(Connection)) -> Result<
                 if payload.len() < 4 {
                     return Err(DecodeError::Truncated { offset });
                 }
-                let errno = -(u32_at(payload, 0) as i32);
+                // The kernel sends a negative errno; a corrupt i32::MIN must not overflow.
+                let errno = (u32_at(payload, 0) as i32).saturating_neg();
                 if errno != 0 {
                     return Err(DecodeError::Kernel { errno });
                 }
@@ -247,6 +255,12 @@ mod tests {
         assert!(ends_dump(&buf));
         assert!(ends_dump(&error_msg(1)));
         assert!(ends_dump(&buf[..20]), "a cut header ends the dump");
+        let mut bad_family = reply_message(AF_INET, 1, &[1, 2, 3, 4], 1, &[5, 6, 7, 8], 2, 0);
+        bad_family[NLMSG_HDRLEN] = 99;
+        assert!(ends_dump(&bad_family));
+        let mut min = error_msg(0);
+        min[16..20].copy_from_slice(&0x8000_0000u32.to_ne_bytes());
+        assert_eq!(decode_batch(&min, |_| {}), Err(DecodeError::Kernel { errno: i32::MAX }));
         let mut n = 0;
         assert_eq!(decode_batch(&buf, |_| n += 1), Ok(Batch::Done));
         assert_eq!(n, 1);
