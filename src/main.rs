@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Parser;
+use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -61,7 +62,9 @@ fn main() -> ExitCode {
 fn run(config: Config, web: Option<WebConfigFile>) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
-        .max_blocking_threads(64)
+        // A gzip scrape holds two blocking threads (encoder and compressor): enough for
+        // every scrape --web.max-requests lets in, plus the netlink readers.
+        .max_blocking_threads(if config.max_requests == 0 { 512 } else { config.max_requests.saturating_mul(2) + 16 })
         .enable_all()
         .build()
         .context("starting the runtime")?;
@@ -102,29 +105,46 @@ fn run(config: Config, web: Option<WebConfigFile>) -> Result<()> {
     })
 }
 
-fn bind(flag: &str, listen: &Listen) -> Result<Vec<TcpListener>> {
-    let bind_one = |addr: SocketAddr| -> Result<TcpListener> {
-        let listener = std::net::TcpListener::bind(addr).map_err(|e| {
-            let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
-                format!(
-                    "address already in use: another process listens on port {}{}. Pick a free one with --web.listen-address (e.g. --web.listen-address=:9101)",
-                    addr.port(),
-                    if addr.port() == 9100 { " (9100 is node_exporter's port; it may be running here)" } else { "" }
-                )
-            } else {
-                e.to_string()
-            };
-            anyhow::anyhow!("cannot listen on --web.listen-address={flag} ({addr}): {hint}")
-        })?;
-        listener.set_nonblocking(true)?;
-        Ok(TcpListener::from_std(listener)?)
+/// Pending connections the kernel may queue per listener; the standard library's 128
+/// overflowed when a thousand clients connected at once (the kernel caps this at
+/// `net.core.somaxconn`).
+const LISTEN_BACKLOG: i32 = 1024;
+
+fn listen_socket(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() && addr.ip().is_unspecified() {
+        // `:port` means IPv4 and IPv6, whatever net.ipv6.bindv6only says.
+        socket.set_only_v6(false)?;
+    }
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    socket.set_nonblocking(true)?;
+    TcpListener::from_std(socket.into())
+}
+
+fn bind_error(flag: &str, addr: SocketAddr, e: std::io::Error) -> anyhow::Error {
+    let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
+        format!(
+            "address already in use: another process listens on port {}{}. Pick a free one with --web.listen-address (e.g. --web.listen-address=:9101)",
+            addr.port(),
+            if addr.port() == 9100 { " (9100 is node_exporter's port; it may be running here)" } else { "" }
+        )
+    } else {
+        e.to_string()
     };
+    anyhow::anyhow!("cannot listen on --web.listen-address={flag} ({addr}): {hint}")
+}
+
+fn bind(flag: &str, listen: &Listen) -> Result<Vec<TcpListener>> {
+    let bind_one = |addr: SocketAddr| listen_socket(addr).map_err(|e| bind_error(flag, addr, e));
     match listen {
         Listen::AnyAddress(port) => {
             // One dual-stack socket; hosts with IPv6 switched off get IPv4 alone.
-            match bind_one(SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), *port)) {
+            let v6 = SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), *port);
+            match listen_socket(v6) {
                 Ok(l) => Ok(vec![l]),
-                Err(e) if e.to_string().contains("address already in use") => Err(e),
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(bind_error(flag, v6, e)),
                 Err(_) => Ok(vec![bind_one(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), *port))?]),
             }
         }
