@@ -2,6 +2,8 @@
 //! `parse::sock_diag` builds the request and decodes the replies.
 
 use std::io;
+use std::sync::mpsc::SyncSender;
+use std::sync::Mutex;
 
 use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket, SocketAddr};
 
@@ -71,51 +73,64 @@ impl SockDiag {
     }
 }
 
-/// What the receiving thread hands to the decoding one.
+/// What the receiving threads hand to the decoding one.
 enum Received {
     Batch(Family, Vec<u8>),
-    Failed(Family, io::Error),
+    Failed(Family, SourceError),
 }
 
 impl SockDiag {
-    /// Dumps both families, receiving on a helper thread while the calling thread decodes
-    /// into `sink`: the kernel's half of the work (most of it) overlaps with ours.
-    /// Returns each family's result as [`dump`](Self::dump) would.
-    pub fn dump_all(mut self, sink: &mut impl FnMut(Connection)) -> [Result<Option<u64>, SourceError>; 2] {
+    /// Receives one family's dump, handing each buffer on as it arrives.
+    fn receive(&mut self, family: Family, out: &SyncSender<Received>, pool: &Mutex<Vec<Vec<u8>>>) {
+        let af = match family {
+            Family::Ipv4 => sock_diag::AF_INET,
+            Family::Ipv6 => sock_diag::AF_INET6,
+        };
+        self.seq = self.seq.wrapping_add(1);
+        let failed = |source| Received::Failed(family, SourceError::Kernel { what: "sock_diag dump", source });
+        if let Err(e) = self.socket.send(&sock_diag::dump_request(af, sock_diag::ALL_STATES, self.seq), 0) {
+            let _ = out.send(failed(e));
+            return;
+        }
+        loop {
+            let recycled = pool.lock().unwrap_or_else(|e| e.into_inner()).pop();
+            let mut buf = recycled.unwrap_or_else(|| Vec::with_capacity(RECV_BYTES));
+            buf.clear();
+            if let Err(e) = self.socket.recv(&mut buf, 0) {
+                let _ = out.send(failed(e));
+                return;
+            }
+            let end = sock_diag::ends_dump(&buf);
+            if out.send(Received::Batch(family, buf)).is_err() || end {
+                return;
+            }
+        }
+    }
+
+    /// Dumps both families, each received on a thread of its own (over a socket of its
+    /// own) while the calling thread decodes into `sink`: the kernel's work, most of the
+    /// cost, runs on both cores and overlaps with ours. Returns each family's result as
+    /// [`dump`](Self::dump) would.
+    pub fn dump_all(self, sink: &mut impl FnMut(Connection)) -> [Result<Option<u64>, SourceError>; 2] {
         let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<Received>(8);
-        let (free_tx, free_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+        let pool = Mutex::new(Vec::new());
+        let ipv6 = SockDiag::open();
         std::thread::scope(|scope| {
-            scope.spawn(move || {
-                for family in Family::ALL {
-                    let af = match family {
-                        Family::Ipv4 => sock_diag::AF_INET,
-                        Family::Ipv6 => sock_diag::AF_INET6,
-                    };
-                    self.seq = self.seq.wrapping_add(1);
-                    if let Err(e) = self.socket.send(&sock_diag::dump_request(af, sock_diag::ALL_STATES, self.seq), 0) {
-                        let _ = full_tx.send(Received::Failed(family, e));
-                        continue;
+            let pool = &pool;
+            for (family, diag) in [(Family::Ipv4, Ok(self)), (Family::Ipv6, ipv6)] {
+                let out = full_tx.clone();
+                scope.spawn(move || match diag {
+                    Ok(mut diag) => diag.receive(family, &out, pool),
+                    Err(e) => {
+                        let _ = out.send(Received::Failed(family, e));
                     }
-                    loop {
-                        let mut buf = free_rx.try_recv().unwrap_or_else(|_| Vec::with_capacity(RECV_BYTES));
-                        buf.clear();
-                        if let Err(e) = self.socket.recv(&mut buf, 0) {
-                            let _ = full_tx.send(Received::Failed(family, e));
-                            break;
-                        }
-                        let end = sock_diag::ends_dump(&buf);
-                        if full_tx.send(Received::Batch(family, buf)).is_err() || end {
-                            break;
-                        }
-                    }
-                }
-            });
+                });
+            }
+            drop(full_tx);
             let mut results: [Result<Option<u64>, SourceError>; 2] = [Ok(Some(0)), Ok(Some(0))];
             for received in full_rx {
                 match received {
-                    Received::Failed(family, source) => {
-                        results[family.index()] = Err(SourceError::Kernel { what: "sock_diag dump", source });
-                    }
+                    Received::Failed(family, e) => results[family.index()] = Err(e),
                     Received::Batch(family, buf) => {
                         let slot = &mut results[family.index()];
                         if let Ok(Some(count)) = slot {
@@ -137,7 +152,7 @@ impl SockDiag {
                                 }
                             }
                         }
-                        let _ = free_tx.send(buf);
+                        pool.lock().unwrap_or_else(|e| e.into_inner()).push(buf);
                     }
                 }
             }
