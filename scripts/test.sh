@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every test of conn-exporter, from a bare Debian machine: installs what the tests need,
 # then formatting, lints, unit and integration tests (real sockets, ss, promtool, a real
-# Prometheus), the operations kit's tests and the benchmark's smoke run.
+# Prometheus), the operations kit's tests, the fuzz corpora replay, and the benchmark's
+# and load test's quick runs. Needs root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 step() { printf '\n==> %s\n' "$*"; }
@@ -26,14 +27,16 @@ step "release build"
 cargo build --release --locked
 export CONN_EXPORTER_BIN="$PWD/target/release/conn-exporter"
 
-if [[ -x tests/ops/run-all.sh ]]; then
-  step "operations kit (tests/ops/run-all.sh)"
-  tests/ops/run-all.sh
-fi
+step "operations kit (tests/ops/run-all.sh)"
+tests/ops/run-all.sh
 
-if [[ -f bench/run.py ]]; then
-  step "benchmark smoke run"
-  python3 bench/run.py --smoke --exporter "$CONN_EXPORTER_BIN"
-fi
+step "fuzz corpora replay"
+scripts/fuzz.sh --replay
+
+step "benchmark smoke run"
+python3 bench/run.py --smoke --exporter "$CONN_EXPORTER_BIN"
+
+step "load test, quick run"
+python3 bench/load.py --quick --exporter "$CONN_EXPORTER_BIN"
 
 step "all tests passed"

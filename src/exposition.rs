@@ -70,7 +70,9 @@ pub fn accepts_gzip(accept_encoding: Option<&str>) -> bool {
     for coding in header.split(',') {
         let mut parts = coding.split(';').map(str::trim);
         let name = parts.next().unwrap_or("");
-        let q = parts.find_map(|p| p.strip_prefix("q=")).map_or(1.0, |q| q.trim().parse::<f32>().unwrap_or(0.0));
+        let q = parts
+            .find_map(|p| p.split_once('=').filter(|(k, _)| k.trim().eq_ignore_ascii_case("q")).map(|(_, v)| v))
+            .map_or(1.0, |q| q.trim().parse::<f32>().unwrap_or(0.0));
         let q = if (0.0..=1.0).contains(&q) { q } else { 0.0 };
         if name.eq_ignore_ascii_case("gzip") || name.eq_ignore_ascii_case("x-gzip") {
             gzip = Some(gzip.map_or(q, |g| g.max(q)));
@@ -290,6 +292,7 @@ mod tests {
         assert!(accepts_gzip(Some("*")));
         assert!(!accepts_gzip(Some("gzip;q=0, *")), "an explicit refusal beats the wildcard");
         assert!(!accepts_gzip(Some("gzip;q=2")));
+        assert!(!accepts_gzip(Some("gzip;Q=0")));
     }
 
     fn encode(format: Format) -> String {

@@ -179,6 +179,9 @@ impl WebConfig {
                 };
                 let value =
                     HeaderValue::from_str(&value).map_err(|_| field_error(&field, "not a valid header value"))?;
+                if config.headers.iter().any(|(n, _)| n.as_str().eq_ignore_ascii_case(allowed)) {
+                    return Err(field_error(field, "set twice (header names are case-insensitive)"));
+                }
                 config.headers.push((HeaderName::from_static(static_lower(allowed)), value));
             }
         }
@@ -543,6 +546,10 @@ mod tests {
             ("tls_server_config:\n  cert_file: a.pem\n  key_file: a.key\n", "tls_server_config.cert_file"),
             ("tls_server_config:\n  key_file: a.key\n", "cert_file"),
             ("[1, 2", ""),
+            (
+                "http_server_config:\n  headers:\n    X-Frame-Options: deny\n    x-frame-options: sameorigin\n",
+                "set twice",
+            ),
         ] {
             let e = parse(text).unwrap_err();
             assert!(e.contains(needle), "{text:?}: {e}");

@@ -129,7 +129,12 @@ pub fn ends_dump(mut buf: &[u8]) -> bool {
             return true;
         }
         match u16_at(buf, 4) {
-            NLMSG_DONE | NLMSG_ERROR => return true,
+            NLMSG_DONE => return true,
+            // An ACK (errno 0) is no error to the decoder either.
+            NLMSG_ERROR if len >= NLMSG_HDRLEN + 4 && u32_at(buf, NLMSG_HDRLEN) == 0 => {
+                buf = buf.get((len + 3) & !3..).unwrap_or(&[])
+            }
+            NLMSG_ERROR => return true,
             // A reply the decoder would refuse ends the dump here too, so that both
             // threads stop at the same place.
             SOCK_DIAG_BY_FAMILY if len < NLMSG_HDRLEN + MSG_LEN || !matches!(buf[NLMSG_HDRLEN], AF_INET | AF_INET6) => {
