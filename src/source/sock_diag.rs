@@ -9,16 +9,14 @@ use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket, SocketAddr};
 
 use super::SourceError;
 use crate::model::{Connection, Family};
-use crate::parse::sock_diag::{self, Batch, DecodeError};
+use crate::parse::sock_diag::{self, DecodeError};
 
 /// The kernel sends at most 32 KiB per dump message batch; twice that never truncates.
 const RECV_BYTES: usize = 64 * 1024;
 
-/// A connected NETLINK_SOCK_DIAG socket and its receive buffer.
+/// A connected NETLINK_SOCK_DIAG socket; each carries one dump.
 pub struct SockDiag {
     socket: Socket,
-    buf: Vec<u8>,
-    seq: u32,
 }
 
 impl SockDiag {
@@ -29,47 +27,7 @@ impl SockDiag {
         let mut socket = Socket::new(NETLINK_SOCK_DIAG).map_err(kernel)?;
         socket.bind_auto().map_err(kernel)?;
         socket.connect(&SocketAddr::new(0, 0)).map_err(kernel)?;
-        Ok(SockDiag { socket, buf: Vec::with_capacity(RECV_BYTES), seq: 0 })
-    }
-
-    /// Dumps one family's TCP sockets into `sink`; returns how many.
-    ///
-    /// `Ok(None)` when the kernel has no inet6_diag (IPv6 off), like a missing `tcp6`.
-    pub fn dump(&mut self, family: Family, mut sink: impl FnMut(Connection)) -> Result<Option<u64>, SourceError> {
-        let af = match family {
-            Family::Ipv4 => sock_diag::AF_INET,
-            Family::Ipv6 => sock_diag::AF_INET6,
-        };
-        self.seq = self.seq.wrapping_add(1);
-        let request = sock_diag::dump_request(af, sock_diag::ALL_STATES, self.seq);
-        self.socket
-            .send(&request, 0)
-            .map_err(|source| SourceError::Kernel { what: "sending the sock_diag dump request", source })?;
-        let mut count = 0u64;
-        loop {
-            self.buf.clear();
-            self.socket
-                .recv(&mut self.buf, 0)
-                .map_err(|source| SourceError::Kernel { what: "receiving the sock_diag dump", source })?;
-            match sock_diag::decode_batch(&self.buf, |c| {
-                count += 1;
-                sink(c)
-            }) {
-                Ok(Batch::More) => {}
-                Ok(Batch::Done) => return Ok(Some(count)),
-                Err(DecodeError::Kernel { errno })
-                    if family == Family::Ipv6 && errno == libc_enoent() && count == 0 =>
-                {
-                    return Ok(None);
-                }
-                Err(e) => {
-                    return Err(SourceError::Kernel {
-                        what: "decoding the sock_diag dump",
-                        source: io::Error::new(io::ErrorKind::InvalidData, e),
-                    })
-                }
-            }
-        }
+        Ok(SockDiag { socket })
     }
 }
 
@@ -81,14 +39,13 @@ enum Received {
 
 impl SockDiag {
     /// Receives one family's dump, handing each buffer on as it arrives.
-    fn receive(&mut self, family: Family, out: &SyncSender<Received>, pool: &Mutex<Vec<Vec<u8>>>) {
+    fn receive(&self, family: Family, out: &SyncSender<Received>, pool: &Mutex<Vec<Vec<u8>>>) {
         let af = match family {
             Family::Ipv4 => sock_diag::AF_INET,
             Family::Ipv6 => sock_diag::AF_INET6,
         };
-        self.seq = self.seq.wrapping_add(1);
         let failed = |source| Received::Failed(family, SourceError::Kernel { what: "sock_diag dump", source });
-        if let Err(e) = self.socket.send(&sock_diag::dump_request(af, sock_diag::ALL_STATES, self.seq), 0) {
+        if let Err(e) = self.socket.send(&sock_diag::dump_request(af, sock_diag::ALL_STATES, 1), 0) {
             let _ = out.send(failed(e));
             return;
         }
@@ -109,8 +66,9 @@ impl SockDiag {
 
     /// Dumps both families, each received on a thread of its own (over a socket of its
     /// own) while the calling thread decodes into `sink`: the kernel's work, most of the
-    /// cost, runs on both cores and overlaps with ours. Returns each family's result as
-    /// [`dump`](Self::dump) would.
+    /// cost, runs on both cores and overlaps with ours. Returns, per family, how many
+    /// sockets were read, or `None` when the kernel has no inet6_diag (IPv6 off), like a
+    /// missing `tcp6`.
     pub fn dump_all(self, sink: &mut impl FnMut(Connection)) -> [Result<Option<u64>, SourceError>; 2] {
         let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<Received>(8);
         let pool = Mutex::new(Vec::new());
@@ -120,7 +78,7 @@ impl SockDiag {
             for (family, diag) in [(Family::Ipv4, Ok(self)), (Family::Ipv6, ipv6)] {
                 let out = full_tx.clone();
                 scope.spawn(move || match diag {
-                    Ok(mut diag) => diag.receive(family, &out, pool),
+                    Ok(diag) => diag.receive(family, &out, pool),
                     Err(e) => {
                         let _ = out.send(Received::Failed(family, e));
                     }
