@@ -63,14 +63,12 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from benchlib import (PROMETHEUS_ACCEPT, Processes, free_port, loadavg, proc_cpu_seconds,
+                      proc_status, ss_established, wait_port)
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
-# What Prometheus 2.x sends; a real scrape negotiates OpenMetrics and gzip.
-PROMETHEUS_ACCEPT = ("application/openmetrics-text;version=1.0.0,"
-                     "application/openmetrics-text;version=0.0.1;q=0.75,"
-                     "text/plain;version=0.0.4;q=0.5,*/*;q=0.1")
 SERIES_MARK = b"\nnetwork_connections_info{"
 HALF_HEAD = b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/pl"
 
@@ -80,67 +78,6 @@ def log(msg: str) -> None:
 
 
 # --------------------------------------------------------------------------- processes
-
-class Children:
-    """Children in their own sessions, so that stopping one ends its whole group."""
-
-    def __init__(self) -> None:
-        self.procs: list[subprocess.Popen] = []
-
-    def start(self, argv: list[str], **kw) -> subprocess.Popen:
-        p = subprocess.Popen(argv, start_new_session=True, **kw)
-        self.procs.append(p)
-        return p
-
-    def stop(self, p: subprocess.Popen, timeout: float = 30.0) -> None:
-        if p.poll() is None:
-            try:
-                os.killpg(p.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                p.wait(timeout)
-            except subprocess.TimeoutExpired:
-                log(f"pid {p.pid} did not stop in {timeout:.0f} s: SIGKILL")
-                try:
-                    os.killpg(p.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                p.wait()
-        try:  # a loadgen worker could outlive its parent
-            os.killpg(p.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        if p in self.procs:
-            self.procs.remove(p)
-
-    def stop_all(self) -> None:
-        for p in list(reversed(self.procs)):
-            self.stop(p, timeout=10.0)
-
-
-def proc_status(pid: int) -> dict[str, int]:
-    """VmRSS and VmHWM (KiB) and Threads of a process; empty if it is gone."""
-    res = {}
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith(("VmRSS:", "VmHWM:", "Threads:")):
-                    k, v = line.split(":")
-                    res[k] = int(v.split()[0])
-    except OSError:
-        pass
-    return res
-
-
-def proc_cpu_seconds(pid: int) -> float:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
-    except (OSError, IndexError, ValueError):
-        return float("nan")
-
 
 def proc_fds(pid: int) -> int:
     try:
@@ -152,12 +89,6 @@ def proc_fds(pid: int) -> int:
 def self_cpu_seconds() -> float:
     ru = resource.getrusage(resource.RUSAGE_SELF)
     return ru.ru_utime + ru.ru_stime
-
-
-def ss_established() -> int:
-    out = subprocess.run(["ss", "-tanH", "state", "established"], capture_output=True,
-                         check=True).stdout
-    return out.count(b"\n")
 
 
 NETSTAT_KEYS = ("ListenOverflows", "ListenDrops", "TCPSynRetrans")
@@ -187,34 +118,6 @@ def listen_backlog(port: int) -> str:
     out = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True,
                          text=True).stdout.split()
     return out[2] if len(out) > 2 else "?"
-
-
-def free_port(start: int) -> int:
-    for port in range(start, 32768):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no free port")
-
-
-def wait_port(port: int, proc: subprocess.Popen, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            return False
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1.0):
-                return True
-        except OSError:
-            time.sleep(0.1)
-    return False
-
-
-def loadavg() -> str:
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 # --------------------------------------------------------------------------- HTTP client
@@ -675,7 +578,7 @@ def wait_quiet(args) -> int:
                        "(--allow-busy to run anyway)")
 
 
-def start_loadgen(n: int, args, children: Children, tmp: str) -> subprocess.Popen:
+def start_loadgen(n: int, args, children: Processes, tmp: str) -> subprocess.Popen:
     ready = os.path.join(tmp, "loadgen.ready")
     argv = [sys.executable, os.path.join(HERE, "loadgen.py"), "-n", str(n),
             "--ready-file", ready] + (["--set-sysctls"] if args.set_sysctls else [])
@@ -763,7 +666,7 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGHUP, on_term)
-    children = Children()
+    children = Processes("load")
     t_start = time.perf_counter()
     load_start = loadavg()
     failures: list[str] = []

@@ -50,14 +50,11 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
+from benchlib import (PROMETHEUS_ACCEPT, Processes, free_port, loadavg, proc_cpu_seconds,
+                      proc_status, ss_established, wait_port)
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-# What Prometheus 2.x sends; a real scrape negotiates OpenMetrics and gzip.
-PROMETHEUS_ACCEPT = ("application/openmetrics-text;version=1.0.0,"
-                     "application/openmetrics-text;version=0.0.1;q=0.75,"
-                     "text/plain;version=0.0.4;q=0.5,*/*;q=0.1")
 
 MEASURES = [
     ("a", "conn-exporter /metrics"),
@@ -73,45 +70,6 @@ def log(msg: str) -> None:
 
 
 # --------------------------------------------------------------------------- processes
-
-class Processes:
-    """Children started in their own session, so that cleanup can end each whole group."""
-
-    def __init__(self) -> None:
-        self.procs: list[subprocess.Popen] = []
-
-    def start(self, argv: list[str], **kw) -> subprocess.Popen:
-        p = subprocess.Popen(argv, start_new_session=True, **kw)
-        self.procs.append(p)
-        return p
-
-    def stop(self, p: subprocess.Popen, timeout: float = 30.0) -> None:
-        if p.poll() is None:
-            try:
-                os.killpg(p.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                p.wait(timeout)
-            except subprocess.TimeoutExpired:
-                log(f"pid {p.pid} did not stop in {timeout:.0f} s: SIGKILL")
-                try:
-                    os.killpg(p.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                p.wait()
-        # A worker of loadgen could outlive its parent: end the rest of the group too.
-        try:
-            os.killpg(p.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        if p in self.procs:
-            self.procs.remove(p)
-
-    def stop_all(self) -> None:
-        for p in list(reversed(self.procs)):
-            self.stop(p, timeout=10.0)
-
 
 # --------------------------------------------------------------------------- HTTP
 
@@ -211,34 +169,6 @@ def http_get(port: int, path: str, headers: dict[str, str], keep_body: bool,
     return Response(True, status, "", total, t1 - t0, body)
 
 
-def wait_port(port: int, proc: subprocess.Popen, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            return False
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1.0):
-                return True
-        except OSError:
-            time.sleep(0.1)
-    return False
-
-
-def free_port(start: int, taken: set[int]) -> int:
-    """A free loopback port at or above start, below the ephemeral range."""
-    for port in range(start, 32768):
-        if port in taken:
-            continue
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        taken.add(port)
-        return port
-    raise RuntimeError("no free port")
-
-
 # --------------------------------------------------------------------------- metrics
 
 LABEL_RE = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
@@ -289,34 +219,6 @@ def established_value(body: bytes, metric: str) -> float | None:
     vals = [v for _n, labels, v, _k in parse_samples(body, {metric})
             if labels.get("state", "").lower() == "established"]
     return sum(vals) if vals else None
-
-
-def ss_established() -> int:
-    out = subprocess.run(["ss", "-tanH", "state", "established"], capture_output=True,
-                         check=True).stdout
-    return out.count(b"\n")
-
-
-def proc_status(pid: int) -> dict[str, int]:
-    res = {}
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith(("VmRSS:", "VmHWM:")):
-                    k, v = line.split(":")
-                    res[k] = int(v.split()[0])  # kB
-    except OSError:
-        pass
-    return res
-
-
-def proc_cpu_seconds(pid: int) -> float:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
-    except (OSError, IndexError, ValueError):
-        return float("nan")
 
 
 def children_cpu_seconds() -> float:
@@ -629,7 +531,7 @@ def host_line() -> str:
     cpus = os.cpu_count()
     with open("/proc/meminfo") as f:
         mem = int(f.readline().split()[1]) // (1024 * 1024)
-    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    load = loadavg()
     return (f"host: Linux {kernel}, {cpus} CPUs, {mem} GiB, Python {sys.version.split()[0]}, "
             f"load average {load}")
 
@@ -710,7 +612,7 @@ def main() -> int:
         log(f"another benchmark holds {args.lock_file}; waiting for it")
         fcntl.flock(lock, fcntl.LOCK_EX)
 
-    procs = Processes()
+    procs = Processes("run")
 
     def on_term(signum, _frame):
         raise KeyboardInterrupt
@@ -764,7 +666,7 @@ def main() -> int:
                        "results": [r.__dict__ for r in results], "errors": errors}, f, indent=1)
     failures = errors + [f"N={r.n}: {f}" for r in results for f in r.failures]
     log(f"done in {time.perf_counter() - t_start:.0f} s, {len(failures)} failure(s); "
-        f"load average at the end {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+        f"load average at the end {loadavg()}")
     for f in failures:
         log("FAILURE: " + f)
     return 1 if failures else 0

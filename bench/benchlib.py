@@ -1,0 +1,123 @@
+"""What bench/run.py and bench/load.py share: child processes in their own sessions,
+/proc readings of a process, loopback ports, and the headers Prometheus scrapes with."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+# What Prometheus 2.x sends; a real scrape negotiates OpenMetrics and gzip.
+PROMETHEUS_ACCEPT = ("application/openmetrics-text;version=1.0.0,"
+                     "application/openmetrics-text;version=0.0.1;q=0.75,"
+                     "text/plain;version=0.0.4;q=0.5,*/*;q=0.1")
+
+
+class Processes:
+    """Children started in their own session, so that cleanup can end each whole group."""
+
+    def __init__(self, name: str = "bench") -> None:
+        self.name = name
+        self.procs: list[subprocess.Popen] = []
+
+    def start(self, argv: list[str], **kw) -> subprocess.Popen:
+        p = subprocess.Popen(argv, start_new_session=True, **kw)
+        self.procs.append(p)
+        return p
+
+    def stop(self, p: subprocess.Popen, timeout: float = 30.0) -> None:
+        if p.poll() is None:
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                print(f"{self.name}: pid {p.pid} did not stop in {timeout:.0f} s: SIGKILL",
+                      file=sys.stderr, flush=True)
+                try:
+                    os.killpg(p.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                p.wait()
+        # A worker of loadgen could outlive its parent: end the rest of the group too.
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        if p in self.procs:
+            self.procs.remove(p)
+
+    def stop_all(self) -> None:
+        for p in list(reversed(self.procs)):
+            self.stop(p, timeout=10.0)
+
+
+def proc_status(pid: int) -> dict[str, int]:
+    """VmRSS and VmHWM (KiB) and Threads of a process; empty if it is gone."""
+    res = {}
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(("VmRSS:", "VmHWM:", "Threads:")):
+                    k, v = line.split(":")
+                    res[k] = int(v.split()[0])
+    except OSError:
+        pass
+    return res
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    """User plus system CPU seconds of a process; NaN if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+
+
+def ss_established() -> int:
+    out = subprocess.run(["ss", "-tanH", "state", "established"], capture_output=True,
+                         check=True).stdout
+    return out.count(b"\n")
+
+
+def free_port(start: int, taken: set[int] | None = None) -> int:
+    """A free loopback port at or above start, below the ephemeral range."""
+    for port in range(start, 32768):
+        if taken is not None and port in taken:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        if taken is not None:
+            taken.add(port)
+        return port
+    raise RuntimeError("no free port")
+
+
+def wait_port(port: int, proc: subprocess.Popen, timeout: float) -> bool:
+    """True once something accepts on the port; False if proc exits or time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return False
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1.0):
+                return True
+        except OSError:
+            time.sleep(0.1)
+    return False
+
+
+def loadavg() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
