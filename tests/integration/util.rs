@@ -1,17 +1,71 @@
 //! Helpers shared by the integration tests: start the exporter, speak HTTP, run tools.
 
+use std::cell::{Cell, RefCell};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
-/// Tests that read the whole host's socket table run one at a time, so that one test's
-/// short-lived sockets do not show up in another's comparison.
-pub fn serial() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+static HOST_SOCKETS: RwLock<()> = RwLock::new(());
+
+thread_local! {
+    /// Whether this test thread holds the host's sockets exclusively.
+    static EXCLUSIVE: Cell<bool> = const { Cell::new(false) };
+    /// This thread's shared hold and how many exporters use it: a second read lock on
+    /// one thread could deadlock behind a waiting writer, so there is at most one.
+    static SHARED: RefCell<(usize, Option<RwLockReadGuard<'static, ()>>)> = const { RefCell::new((0, None)) };
+}
+
+/// The whole host's socket table to one test: tests that compare it with `ss` take this,
+/// so that no other test's short-lived connections show up in their comparison. Every
+/// other test holds the shared side while it has an exporter running.
+pub fn serial() -> Serial {
+    let guard = HOST_SOCKETS.write().unwrap_or_else(|e| e.into_inner());
+    EXCLUSIVE.with(|e| e.set(true));
+    Serial(guard)
+}
+
+pub struct Serial(#[allow(dead_code)] RwLockWriteGuard<'static, ()>);
+
+impl Drop for Serial {
+    fn drop(&mut self) {
+        EXCLUSIVE.with(|e| e.set(false));
+    }
+}
+
+/// Takes (or counts one more use of) this thread's shared hold; see [`serial`].
+struct SharedHold(bool);
+
+impl SharedHold {
+    fn take() -> SharedHold {
+        if EXCLUSIVE.with(Cell::get) {
+            return SharedHold(false);
+        }
+        SHARED.with(|s| {
+            let mut s = s.borrow_mut();
+            if s.0 == 0 {
+                s.1 = Some(HOST_SOCKETS.read().unwrap_or_else(|e| e.into_inner()));
+            }
+            s.0 += 1;
+        });
+        SharedHold(true)
+    }
+}
+
+impl Drop for SharedHold {
+    fn drop(&mut self) {
+        if self.0 {
+            SHARED.with(|s| {
+                let mut s = s.borrow_mut();
+                s.0 -= 1;
+                if s.0 == 0 {
+                    s.1 = None;
+                }
+            });
+        }
+    }
 }
 
 pub fn repo() -> PathBuf {
@@ -39,6 +93,7 @@ pub struct Exporter {
     pub child: Child,
     pub addr: SocketAddr,
     pub log: Arc<Mutex<Vec<String>>>,
+    _host_sockets: SharedHold,
 }
 
 impl Exporter {
@@ -49,6 +104,7 @@ impl Exporter {
 
     /// Starts `command` (the binary, possibly behind a wrapper such as `ip netns exec`).
     pub fn start_with(command: &[&str], args: &[&str]) -> Exporter {
+        let host_sockets = SharedHold::take();
         let mut child = Command::new(command[0])
             .args(&command[1..])
             .arg("--web.listen-address=127.0.0.1:0")
@@ -72,7 +128,7 @@ impl Exporter {
         let addr = rx
             .recv_timeout(Duration::from_secs(20))
             .unwrap_or_else(|_| panic!("exporter did not start; log: {:?}", log.lock().unwrap()));
-        Exporter { child, addr: addr.parse().unwrap(), log }
+        Exporter { child, addr: addr.parse().unwrap(), log, _host_sockets: host_sockets }
     }
 
     pub fn get(&self, path: &str) -> HttpResponse {
