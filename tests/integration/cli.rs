@@ -5,7 +5,9 @@ use std::net::TcpListener;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::util::{binary, fixture_copy, fixtures, http_get, http_request, run, samples, wait_for, Exporter};
+use crate::util::{
+    assert_collectors, binary, fixture_copy, fixtures, http_get, http_request, run, samples, wait_for, Exporter,
+};
 
 fn fixture_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
     let mut v = vec!["--path.procfs", fixtures_str()];
@@ -159,7 +161,7 @@ fn a_missing_tcp6_is_normal_and_an_unreadable_tcp_fails_only_its_collectors() {
     std::fs::remove_file(tree.path().join("net/tcp6")).unwrap();
     let e = Exporter::start(&["--path.procfs", tree.path().to_str().unwrap()]);
     let text = e.scrape();
-    assert!(samples(&text, "conn_exporter_scrape_collector_success").iter().all(|s| s.1 == 1.0), "{text}");
+    assert_collectors(&text, 2, 1.0);
     assert!(!text.contains("family=\"ipv6\""));
 
     // A directory where the file should be: the read fails the way an unreadable file does.
@@ -169,9 +171,7 @@ fn a_missing_tcp6_is_normal_and_an_unreadable_tcp_fails_only_its_collectors() {
     let r = e.get("/metrics");
     assert_eq!(r.status, 200);
     let text = r.text();
-    let success = samples(&text, "conn_exporter_scrape_collector_success");
-    assert_eq!(success.len(), 2);
-    assert!(success.iter().all(|s| s.1 == 0.0), "{text}");
+    assert_collectors(&text, 2, 0.0);
     assert!(text.contains("source_address=\"::1\""), "IPv6 sockets are still exported");
     let log = e.wait_log("couldn't read sockets");
     assert!(log.contains("net/tcp"), "{log}");

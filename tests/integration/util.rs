@@ -257,6 +257,13 @@ pub fn samples(text: &str, name: &str) -> Vec<(std::collections::BTreeMap<String
         .collect()
 }
 
+/// Asserts that there are `count` collector success samples and that each is `value`.
+pub fn assert_collectors(text: &str, count: usize, value: f64) {
+    let s = samples(text, "conn_exporter_scrape_collector_success");
+    assert_eq!(s.len(), count, "collector success samples in:\n{text}");
+    assert!(s.iter().all(|x| x.1 == value), "every collector's success should be {value}:\n{text}");
+}
+
 /// Runs a command, returning (exit code, stdout, stderr).
 pub fn run(cmd: &mut Command) -> (i32, String, String) {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
