@@ -121,3 +121,25 @@ def wait_port(port: int, proc: subprocess.Popen, timeout: float) -> bool:
 
 def loadavg() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def wait_quiet(max_background: int, quiet_wait: float, skip: bool, name: str) -> int:
+    """ESTABLISHED sockets before the load starts; waits for a busy host to calm down.
+
+    Another benchmark or test's connections would be measured along with ours, so a
+    timing run needs a quiet host; quick and smoke runs (skip) do not wait.
+    """
+    count = ss_established()
+    if skip or count <= max_background:
+        return count
+    print(f"{name}: {count} ESTABLISHED sockets before the load (more than --max-background "
+          f"{max_background}): waiting up to {quiet_wait:.0f} s for the host to calm down",
+          file=sys.stderr, flush=True)
+    deadline = time.monotonic() + quiet_wait
+    while time.monotonic() < deadline:
+        time.sleep(2)
+        count = ss_established()
+        if count <= max_background:
+            return count
+    raise RuntimeError(f"host busy: {count} ESTABLISHED sockets that are not ours "
+                       "(use --allow-busy to run anyway)")

@@ -65,6 +65,7 @@ from dataclasses import dataclass, field
 
 from benchlib import (PROMETHEUS_ACCEPT, Processes, free_port, loadavg, proc_cpu_seconds,
                       proc_status, ss_established, wait_port)
+from benchlib import wait_quiet as benchlib_wait_quiet
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -563,19 +564,7 @@ def windows_table(r: PhaseResult, sampler: Sampler, t_phase: float, width: float
 # --------------------------------------------------------------------------- main
 
 def wait_quiet(args) -> int:
-    count = ss_established()
-    if args.quick or args.allow_busy or count <= args.max_background:
-        return count
-    log(f"{count} ESTABLISHED sockets before the load (more than --max-background "
-        f"{args.max_background}): waiting up to {args.quiet_wait:.0f} s")
-    deadline = time.monotonic() + args.quiet_wait
-    while time.monotonic() < deadline:
-        time.sleep(2)
-        count = ss_established()
-        if count <= args.max_background:
-            return count
-    raise RuntimeError(f"host busy: {count} ESTABLISHED sockets that are not ours "
-                       "(--allow-busy to run anyway)")
+    return benchlib_wait_quiet(args.max_background, args.quiet_wait, args.quick or args.allow_busy, "load")
 
 
 def start_loadgen(n: int, args, children: Processes, tmp: str) -> subprocess.Popen:

@@ -52,6 +52,7 @@ from dataclasses import dataclass, field
 
 from benchlib import (PROMETHEUS_ACCEPT, Processes, free_port, loadavg, proc_cpu_seconds,
                       proc_status, ss_established, wait_port)
+from benchlib import wait_quiet as benchlib_wait_quiet
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -252,24 +253,7 @@ class SizeResult:
 
 
 def wait_quiet(args) -> int:
-    """ESTABLISHED sockets before the load starts; waits for a busy host to calm down.
-
-    Another benchmark or test's connections would be timed along with ours, so a timing
-    run needs a quiet host; the smoke run only compares against `ss` and does not wait.
-    """
-    count = ss_established()
-    if args.smoke or args.allow_busy or count <= args.max_background:
-        return count
-    log(f"{count} ESTABLISHED sockets before the load (more than --max-background "
-        f"{args.max_background}): waiting up to {args.quiet_wait:.0f} s for the host to calm down")
-    deadline = time.monotonic() + args.quiet_wait
-    while time.monotonic() < deadline:
-        time.sleep(2)
-        count = ss_established()
-        if count <= args.max_background:
-            return count
-    raise RuntimeError(f"host busy: {count} ESTABLISHED sockets that are not ours "
-                       "(use --allow-busy to measure anyway)")
+    return benchlib_wait_quiet(args.max_background, args.quiet_wait, args.smoke or args.allow_busy, "run")
 
 
 def run_size(n: int, args, procs: Processes, tmp: str) -> SizeResult:
