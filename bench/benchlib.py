@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import socket
@@ -143,3 +144,18 @@ def wait_quiet(max_background: int, quiet_wait: float, skip: bool, name: str) ->
             return count
     raise RuntimeError(f"host busy: {count} ESTABLISHED sockets that are not ours "
                        "(use --allow-busy to run anyway)")
+
+
+_HELD_LOCKS = []
+
+
+def take_lock(path: str, name: str) -> None:
+    """Takes the host-wide benchmark lock for the rest of this process (waiting for
+    another run to finish first): two runs at once would count each other's sockets."""
+    lock = open(path, "a")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        print(f"{name}: another benchmark holds {path}; waiting for it", file=sys.stderr, flush=True)
+        fcntl.flock(lock, fcntl.LOCK_EX)
+    _HELD_LOCKS.append(lock)

@@ -43,7 +43,6 @@ Python 3.11 standard library only.
 from __future__ import annotations
 
 import argparse
-import fcntl
 import gzip
 import json
 import math
@@ -65,6 +64,7 @@ from dataclasses import dataclass, field
 
 from benchlib import (PROMETHEUS_ACCEPT, Processes, free_port, loadavg, proc_cpu_seconds,
                       proc_status, ss_established, wait_port)
+from benchlib import take_lock
 from benchlib import wait_quiet as benchlib_wait_quiet
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -643,12 +643,7 @@ def main() -> int:
         log(f"conn-exporter binary not found: {exporter} (cargo build --release)")
         return 2
 
-    lock = open(args.lock_file, "a")
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        log(f"another benchmark holds {args.lock_file}; waiting for it")
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    take_lock(args.lock_file, "load")
 
     def on_term(signum, _frame):
         raise KeyboardInterrupt

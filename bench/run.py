@@ -31,7 +31,6 @@ Python 3.11 standard library only. Needs root only if loadgen must raise sysctls
 from __future__ import annotations
 
 import argparse
-import fcntl
 import gzip
 import hashlib
 import json
@@ -52,6 +51,7 @@ from dataclasses import dataclass, field
 
 from benchlib import (PROMETHEUS_ACCEPT, Processes, free_port, loadavg, proc_cpu_seconds,
                       proc_status, ss_established, wait_port)
+from benchlib import take_lock
 from benchlib import wait_quiet as benchlib_wait_quiet
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -588,13 +588,7 @@ def main() -> int:
             log(f"missing tool: {tool}")
             return 2
 
-    # Two runs at once would count each other's sockets: take a host-wide lock.
-    lock = open(args.lock_file, "a")
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        log(f"another benchmark holds {args.lock_file}; waiting for it")
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    take_lock(args.lock_file, "run")
 
     procs = Processes("run")
 
