@@ -467,8 +467,8 @@ pub struct WebConfigFile {
 impl WebConfigFile {
     /// Loads the file; an error here is a start-up error (exit 2).
     pub fn open(path: &Path) -> Result<WebConfigFile, WebConfigError> {
-        let config = WebConfig::load(path)?;
-        let paths = Self::watched(path);
+        let (config, paths) = Self::read(path);
+        let config = config?;
         let stamp = stamp_of(&paths);
         let status = Arc::new(ReloadStatus { last_ok: AtomicBool::new(true), failures: AtomicU64::new(0) });
         Ok(WebConfigFile {
@@ -479,11 +479,18 @@ impl WebConfigFile {
         })
     }
 
-    fn watched(path: &Path) -> Vec<PathBuf> {
-        let text = std::fs::read_to_string(path).unwrap_or_default();
+    /// Reads the file once: its configuration, and the files to watch (itself and those
+    /// it names), so that what is watched is what was loaded.
+    fn read(path: &Path) -> (Result<WebConfig, WebConfigError>, Vec<PathBuf>) {
+        let base = path.parent().unwrap_or(Path::new("."));
         let mut paths = vec![path.to_owned()];
-        paths.extend(WebConfig::referenced_files(&text, path.parent().unwrap_or(Path::new("."))));
-        paths
+        match std::fs::read_to_string(path) {
+            Ok(text) => {
+                paths.extend(WebConfig::referenced_files(&text, base));
+                (WebConfig::parse(&text, base), paths)
+            }
+            Err(source) => (Err(WebConfigError::Read { path: path.to_owned(), source }), paths),
+        }
     }
 
     /// The configuration to use now: reloaded first when a watched file changed (a few
@@ -494,9 +501,9 @@ impl WebConfigFile {
         if now == state.1 {
             return Arc::clone(&state.2);
         }
-        let paths = Self::watched(&self.path);
+        let (config, paths) = Self::read(&self.path);
         let stamp = stamp_of(&paths);
-        match WebConfig::load(&self.path) {
+        match config {
             Ok(config) => {
                 log::info!("reloaded --web.config.file {}", self.path.display());
                 self.status.last_ok.store(true, Ordering::Relaxed);
