@@ -8,8 +8,11 @@ use clap::{ArgAction, Parser};
 use log::LevelFilter;
 use thiserror::Error;
 
-use crate::collector::{CollectorName, CollectorSet, ExporterConfig, SourceChoice, REVISION, VERSION};
+use crate::classify::Folding;
+use crate::exporter::{ExporterConfig, REVISION, VERSION};
 use crate::logging::LogFormat;
+use crate::metrics::{CollectorName, CollectorSet};
+use crate::source::reader::SourceChoice;
 
 /// `--version` text; build.rs bakes the revision in.
 pub const LONG_VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (revision ", env!("CONN_EXPORTER_REVISION"), ")");
@@ -70,6 +73,11 @@ pub struct Args {
     #[arg(long = "web.max-requests", value_name = "N", default_value_t = 40)]
     pub max_requests: usize,
 
+    /// Abort a response when the client has taken none of it for this long (a client that
+    /// stops reading), freeing its scrape slot and memory; e.g. 15s, 1m.
+    #[arg(long = "web.write-timeout", value_name = "DURATION", default_value = "15s", value_parser = parse_timeout)]
+    pub write_timeout: std::time::Duration,
+
     /// Leave out conn_exporter_build_info, the scrape_collector metrics and process_* metrics.
     #[arg(long = "web.disable-exporter-metrics")]
     pub disable_exporter_metrics: bool,
@@ -91,6 +99,38 @@ pub struct Args {
     /// Disable the states collector.
     #[arg(long = "no-collector.states", overrides_with = "states")]
     pub no_states: bool,
+
+    /// Enable the peers collector (counts by service and remote peer, ephemeral port folded; default on).
+    #[arg(long = "collector.peers", overrides_with = "no_peers")]
+    pub peers: bool,
+    /// Disable the peers collector.
+    #[arg(long = "no-collector.peers", overrides_with = "peers")]
+    pub no_peers: bool,
+
+    /// Enable the listeners collector (accept queue length and limit per listening socket; default on).
+    #[arg(long = "collector.listeners", overrides_with = "no_listeners")]
+    pub listeners: bool,
+    /// Disable the listeners collector.
+    #[arg(long = "no-collector.listeners", overrides_with = "listeners")]
+    pub no_listeners: bool,
+
+    /// Most network_connection_peers label sets in a scrape; past it the remote addresses
+    /// with the fewest sockets are merged into destination_address="other" (counts kept).
+    /// 0 means no limit.
+    #[arg(long = "collector.peers.max-series", value_name = "N", default_value_t = 5000)]
+    pub peers_max_series: usize,
+
+    /// Count IPv4 remote addresses (IPv4-mapped ones included) by this prefix length in
+    /// network_connection_peers (e.g. 24: 198.51.100.0/24); 32 keeps each address.
+    #[arg(long = "collector.peers.remote-prefix-length", value_name = "BITS", default_value_t = 32,
+          value_parser = clap::value_parser!(u8).range(0..=32))]
+    pub peers_prefix_v4: u8,
+
+    /// Count IPv6 remote addresses by this prefix length in network_connection_peers;
+    /// 128 keeps each address.
+    #[arg(long = "collector.peers.remote-prefix-length-ipv6", value_name = "BITS", default_value_t = 128,
+          value_parser = clap::value_parser!(u8).range(0..=128))]
+    pub peers_prefix_v6: u8,
 
     /// Most per-connection series in a scrape (LISTEN and ESTABLISHED kept first). 0 means no limit.
     #[arg(long = "collector.connections.max-series", value_name = "N", default_value_t = 20000)]
@@ -120,7 +160,7 @@ pub enum ConfigError {
     #[error("--web.telemetry-path {0:?}: {1}")]
     TelemetryPath(String, &'static str),
     /// Every collector switched off.
-    #[error("every collector is disabled: enable at least one of --collector.connections, --collector.states")]
+    #[error("every collector is disabled: enable at least one of --collector.connections, --collector.states, --collector.peers, --collector.listeners")]
     NoCollectors,
 }
 
@@ -144,6 +184,8 @@ pub struct Config {
     pub max_requests: usize,
     /// `--web.config.file`.
     pub web_config_file: Option<PathBuf>,
+    /// `--web.write-timeout`.
+    pub write_timeout: std::time::Duration,
     /// What a scrape does.
     pub exporter: ExporterConfig,
     /// Log level.
@@ -198,7 +240,9 @@ impl Config {
         let mut collectors = CollectorSet::ALL;
         collectors.set(CollectorName::Connections, !args.no_connections);
         collectors.set(CollectorName::States, !args.no_states);
-        if collectors == CollectorSet::NONE {
+        collectors.set(CollectorName::Peers, !args.no_peers);
+        collectors.set(CollectorName::Listeners, !args.no_listeners);
+        if collectors.is_empty() {
             return Err(ConfigError::NoCollectors);
         }
         Ok(Config {
@@ -206,10 +250,13 @@ impl Config {
             telemetry_path: args.telemetry_path,
             max_requests: args.max_requests,
             web_config_file: args.web_config_file,
+            write_timeout: args.write_timeout,
             exporter: ExporterConfig {
                 procfs: args.procfs,
                 collectors,
                 max_series: args.max_series,
+                peers_max_series: args.peers_max_series,
+                peers_folding: Folding { ipv4_prefix: args.peers_prefix_v4, ipv6_prefix: args.peers_prefix_v6 },
                 exporter_metrics: !args.disable_exporter_metrics,
                 source: args.source,
             },
@@ -217,6 +264,15 @@ impl Config {
             log_format: args.log_format,
         })
     }
+}
+
+/// A `--web.write-timeout` value: a humantime duration of at least one second.
+fn parse_timeout(value: &str) -> Result<std::time::Duration, String> {
+    let d = humantime::parse_duration(value).map_err(|e| format!("{e} (e.g. 15s, 1m)"))?;
+    if d < std::time::Duration::from_secs(1) {
+        return Err("must be at least 1s".to_owned());
+    }
+    Ok(d)
 }
 
 /// Version string used by the landing page.
@@ -241,6 +297,9 @@ mod tests {
         assert_eq!(c.telemetry_path, "/metrics");
         assert_eq!(c.max_requests, 40);
         assert_eq!(c.exporter.max_series, 20000);
+        assert_eq!(c.exporter.peers_max_series, 5000);
+        assert_eq!(c.exporter.peers_folding, Folding::default());
+        assert_eq!(c.write_timeout, std::time::Duration::from_secs(15));
         assert_eq!(c.exporter.collectors, CollectorSet::ALL);
         assert!(c.exporter.exporter_metrics);
     }
@@ -260,12 +319,20 @@ mod tests {
     #[test]
     fn collectors_switch_and_the_last_flag_wins() {
         let c = parse(&["--no-collector.connections"]).unwrap();
-        assert_eq!(c.exporter.collectors, CollectorSet { connections: false, states: true });
+        assert_eq!(
+            c.exporter.collectors,
+            CollectorSet::of([CollectorName::States, CollectorName::Peers, CollectorName::Listeners])
+        );
         let c = parse(&["--no-collector.states", "--collector.states"]).unwrap();
         assert_eq!(c.exporter.collectors, CollectorSet::ALL);
-        assert!(parse(&["--no-collector.states", "--no-collector.connections"])
-            .unwrap_err()
-            .contains("every collector"));
+        assert!(parse(&[
+            "--no-collector.states",
+            "--no-collector.connections",
+            "--no-collector.peers",
+            "--no-collector.listeners"
+        ])
+        .unwrap_err()
+        .contains("every collector"));
     }
 
     #[test]
@@ -275,5 +342,7 @@ mod tests {
         assert!(parse(&["--web.telemetry-path", "metrics"]).unwrap_err().contains("telemetry-path"));
         assert!(parse(&["--web.listen-address", "nowhere"]).unwrap_err().contains("listen-address"));
         assert!(parse(&["--bogus"]).is_err());
+        assert!(parse(&["--collector.peers.remote-prefix-length", "33"]).unwrap_err().contains("remote-prefix-length"));
+        assert!(parse(&["--web.write-timeout", "10ms"]).unwrap_err().contains("write-timeout"));
     }
 }

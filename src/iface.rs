@@ -94,6 +94,25 @@ impl InterfaceTable {
     }
 }
 
+/// The kernel's interface for an IPv4 address label (`ip addr add … label eth0:1`).
+///
+/// getifaddrs names IPv4 addresses by their label, which iproute2 requires to start with
+/// the interface's name and which ends in `:…` by convention; `links` are the real
+/// interface names. The longest name the label starts with wins; a label that matches
+/// none is kept as it is.
+pub fn interface_of_label<'a, 'b: 'a>(label: &'a str, links: impl IntoIterator<Item = &'b str>) -> &'a str {
+    let mut best: Option<&str> = None;
+    for link in links {
+        if link == label {
+            return label;
+        }
+        if label.starts_with(link) && best.is_none_or(|b| link.len() > b.len()) {
+            best = Some(link);
+        }
+    }
+    best.map_or(label, |b| &label[..b.len()])
+}
+
 fn lookup<A: Ord>(table: &[(A, IfaceId)], ip: &A) -> Option<IfaceId> {
     table.binary_search_by(|e| e.0.cmp(ip)).ok().map(|i| table[i].1)
 }
@@ -119,8 +138,11 @@ pub struct InterfaceTableBuilder {
 impl Default for InterfaceTableBuilder {
     fn default() -> Self {
         let names: Vec<String> = RESERVED.iter().map(|s| (*s).to_owned()).collect();
+        // The reserved labels are ids too, so that a real interface of the same name (the
+        // loopback `lo`, an address added to it) shares their id: one label, one series.
+        let ids = names.iter().enumerate().map(|(i, n)| (n.clone(), IfaceId(i as u16))).collect();
         InterfaceTableBuilder {
-            ids: HashMap::new(),
+            ids,
             names,
             v4: Vec::new(),
             v6: Vec::new(),
@@ -243,6 +265,36 @@ mod tests {
         let t = table();
         assert_eq!(t.name(t.resolve(&ep("fe80::1"), 7)), "vrf-blue");
         assert_eq!(t.name(t.resolve(&ep("192.0.2.2"), 99)), "eth0", "an unknown index falls back to the address");
+    }
+
+    #[test]
+    fn a_real_lo_shares_the_reserved_id() {
+        // Regression: 192.0.2.99/32 on lo gave a second `interface="lo"` series.
+        let t = InterfaceTableBuilder::default()
+            .address("192.0.2.99".parse().unwrap(), "lo")
+            .address("::1".parse().unwrap(), "lo")
+            .index(1, "lo")
+            .address("192.0.2.1".parse().unwrap(), "eth0")
+            .build();
+        let lo = t.resolve(&ep("192.0.2.99"), 0);
+        assert_eq!(lo, IfaceId::LOOPBACK);
+        assert_eq!(t.resolve(&ep("127.0.0.1"), 0), lo);
+        assert_eq!(t.resolve(&ep("10.0.0.1"), 1), lo, "by index too");
+        let names: Vec<&str> = (0..t.len()).map(|i| t.name(IfaceId(i as u16))).collect();
+        let mut unique = names.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(names.len(), unique.len(), "every id has its own name: {names:?}");
+    }
+
+    #[test]
+    fn address_labels_name_their_interface() {
+        let links = ["eth0", "eth0.100", "lo", "veth-a"];
+        assert_eq!(interface_of_label("eth0:1", links), "eth0");
+        assert_eq!(interface_of_label("eth0.100:web", links), "eth0.100");
+        assert_eq!(interface_of_label("eth0.100", links), "eth0.100");
+        assert_eq!(interface_of_label("veth-a", links), "veth-a");
+        assert_eq!(interface_of_label("wg0:x", links), "wg0:x", "no such interface: kept");
     }
 
     #[test]

@@ -14,8 +14,8 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 
-use conn_exporter::collector::Exporter;
 use conn_exporter::config::{version_line, Args, Config, Listen};
+use conn_exporter::exporter::Exporter;
 use conn_exporter::http::{self, App};
 use conn_exporter::logging;
 use conn_exporter::webconfig::WebConfigFile;
@@ -90,7 +90,8 @@ fn run(config: Config, web: Option<WebConfigFile>) -> Result<()> {
                 listeners.push(listener);
             }
         }
-        let app = Arc::new(App::new(exporter, config.telemetry_path.clone(), config.max_requests, web));
+        let app =
+            Arc::new(App::new(exporter, config.telemetry_path.clone(), config.max_requests, web, config.write_timeout));
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let server = tokio::spawn(http::serve(listeners, app, stopped, Duration::from_secs(10)));
         let name = tokio::select! {

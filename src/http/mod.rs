@@ -3,6 +3,7 @@
 
 mod auth;
 mod body;
+mod stall;
 
 use std::convert::Infallible;
 use std::io::{self, Write};
@@ -20,12 +21,15 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
-pub use body::Body;
+pub use body::{Body, Chunk};
+pub use stall::StallReport;
+use stall::StallTimeout;
 
-use crate::collector::{CollectorSet, Exporter};
 use crate::config::version_line;
+use crate::exporter::Exporter;
 use crate::exposition::{accepts_gzip, Encoder, Format};
 use crate::logging::RateLimit;
+use crate::metrics::CollectorSet;
 use crate::webconfig::{cert_has_allowed_san, WebConfig, WebConfigFile};
 use auth::Authenticator;
 
@@ -53,12 +57,20 @@ pub struct App {
     web: Option<WebConfigFile>,
     no_web: Arc<WebConfig>,
     auth: Authenticator,
+    stalls: Arc<StallReport>,
 }
 
 impl App {
     /// An app serving `exporter` at `telemetry_path`, at most `max_requests` scrapes at once (0: no limit).
-    /// `web` is the `--web.config.file`, when given.
-    pub fn new(exporter: Exporter, telemetry_path: String, max_requests: usize, web: Option<WebConfigFile>) -> App {
+    /// `web` is the `--web.config.file`, when given; a response whose client takes no
+    /// data for `write_timeout` is aborted.
+    pub fn new(
+        exporter: Exporter,
+        telemetry_path: String,
+        max_requests: usize,
+        web: Option<WebConfigFile>,
+        write_timeout: Duration,
+    ) -> App {
         let landing = landing_page(&exporter, &telemetry_path);
         App {
             exporter,
@@ -70,6 +82,7 @@ impl App {
             web,
             no_web: Arc::new(WebConfig::default()),
             auth: Authenticator::default(),
+            stalls: Arc::new(StallReport::new(write_timeout)),
         }
     }
 
@@ -150,8 +163,16 @@ impl App {
         let header = |name| req.headers().get(name).and_then(|v| v.to_str().ok());
         let format = Format::negotiate(header(header::ACCEPT));
         let gzip = accepts_gzip(header(header::ACCEPT_ENCODING));
-        let body =
-            if req.method() == Method::HEAD { Body::empty() } else { self.stream_scrape(wanted, format, gzip, permit) };
+        let body = if req.method() == Method::HEAD {
+            Body::empty()
+        } else {
+            match self.stream_scrape(wanted, format, gzip, permit) {
+                Ok(b) => b,
+                Err(SpawnRefused) => {
+                    return text(StatusCode::SERVICE_UNAVAILABLE, "no thread available for the scrape; see the log\n")
+                }
+            }
+        };
         let mut r = Response::new(body);
         let h = r.headers_mut();
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static(format.content_type()));
@@ -163,46 +184,51 @@ impl App {
     }
 
     /// Runs the scrape on a blocking thread; its output reaches the client in chunks as
-    /// it is written, so a scrape's size never sits in memory whole.
+    /// it is written, so a scrape's size never sits in memory whole. Only a scrape that
+    /// completed sends the end marker; any other ending aborts the response.
     fn stream_scrape(
         self: &Arc<Self>,
         wanted: CollectorSet,
         format: Format,
         gzip: bool,
         permit: Option<OwnedSemaphorePermit>,
-    ) -> Body {
+    ) -> Result<Body, SpawnRefused> {
         let (tx, rx) = mpsc::channel(CHUNKS_IN_FLIGHT);
-        let to_body = move |chunk: Vec<u8>| {
-            tx.blocking_send(Bytes::from(chunk))
-                .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "client went away"))
+        let to_body = move |chunk: Chunk| {
+            tx.blocking_send(chunk).map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "client went away"))
         };
         let app = Arc::clone(self);
         if !gzip {
-            tokio::task::spawn_blocking(move || {
+            spawn_blocking(move || {
                 let _permit = permit;
                 let result = write_scrape(&app.exporter, wanted, ChunkWriter::new(to_body), format)
                     .and_then(ChunkWriter::finish);
                 if let Err(e) = result {
                     log::debug!("scrape not delivered: {e}");
                 }
-            });
-            return Body::stream(rx);
+            })?;
+            return Ok(Body::stream(rx));
         }
         // Compression runs on its own thread, fed chunk by chunk, so that it overlaps with
-        // encoding instead of adding to it.
-        let (raw_tx, raw_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(CHUNKS_IN_FLIGHT);
-        tokio::task::spawn_blocking(move || {
+        // encoding instead of adding to it. It closes the gzip stream only on the
+        // encoder's end marker: a failed scrape must not look like a short, whole one.
+        let (raw_tx, raw_rx) = std::sync::mpsc::sync_channel::<Chunk>(CHUNKS_IN_FLIGHT);
+        spawn_blocking(move || {
             let mut gz = GzEncoder::new(ChunkWriter::new(to_body), Compression::fast());
-            let result = raw_rx
-                .iter()
-                .try_for_each(|chunk| gz.write_all(&chunk))
-                .and_then(|()| gz.finish())
-                .and_then(ChunkWriter::finish);
+            let result = (|| {
+                for chunk in raw_rx.iter() {
+                    match chunk {
+                        Chunk::Data(data) => gz.write_all(&data)?,
+                        Chunk::End => return gz.finish().and_then(ChunkWriter::finish),
+                    }
+                }
+                Err(io::Error::other("the scrape stopped before it was complete"))
+            })();
             if let Err(e) = result {
                 log::debug!("scrape not delivered: {e}");
             }
-        });
-        tokio::task::spawn_blocking(move || {
+        })?;
+        spawn_blocking(move || {
             let _permit = permit;
             let to_gzip = move |chunk| {
                 raw_tx.send(chunk).map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "compressor stopped"))
@@ -212,8 +238,23 @@ impl App {
             {
                 log::debug!("scrape not delivered: {e}");
             }
-        });
-        Body::stream(rx)
+        })?;
+        Ok(Body::stream(rx))
+    }
+}
+
+/// The runtime could not start a thread for a scrape.
+struct SpawnRefused;
+
+/// `spawn_blocking`, which panics when the system refuses a thread and none is idle:
+/// that refusal is an answer for one request (503), not the end of the process.
+fn spawn_blocking(f: impl FnOnce() + Send + 'static) -> Result<(), SpawnRefused> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| tokio::task::spawn_blocking(f))) {
+        Ok(_) => Ok(()),
+        Err(_) => {
+            log::error!("no thread could be started for a scrape (TasksMax or RLIMIT_NPROC reached?)");
+            Err(SpawnRefused)
+        }
     }
 }
 
@@ -223,13 +264,14 @@ fn write_scrape<W: Write>(exporter: &Exporter, wanted: CollectorSet, out: W, for
     enc.finish()
 }
 
-/// Collects output into chunks of [`CHUNK_BYTES`] and hands each on.
-struct ChunkWriter<F: FnMut(Vec<u8>) -> io::Result<()>> {
+/// Collects output into chunks of [`CHUNK_BYTES`] and hands each on; [`finish`](Self::finish)
+/// sends the rest and the end marker.
+struct ChunkWriter<F: FnMut(Chunk) -> io::Result<()>> {
     buf: Vec<u8>,
     send: F,
 }
 
-impl<F: FnMut(Vec<u8>) -> io::Result<()>> ChunkWriter<F> {
+impl<F: FnMut(Chunk) -> io::Result<()>> ChunkWriter<F> {
     fn new(send: F) -> Self {
         ChunkWriter { buf: Vec::with_capacity(CHUNK_BYTES), send }
     }
@@ -239,15 +281,16 @@ impl<F: FnMut(Vec<u8>) -> io::Result<()>> ChunkWriter<F> {
             return Ok(());
         }
         let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK_BYTES));
-        (self.send)(chunk)
+        (self.send)(Chunk::Data(Bytes::from(chunk)))
     }
 
     fn finish(mut self) -> io::Result<()> {
-        self.send()
+        self.send()?;
+        (self.send)(Chunk::End)
     }
 }
 
-impl<F: FnMut(Vec<u8>) -> io::Result<()>> Write for ChunkWriter<F> {
+impl<F: FnMut(Chunk) -> io::Result<()>> Write for ChunkWriter<F> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         self.buf.extend_from_slice(data);
         if self.buf.len() >= CHUNK_BYTES {
@@ -353,10 +396,12 @@ async fn serve_http<I>(io: I, app: Arc<App>, mut shutdown: watch::Receiver<bool>
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let app_stalls = Arc::clone(&app.stalls);
     let service = service_fn(move |req: Request<hyper::body::Incoming>| {
         let app = Arc::clone(&app);
         async move { Ok::<_, Infallible>(app.respond(&req).await) }
     });
+    let io = StallTimeout::new(io, Arc::clone(&app_stalls));
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(CLIENT_TIMEOUT)

@@ -144,7 +144,7 @@ pub fn parse_line(line: &[u8], family: Family, order: ByteOrder) -> Result<Conne
     if found < MIN_FIELDS {
         return Err(LineError::Truncated { fields: found, expected: MIN_FIELDS });
     }
-    let [slot, local, remote, state, ..] = fields;
+    let [slot, local, remote, state, queues, _, _, _, _, inode] = fields;
     if slot.len() < 2 || !slot.ends_with(b":") || !slot[..slot.len() - 1].iter().all(u8::is_ascii_hexdigit) {
         return Err(LineError::BadSlot);
     }
@@ -159,7 +159,15 @@ pub fn parse_line(line: &[u8], family: Family, order: ByteOrder) -> Result<Conne
         _ => None,
     }
     .ok_or_else(|| LineError::BadState(String::from_utf8_lossy(&state[..state.len().min(16)]).into_owned()))?;
-    Ok(Connection { local, remote, state: TcpState::from_code(code as u8), if_index: 0 })
+    // The queues and the inode only add detail (listener queues, owners): a garbled one
+    // reads as 0 rather than losing a socket that is otherwise well described.
+    let (send_queue, recv_queue) = queues
+        .iter()
+        .position(|&b| b == b':')
+        .and_then(|at| Some((hex::parse_u32(&queues[..at])?, hex::parse_u32(&queues[at + 1..])?)))
+        .unwrap_or((0, 0));
+    let inode = std::str::from_utf8(inode).ok().and_then(|s| s.parse::<u32>().ok()).unwrap_or(0);
+    Ok(Connection { local, remote, state: TcpState::from_code(code as u8), if_index: 0, recv_queue, send_queue, inode })
 }
 
 fn is_header(line: &[u8]) -> bool {
@@ -266,6 +274,19 @@ mod tests {
         assert_eq!(conns[0].state, TcpState::Listen);
         assert_eq!(conns[1].remote.port, 0xD2F4);
         assert_eq!(conns[2].state, TcpState::TimeWait);
+        assert_eq!(conns[0].inode, 31337);
+        assert_eq!(conns[2].inode, 0);
+    }
+
+    #[test]
+    fn queues_and_inode_of_a_listener_with_waiting_connections() {
+        // A listener with 5 connections not yet accepted, as the kernel prints it.
+        let line = b"   0: 0100007F:1F90 00000000:0000 0A 00000000:00000005 00:00000000 00000000     0        0 4242 1";
+        let c = parse_line(line, Family::Ipv4, ByteOrder::Little).unwrap();
+        assert_eq!((c.recv_queue, c.send_queue, c.inode), (5, 0, 4242));
+        let garbled = b"   0: 0100007F:1F90 00000000:0000 0A zz:00000005 00:00000000 00000000     0        0 x 1";
+        let c = parse_line(garbled, Family::Ipv4, ByteOrder::Little).unwrap();
+        assert_eq!((c.recv_queue, c.send_queue, c.inode), (0, 0, 0), "detail lost, socket kept");
     }
 
     #[test]

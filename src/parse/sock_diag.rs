@@ -117,6 +117,11 @@ pub fn decode_socket(msg: &[u8]) -> Result<Connection, DecodeError> {
         remote: Endpoint::new(addr(&id[20..36])?, dport),
         state,
         if_index: u32_at(id, 36),
+        // After the id: expires, rqueue, wqueue, uid, inode. For a listener the kernel
+        // puts its accept queue in rqueue and its backlog limit in wqueue.
+        recv_queue: u32_at(msg, 56),
+        send_queue: u32_at(msg, 60),
+        inode: u32_at(msg, 68),
     })
 }
 
@@ -163,7 +168,17 @@ pub fn decode_batch(mut buf: &[u8], mut sink: impl FnMut(Connection)) -> Result<
         }
         let payload = &buf[NLMSG_HDRLEN..len];
         match u16_at(buf, 4) {
-            NLMSG_DONE => return Ok(Batch::Done),
+            NLMSG_DONE => {
+                // A failure in the middle of a dump is reported here, not as NLMSG_ERROR
+                // (`ss` checks it too): what came before it is not the whole table.
+                if payload.len() >= 4 {
+                    let errno = (u32_at(payload, 0) as i32).saturating_neg();
+                    if errno > 0 {
+                        return Err(DecodeError::Kernel { errno });
+                    }
+                }
+                return Ok(Batch::Done);
+            }
             NLMSG_ERROR => {
                 if payload.len() < 4 {
                     return Err(DecodeError::Truncated { offset });
@@ -271,6 +286,28 @@ mod tests {
         assert_eq!(n, 1);
         assert_eq!(decode_batch(&error_msg(1), |_| {}), Err(DecodeError::Kernel { errno: 1 }));
         assert_eq!(decode_batch(&error_msg(0), |_| {}), Ok(Batch::More), "an ACK is no error");
+    }
+
+    #[test]
+    fn an_error_in_the_done_message_fails_the_dump() {
+        // The kernel's netlink_dump() puts a mid-dump failure (-ENOBUFS, -EINTR, ...) in
+        // the NLMSG_DONE payload.
+        let mut buf = reply_message(AF_INET, 1, &[10, 0, 0, 1], 1, &[10, 0, 0, 2], 2, 0);
+        let mut done = done_msg();
+        done[16..20].copy_from_slice(&(-105i32).to_ne_bytes());
+        buf.extend(done);
+        assert!(ends_dump(&buf));
+        assert_eq!(decode_batch(&buf, |_| {}), Err(DecodeError::Kernel { errno: 105 }));
+    }
+
+    #[test]
+    fn a_listeners_queue_limit_and_inode_are_decoded() {
+        let mut m = reply_message(AF_INET, 10, &[127, 0, 0, 1], 80, &[0; 4], 0, 0);
+        m[NLMSG_HDRLEN + 56..NLMSG_HDRLEN + 60].copy_from_slice(&5u32.to_ne_bytes());
+        m[NLMSG_HDRLEN + 60..NLMSG_HDRLEN + 64].copy_from_slice(&8u32.to_ne_bytes());
+        m[NLMSG_HDRLEN + 68..NLMSG_HDRLEN + 72].copy_from_slice(&777u32.to_ne_bytes());
+        let c = decode_socket(&m[NLMSG_HDRLEN..]).unwrap();
+        assert_eq!((c.recv_queue, c.send_queue, c.inode), (5, 8, 777));
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::path::Path;
 use nix::ifaddrs::getifaddrs;
 
 use super::SourceError;
-use crate::iface::{InterfaceTable, InterfaceTableBuilder};
+use crate::iface::{interface_of_label, InterfaceTable, InterfaceTableBuilder};
 use crate::parse::proc_net::ByteOrder;
 use crate::parse::route;
 
@@ -28,14 +28,21 @@ pub fn read(procfs: &Path, live: bool) -> Result<InterfaceTable, SourceError> {
 
 /// The kernel's address list (getifaddrs, which asks over NETLINK_ROUTE).
 pub fn read_live() -> Result<InterfaceTable, SourceError> {
-    let addrs = getifaddrs().map_err(|e| SourceError::Kernel { what: "getifaddrs", source: io::Error::from(e) })?;
+    let addrs: Vec<_> =
+        getifaddrs().map_err(|e| SourceError::Kernel { what: "getifaddrs", source: io::Error::from(e) })?.collect();
+    let links: Vec<&str> = addrs
+        .iter()
+        .filter(|a| a.address.as_ref().is_some_and(|s| s.as_link_addr().is_some()))
+        .map(|a| a.interface_name.as_str())
+        .collect();
     let mut table = InterfaceTableBuilder::default();
-    for a in addrs {
+    for a in &addrs {
         let Some(addr) = a.address else { continue };
         if let Some(link) = addr.as_link_addr() {
             table.index(link.ifindex() as u32, &a.interface_name);
         } else if let Some(v4) = addr.as_sockaddr_in() {
-            table.address(v4.ip().into(), &a.interface_name);
+            // IPv4 addresses carry their label (`eth0:1`); the label is not an interface.
+            table.address(v4.ip().into(), interface_of_label(&a.interface_name, links.iter().copied()));
         } else if let Some(v6) = addr.as_sockaddr_in6() {
             table.address(v6.ip().into(), &a.interface_name);
         }

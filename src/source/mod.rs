@@ -3,6 +3,7 @@
 pub mod interfaces;
 pub mod process;
 pub mod procfs;
+pub mod reader;
 pub mod sock_diag;
 
 use std::io;

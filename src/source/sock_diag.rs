@@ -75,17 +75,26 @@ impl SockDiag {
         let ipv6 = SockDiag::open();
         std::thread::scope(|scope| {
             let pool = &pool;
+            let mut results: [Result<Option<u64>, SourceError>; 2] = [Ok(Some(0)), Ok(Some(0))];
             for (family, diag) in [(Family::Ipv4, Ok(self)), (Family::Ipv6, ipv6)] {
                 let out = full_tx.clone();
-                scope.spawn(move || match diag {
-                    Ok(diag) => diag.receive(family, &out, pool),
-                    Err(e) => {
-                        let _ = out.send(Received::Failed(family, e));
-                    }
-                });
+                let spawned = std::thread::Builder::new().name(format!("netlink-{}", family.label())).spawn_scoped(
+                    scope,
+                    move || match diag {
+                        Ok(diag) => diag.receive(family, &out, pool),
+                        Err(e) => {
+                            let _ = out.send(Received::Failed(family, e));
+                        }
+                    },
+                );
+                // A thread the system refuses (TasksMax, RLIMIT_NPROC) fails this
+                // family's read, not the process.
+                if let Err(source) = spawned {
+                    results[family.index()] =
+                        Err(SourceError::Kernel { what: "starting a netlink receiver thread", source });
+                }
             }
             drop(full_tx);
-            let mut results: [Result<Option<u64>, SourceError>; 2] = [Ok(Some(0)), Ok(Some(0))];
             for received in full_rx {
                 match received {
                     Received::Failed(family, e) => results[family.index()] = Err(e),

@@ -1,0 +1,411 @@
+//! Pure classification of sockets into peers: which side of a connection is the service
+//! (direction), the folding of the ephemeral port, and the bounded merge of remote
+//! addresses into `other`. No kernel access: listeners and sockets in, keys out.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use crate::iface::IfaceId;
+use crate::model::{Endpoint, TcpState};
+
+/// Which end of a connection is the service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Direction {
+    /// The local endpoint belongs to a listener of this host: a client connected to us.
+    Inbound,
+    /// Anything else: we connected to the remote service.
+    Outbound,
+}
+
+impl Direction {
+    /// The `direction` label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Direction::Inbound => "inbound",
+            Direction::Outbound => "outbound",
+        }
+    }
+}
+
+/// The listening endpoints of a host (one network namespace), for [`ListenerSet::direction`].
+#[derive(Debug, Clone, Default)]
+pub struct ListenerSet {
+    /// Listeners on one address, sorted.
+    exact: Vec<Endpoint>,
+    /// Ports with a listener on 0.0.0.0, sorted.
+    any_v4: Vec<u16>,
+    /// Ports with a listener on `::` (or `::ffff:0.0.0.0`), sorted.
+    any_v6: Vec<u16>,
+}
+
+impl ListenerSet {
+    /// The set of these listening endpoints.
+    pub fn new(listeners: impl IntoIterator<Item = Endpoint>) -> ListenerSet {
+        let mut set = ListenerSet::default();
+        for l in listeners {
+            match l.ip {
+                IpAddr::V4(ip) if ip.is_unspecified() => set.any_v4.push(l.port),
+                IpAddr::V6(ip) if ip.is_unspecified() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_unspecified()) => {
+                    set.any_v6.push(l.port)
+                }
+                _ => set.exact.push(l),
+            }
+        }
+        for v in [&mut set.any_v4, &mut set.any_v6] {
+            v.sort_unstable();
+            v.dedup();
+        }
+        set.exact.sort_unstable();
+        set.exact.dedup();
+        set
+    }
+
+    /// Whether no listener is known.
+    pub fn is_empty(&self) -> bool {
+        self.exact.is_empty() && self.any_v4.is_empty() && self.any_v6.is_empty()
+    }
+
+    /// Inbound when a listener has the socket's local port on its local address or on a
+    /// wildcard that accepts it. An `AF_INET` socket can only have come from an IPv4
+    /// listener (0.0.0.0); an `AF_INET6` one, IPv4-mapped ones included, only from an
+    /// IPv6 listener (`::`, dual-stack for mapped addresses).
+    pub fn direction(&self, local: &Endpoint) -> Direction {
+        let wildcard = match local.ip {
+            IpAddr::V4(_) => &self.any_v4,
+            IpAddr::V6(_) => &self.any_v6,
+        };
+        if wildcard.binary_search(&local.port).is_ok() || self.exact.binary_search(local).is_ok() {
+            Direction::Inbound
+        } else {
+            Direction::Outbound
+        }
+    }
+}
+
+/// The remote side of a peer as labelled: an address, a prefix of addresses, or the
+/// merge bucket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Remote {
+    /// One address.
+    Address(IpAddr),
+    /// Every address in a prefix (`--collector.peers.remote-prefix-length`).
+    Prefix(IpAddr, u8),
+    /// Addresses merged by the series bound.
+    Other,
+}
+
+/// How remote addresses are aggregated before counting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Folding {
+    /// Prefix length for IPv4 remotes (IPv4-mapped ones included); 32 keeps addresses.
+    pub ipv4_prefix: u8,
+    /// Prefix length for IPv6 remotes; 128 keeps addresses.
+    pub ipv6_prefix: u8,
+}
+
+impl Default for Folding {
+    fn default() -> Self {
+        Folding { ipv4_prefix: 32, ipv6_prefix: 128 }
+    }
+}
+
+impl Folding {
+    /// The remote label for an address.
+    pub fn remote(&self, ip: IpAddr) -> Remote {
+        let v4 = |ip: Ipv4Addr, mapped: bool| {
+            let len = self.ipv4_prefix.min(32);
+            if len == 32 {
+                return Remote::Address(if mapped { IpAddr::V6(ip.to_ipv6_mapped()) } else { IpAddr::V4(ip) });
+            }
+            let mask = if len == 0 { 0 } else { u32::MAX << (32 - u32::from(len)) };
+            let net = Ipv4Addr::from(u32::from(ip) & mask);
+            // A mapped remote aggregates with plain IPv4 ones: the prefix is one network.
+            Remote::Prefix(IpAddr::V4(net), len)
+        };
+        match ip {
+            IpAddr::V4(a) => v4(a, false),
+            IpAddr::V6(a) => match a.to_ipv4_mapped() {
+                Some(m) => v4(m, true),
+                None => {
+                    let len = self.ipv6_prefix.min(128);
+                    if len == 128 {
+                        return Remote::Address(ip);
+                    }
+                    let mask = if len == 0 { 0 } else { u128::MAX << (128 - u32::from(len)) };
+                    Remote::Prefix(IpAddr::V6(Ipv6Addr::from(u128::from(a) & mask)), len)
+                }
+            },
+        }
+    }
+}
+
+/// A peer: a socket with the ephemeral side's port folded away. `service_port` is the
+/// local port for inbound peers and the remote port for outbound ones.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PeerKey {
+    /// Which side is the service.
+    pub direction: Direction,
+    /// Local address; `None` once merged past the bound with local addresses folded too.
+    pub local: Option<IpAddr>,
+    /// The service's port; `None` once merged past the bound with ports folded too.
+    pub service_port: Option<u16>,
+    /// Remote address, prefix or `other`.
+    pub remote: Remote,
+    /// TCP state (`None` for lifecycle counters, which have no state).
+    pub state: Option<TcpState>,
+    /// Interface of the local address.
+    pub iface: IfaceId,
+}
+
+impl PeerKey {
+    /// The peer of a non-listening socket.
+    pub fn of(
+        direction: Direction,
+        local: &Endpoint,
+        remote: &Endpoint,
+        state: Option<TcpState>,
+        iface: IfaceId,
+        folding: &Folding,
+    ) -> PeerKey {
+        let service_port = match direction {
+            Direction::Inbound => local.port,
+            Direction::Outbound => remote.port,
+        };
+        PeerKey {
+            direction,
+            local: Some(local.ip),
+            service_port: Some(service_port),
+            remote: folding.remote(remote.ip),
+            state,
+            iface,
+        }
+    }
+}
+
+/// Peers counted, and bounded.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BoundedPeers {
+    /// Each label set with its count, sorted by key.
+    pub series: Vec<(PeerKey, u64)>,
+    /// Label sets merged into `other` by the bound.
+    pub merged: u64,
+}
+
+/// Counts `peers` and, past `max_series` label sets (0: no bound), merges the remote
+/// addresses with the fewest sockets into [`Remote::Other`]. Counts are never dropped:
+/// the sum over the result equals the number of peers given.
+///
+/// The largest remotes are kept whole, in order, while they fit; the rest share the
+/// `other` bucket, keyed by everything but the remote address. Should that bucket alone
+/// need more than half the bound (a host talking to thousands of remote ports), its
+/// service port is folded too, then its local address.
+pub fn count_bounded(peers: impl IntoIterator<Item = PeerKey>, max_series: usize) -> BoundedPeers {
+    let mut counts: HashMap<PeerKey, u64> = HashMap::new();
+    for p in peers {
+        *counts.entry(p).or_insert(0) += 1;
+    }
+    bound(counts, max_series)
+}
+
+/// [`count_bounded`] for counts already made (the lifecycle counters fold their own).
+pub fn bound(counts: HashMap<PeerKey, u64>, max_series: usize) -> BoundedPeers {
+    let mut series: Vec<(PeerKey, u64)> = counts.into_iter().collect();
+    series.sort_unstable();
+    if max_series == 0 || series.len() <= max_series {
+        return BoundedPeers { series, merged: 0 };
+    }
+    // How the merge bucket would key a series; widened until it needs at most half.
+    let other_of: [fn(&PeerKey) -> PeerKey; 3] = [
+        |k| PeerKey { remote: Remote::Other, ..*k },
+        |k| PeerKey { remote: Remote::Other, service_port: None, ..*k },
+        |k| PeerKey { remote: Remote::Other, service_port: None, local: None, iface: IfaceId::UNKNOWN, ..*k },
+    ];
+    let half = (max_series / 2).max(1);
+    let (mut other, mut reserved) = (other_of[2], half);
+    for (i, f) in other_of.into_iter().enumerate() {
+        let mut keys: Vec<PeerKey> = series.iter().map(|(k, _)| f(k)).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        if keys.len() <= half || i == other_of.len() - 1 {
+            (other, reserved) = (f, keys.len());
+            break;
+        }
+    }
+    // Remotes by their sockets, most first; ties by address so the result is stable.
+    let mut by_remote: HashMap<Remote, (u64, usize)> = HashMap::new();
+    for (k, n) in &series {
+        let e = by_remote.entry(k.remote).or_insert((0, 0));
+        e.0 += n;
+        e.1 += 1;
+    }
+    let mut remotes: Vec<(Remote, u64, usize)> = by_remote.into_iter().map(|(r, (n, s))| (r, n, s)).collect();
+    remotes.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    // What the bucket can need at most is reserved; the rest goes to whole remotes.
+    let budget = max_series.saturating_sub(reserved);
+    let mut kept: HashMap<Remote, ()> = HashMap::new();
+    let mut used = 0usize;
+    for (remote, _, n_series) in remotes {
+        if used + n_series > budget {
+            break;
+        }
+        used += n_series;
+        kept.insert(remote, ());
+    }
+    let mut merged = 0u64;
+    let mut out: HashMap<PeerKey, u64> = HashMap::with_capacity(used + reserved);
+    for (k, n) in series {
+        let key = if kept.contains_key(&k.remote) {
+            k
+        } else {
+            merged += 1;
+            other(&k)
+        };
+        *out.entry(key).or_insert(0) += n;
+    }
+    let mut series: Vec<(PeerKey, u64)> = out.into_iter().collect();
+    series.sort_unstable();
+    BoundedPeers { series, merged }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ep(s: &str) -> Endpoint {
+        let sa: std::net::SocketAddr = s.parse().unwrap();
+        Endpoint::new(sa.ip(), sa.port())
+    }
+
+    fn listeners() -> ListenerSet {
+        ListenerSet::new(
+            ["0.0.0.0:22", "127.0.0.2:40000", "[::]:443", "[::1]:8080", "192.0.2.1:80", "[::ffff:192.0.2.1]:81"]
+                .map(ep),
+        )
+    }
+
+    #[test]
+    fn listeners_on_specific_and_wildcard_addresses() {
+        let l = listeners();
+        for (local, want) in [
+            ("192.0.2.1:22", Direction::Inbound),      // 0.0.0.0:22 accepts any IPv4 address
+            ("192.0.2.1:80", Direction::Inbound),      // exact
+            ("192.0.2.7:80", Direction::Outbound),     // another address, same port
+            ("[2001:db8::1]:443", Direction::Inbound), // :: accepts IPv6
+            ("[::ffff:192.0.2.1]:443", Direction::Inbound), // and v4-mapped clients (dual stack)
+            ("192.0.2.1:443", Direction::Outbound),    // but never an AF_INET socket
+            ("[::1]:8080", Direction::Inbound),
+            ("[::2]:8080", Direction::Outbound),
+            ("[::ffff:192.0.2.1]:81", Direction::Inbound),
+            ("[2001:db8::1]:22", Direction::Outbound), // 0.0.0.0 does not accept IPv6
+        ] {
+            assert_eq!(l.direction(&ep(local)), want, "{local}");
+        }
+    }
+
+    #[test]
+    fn an_ephemeral_port_equal_to_another_addresses_listener_is_outbound() {
+        // A client on 127.0.0.1:40000 while 127.0.0.2:40000 listens.
+        assert_eq!(listeners().direction(&ep("127.0.0.1:40000")), Direction::Outbound);
+        assert_eq!(listeners().direction(&ep("127.0.0.2:40000")), Direction::Inbound);
+    }
+
+    #[test]
+    fn a_local_client_and_server_are_one_inbound_and_one_outbound_peer() {
+        let l = ListenerSet::new([ep("127.0.0.1:9000")]);
+        let server_side = (ep("127.0.0.1:9000"), ep("127.0.0.1:51000"));
+        let client_side = (ep("127.0.0.1:51000"), ep("127.0.0.1:9000"));
+        let f = Folding::default();
+        let s = PeerKey::of(
+            l.direction(&server_side.0),
+            &server_side.0,
+            &server_side.1,
+            Some(TcpState::TimeWait),
+            IfaceId::LOOPBACK,
+            &f,
+        );
+        let c = PeerKey::of(
+            l.direction(&client_side.0),
+            &client_side.0,
+            &client_side.1,
+            Some(TcpState::TimeWait),
+            IfaceId::LOOPBACK,
+            &f,
+        );
+        assert_eq!((s.direction, s.service_port), (Direction::Inbound, Some(9000)));
+        assert_eq!((c.direction, c.service_port), (Direction::Outbound, Some(9000)));
+        assert_eq!(s.remote, Remote::Address("127.0.0.1".parse().unwrap()));
+    }
+
+    fn peer(remote: &str, port: u16) -> PeerKey {
+        PeerKey {
+            direction: Direction::Inbound,
+            local: Some("192.0.2.1".parse().unwrap()),
+            service_port: Some(port),
+            remote: Remote::Address(remote.parse().unwrap()),
+            state: Some(TcpState::Established),
+            iface: IfaceId(3),
+        }
+    }
+
+    #[test]
+    fn within_the_bound_nothing_is_merged() {
+        let b = count_bounded([peer("198.51.100.1", 443), peer("198.51.100.1", 443), peer("198.51.100.2", 443)], 2);
+        assert_eq!(b.merged, 0);
+        assert_eq!(b.series.len(), 2);
+        assert_eq!(b.series.iter().map(|s| s.1).sum::<u64>(), 3);
+    }
+
+    #[test]
+    fn a_public_server_with_many_clients_keeps_its_biggest_and_the_sum() {
+        // 100k distinct clients once each, plus three heavy ones.
+        let mut peers: Vec<PeerKey> = (0..100_000u32)
+            .map(|i| {
+                let a = Ipv4Addr::from(0x0a00_0000 + i);
+                PeerKey { remote: Remote::Address(IpAddr::V4(a)), ..peer("0.0.0.0", 443) }
+            })
+            .collect();
+        for (who, n) in [("203.0.113.1", 500), ("203.0.113.2", 300), ("203.0.113.3", 200)] {
+            peers.extend(std::iter::repeat_n(peer(who, 443), n));
+        }
+        let total = peers.len() as u64;
+        let b = count_bounded(peers, 5000);
+        assert!(b.series.len() <= 5000, "{} series", b.series.len());
+        assert_eq!(b.series.iter().map(|s| s.1).sum::<u64>(), total, "merged, not lost");
+        let count_of = |r: Remote| b.series.iter().filter(|s| s.0.remote == r).map(|s| s.1).sum::<u64>();
+        assert_eq!(count_of(Remote::Address("203.0.113.1".parse().unwrap())), 500);
+        assert_eq!(count_of(Remote::Address("203.0.113.3".parse().unwrap())), 200);
+        assert!(count_of(Remote::Other) > 90_000);
+        assert!(b.merged > 90_000);
+    }
+
+    #[test]
+    fn thousands_of_remote_ports_fold_the_port_of_the_bucket_too() {
+        let peers: Vec<PeerKey> = (0..3000u32)
+            .map(|i| PeerKey {
+                direction: Direction::Outbound,
+                remote: Remote::Address(IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i))),
+                ..peer("0.0.0.0", 1000 + i as u16)
+            })
+            .collect();
+        let b = count_bounded(peers, 100);
+        assert!(b.series.len() <= 100, "{}", b.series.len());
+        assert_eq!(b.series.iter().map(|s| s.1).sum::<u64>(), 3000);
+    }
+
+    #[test]
+    fn prefixes_aggregate_mapped_and_plain_ipv4_remotes() {
+        let f = Folding { ipv4_prefix: 24, ipv6_prefix: 64 };
+        let want = Remote::Prefix("198.51.100.0".parse().unwrap(), 24);
+        assert_eq!(f.remote("198.51.100.7".parse().unwrap()), want);
+        assert_eq!(f.remote("::ffff:198.51.100.9".parse().unwrap()), want);
+        assert_eq!(
+            f.remote("2001:db8:1:2:3::4".parse().unwrap()),
+            Remote::Prefix("2001:db8:1:2::".parse().unwrap(), 64)
+        );
+        let keep = Folding::default();
+        assert_eq!(
+            keep.remote("::ffff:198.51.100.9".parse().unwrap()),
+            Remote::Address("::ffff:198.51.100.9".parse().unwrap())
+        );
+    }
+}

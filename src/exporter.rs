@@ -1,0 +1,147 @@
+//! A scrape: which collectors a request gets, the shared read of the socket tables, and
+//! the writing of each wanted family from it, then the exporter's own metrics.
+
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::classify::Folding;
+use crate::exposition::Encoder;
+use crate::metrics::connections::Connections;
+use crate::metrics::peers::Peers;
+use crate::metrics::{listeners, self_metrics, states, CollectorName, CollectorSet};
+use crate::snapshot::{SharedReads, Snapshot};
+use crate::source::reader::{Reader, SourceChoice};
+use crate::webconfig::ReloadStatus;
+
+pub use crate::metrics::self_metrics::{REVISION, VERSION};
+
+/// What a scrape needs to know; derived from the flags by `config`.
+#[derive(Clone, Debug)]
+pub struct ExporterConfig {
+    /// Root of the procfs tree (`--path.procfs`).
+    pub procfs: PathBuf,
+    /// Collectors switched on by flags.
+    pub collectors: CollectorSet,
+    /// Most per-connection series in one scrape; 0 for no limit.
+    pub max_series: usize,
+    /// Most peer label sets in one scrape; 0 for no limit.
+    pub peers_max_series: usize,
+    /// How peers' remote addresses are aggregated.
+    pub peers_folding: Folding,
+    /// Whether to add build, scrape and process metrics.
+    pub exporter_metrics: bool,
+    /// Where sockets come from.
+    pub source: SourceChoice,
+}
+
+/// Why a `collect[]` filter was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FilterError {
+    /// No collector has this name.
+    #[error("unknown collector {0:?} (known: {known})", known = CollectorName::ALL.map(CollectorName::as_str).join(", "))]
+    Unknown(String),
+    /// The collector exists but a flag switched it off.
+    #[error("collector {0:?} is disabled by --no-collector.{0}")]
+    Disabled(String),
+}
+
+/// How long a scrape waits for a read another scrape is making before it reports its
+/// collectors failed; longer than any read of a real host takes.
+const SHARED_READ_WAIT: Duration = Duration::from_secs(60);
+
+/// The exporter: configuration plus what persists between scrapes.
+pub struct Exporter {
+    config: ExporterConfig,
+    reader: Reader,
+    reads: SharedReads,
+    connections: Connections,
+    peers: Peers,
+    web_config: Option<Arc<ReloadStatus>>,
+}
+
+impl Exporter {
+    /// An exporter for a configuration.
+    pub fn new(config: ExporterConfig) -> Exporter {
+        Exporter {
+            reader: Reader::new(config.procfs.clone(), config.source),
+            reads: SharedReads::new(SHARED_READ_WAIT),
+            connections: Connections::new(config.max_series),
+            peers: Peers::new(config.peers_max_series, config.peers_folding),
+            web_config: None,
+            config,
+        }
+    }
+
+    /// Adds the web configuration's reload metrics to the exporter's own.
+    pub fn set_web_config_status(&mut self, status: Arc<ReloadStatus>) {
+        self.web_config = Some(status);
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ExporterConfig {
+        &self.config
+    }
+
+    /// The source the next scrape will read sockets from: `netlink` or `procfs`.
+    pub fn source_name(&self) -> &'static str {
+        self.reader.source_name()
+    }
+
+    /// Which collectors a request gets: all enabled ones, or those its `collect[]` names.
+    pub fn filter<'a>(&self, names: impl IntoIterator<Item = &'a str>) -> Result<CollectorSet, FilterError> {
+        let mut wanted = CollectorSet::NONE;
+        let mut any = false;
+        for name in names {
+            any = true;
+            let c = CollectorName::parse(name).ok_or_else(|| FilterError::Unknown(name.to_owned()))?;
+            if !self.config.collectors.contains(c) {
+                return Err(FilterError::Disabled(name.to_owned()));
+            }
+            wanted.set(c, true);
+        }
+        Ok(if any { wanted } else { self.config.collectors })
+    }
+
+    /// The snapshot for `wanted`: a read of our own, or the one another scrape is making
+    /// for the same kind of read. A read that was abandoned or took too long gives a
+    /// failed, empty snapshot: those collectors report success 0, the scrape goes on.
+    fn snapshot(&self, wanted: CollectorSet) -> Arc<Snapshot> {
+        let keys = wanted.needs_sockets();
+        match self.reads.get(usize::from(keys), || self.reader.read(keys)) {
+            Ok(s) => s,
+            Err(e) => {
+                log::warn!("{e}");
+                Arc::new(Snapshot::failed())
+            }
+        }
+    }
+
+    /// Runs the wanted collectors and writes their families, then the exporter's own.
+    pub fn collect<W: Write>(&self, wanted: CollectorSet, enc: &mut Encoder<W>) -> io::Result<()> {
+        let mut durations: Vec<(CollectorName, Duration, bool)> = Vec::with_capacity(CollectorName::ALL.len());
+        if !wanted.is_empty() {
+            let snap = self.snapshot(wanted);
+            for c in wanted.iter() {
+                let t = Instant::now();
+                self.write_family(c, enc, &snap)?;
+                durations.push((c, snap.read_time + t.elapsed(), snap.ok));
+            }
+        }
+        self_metrics::write_parse_errors(enc, |f| self.reader.parse_errors(f))?;
+        if self.config.exporter_metrics {
+            self_metrics::write(enc, &durations, self.web_config.as_deref())?;
+        }
+        Ok(())
+    }
+
+    fn write_family<W: Write>(&self, c: CollectorName, enc: &mut Encoder<W>, snap: &Snapshot) -> io::Result<()> {
+        match c {
+            CollectorName::Connections => self.connections.write(enc, snap),
+            CollectorName::States => states::write(enc, snap),
+            CollectorName::Peers => self.peers.write(enc, snap),
+            CollectorName::Listeners => listeners::write(enc, snap),
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! `network_connection_peers`: non-listening sockets counted by direction, local address,
+//! service port, remote address, state and interface, the ephemeral port folded away and
+//! the label sets bounded by merging the smallest remotes into `other`.
+
+use std::io::{self, Write};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::classify::{count_bounded, BoundedPeers, Direction, Folding, ListenerSet, PeerKey, Remote};
+use crate::exposition::{Encoder, Kind, Number, Value};
+use crate::iface::InterfaceTable;
+use crate::model::TcpState;
+use crate::snapshot::Snapshot;
+
+/// The family and its settings.
+pub struct Peers {
+    max_series: usize,
+    folding: Folding,
+    merging: AtomicBool,
+}
+
+impl Peers {
+    /// At most `max_series` label sets (0: no bound), remotes folded by `folding`.
+    pub fn new(max_series: usize, folding: Folding) -> Peers {
+        Peers { max_series, folding, merging: AtomicBool::new(false) }
+    }
+
+    /// The peers of a snapshot: every socket but the listeners, classified against them.
+    pub fn count(&self, snap: &Snapshot) -> BoundedPeers {
+        let listeners = ListenerSet::new(snap.listeners.iter().map(|l| l.local));
+        let peers = snap.keys.iter().filter(|k| k.state != TcpState::Listen).map(|k| {
+            PeerKey::of(listeners.direction(&k.local), &k.local, &k.remote, Some(k.state), k.iface, &self.folding)
+        });
+        count_bounded(peers, self.max_series)
+    }
+
+    /// Writes the family and `conn_exporter_peers_merged_series`.
+    pub fn write<W: Write>(&self, enc: &mut Encoder<W>, snap: &Snapshot) -> io::Result<()> {
+        let peers = self.count(snap);
+        write_series(
+            enc,
+            "network_connection_peers",
+            Kind::Gauge,
+            "Non-listening TCP sockets by direction, local address, service port, remote address, state and interface; the ephemeral port is left out.",
+            &peers.series,
+            &snap.table,
+        )?;
+        let was = self.merging.swap(peers.merged > 0, Ordering::Relaxed);
+        if peers.merged > 0 && !was {
+            log::warn!(
+                "peer label sets past --collector.peers.max-series={}: {} merged into destination_address=\"other\" (counts kept)",
+                self.max_series,
+                peers.merged
+            );
+        } else if peers.merged == 0 && was {
+            log::info!("peer label sets within --collector.peers.max-series={} again", self.max_series);
+        }
+        enc.family(
+            "conn_exporter_peers_merged_series",
+            Kind::Gauge,
+            "Peer label sets merged into destination_address=\"other\" by --collector.peers.max-series in this scrape.",
+        )?;
+        enc.sample("conn_exporter_peers_merged_series", &[], Number::Int(peers.merged))
+    }
+}
+
+/// How a remote is labelled.
+pub fn remote_label(remote: &Remote, buf: &mut String) -> Option<IpAddr> {
+    buf.clear();
+    match remote {
+        Remote::Address(ip) => return Some(*ip),
+        Remote::Prefix(ip, len) => {
+            use std::fmt::Write as _;
+            let _ = write!(buf, "{ip}/{len}");
+        }
+        Remote::Other => buf.push_str("other"),
+    }
+    None
+}
+
+/// Writes peer-keyed series (the peers gauge, the lifecycle counters): labels in name
+/// order, the folded port left out.
+pub fn write_series<W: Write>(
+    enc: &mut Encoder<W>,
+    name: &str,
+    kind: Kind,
+    help: &str,
+    series: &[(PeerKey, u64)],
+    table: &InterfaceTable,
+) -> io::Result<()> {
+    enc.family(name, kind, help)?;
+    let mut remote_text = String::new();
+    for (k, n) in series {
+        let remote = remote_label(&k.remote, &mut remote_text);
+        let mut labels: Vec<(&str, Value<'_>)> = Vec::with_capacity(7);
+        labels.push(("destination_address", remote.map_or(Value::Str(&remote_text), Value::Ip)));
+        if let (Direction::Outbound, Some(port)) = (k.direction, k.service_port) {
+            labels.push(("destination_port", Value::Int(u64::from(port))));
+        }
+        labels.push(("direction", Value::Str(k.direction.label())));
+        labels.push(("interface", Value::Str(if k.local.is_some() { table.name(k.iface) } else { "other" })));
+        labels.push(("source_address", k.local.map_or(Value::Str("other"), Value::Ip)));
+        if let (Direction::Inbound, Some(port)) = (k.direction, k.service_port) {
+            labels.push(("source_port", Value::Int(u64::from(port))));
+        }
+        if let Some(state) = k.state {
+            labels.push(("state", Value::Str(state.label())));
+        }
+        enc.sample(name, &labels, Number::Int(*n))?;
+    }
+    Ok(())
+}

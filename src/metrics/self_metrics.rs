@@ -1,0 +1,120 @@
+//! The exporter's own metrics: build info, per-collector duration and success, parse
+//! errors, web-config reloads and the process_* metrics.
+
+use std::io::{self, Write};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use super::CollectorName;
+use crate::exposition::{Encoder, Kind, Number, Value};
+use crate::model::Family;
+use crate::source::{process, procfs};
+use crate::webconfig::ReloadStatus;
+
+/// Version for `conn_exporter_build_info`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// Git revision the binary was built from, or `unknown`.
+pub const REVISION: &str = env!("CONN_EXPORTER_REVISION");
+
+/// `conn_exporter_parse_errors_total{file}`; always written, whatever the flags.
+pub fn write_parse_errors<W: Write>(enc: &mut Encoder<W>, errors: impl Fn(Family) -> u64) -> io::Result<()> {
+    enc.family(
+        "conn_exporter_parse_errors_total",
+        Kind::Counter,
+        "Malformed lines skipped in the socket tables, by file.",
+    )?;
+    for family in Family::ALL {
+        enc.sample(
+            "conn_exporter_parse_errors_total",
+            &[("file", Value::Str(procfs::file_name(family)))],
+            Number::Int(errors(family)),
+        )?;
+    }
+    Ok(())
+}
+
+/// Build info, collector durations and success, web-config reloads, process metrics.
+pub fn write<W: Write>(
+    enc: &mut Encoder<W>,
+    durations: &[(CollectorName, Duration, bool)],
+    web_config: Option<&ReloadStatus>,
+) -> io::Result<()> {
+    enc.family(
+        "conn_exporter_build_info",
+        Kind::Gauge,
+        "Version and revision conn-exporter was built from; always 1.",
+    )?;
+    enc.sample(
+        "conn_exporter_build_info",
+        &[("revision", Value::Str(REVISION)), ("version", Value::Str(VERSION))],
+        Number::Int(1),
+    )?;
+    enc.family(
+        "conn_exporter_scrape_collector_duration_seconds",
+        Kind::Gauge,
+        "Time a collector took in this scrape, the shared read of the socket tables included.",
+    )?;
+    for (c, d, _) in durations {
+        enc.sample(
+            "conn_exporter_scrape_collector_duration_seconds",
+            &[("collector", Value::Str(c.as_str()))],
+            Number::Float(d.as_secs_f64()),
+        )?;
+    }
+    enc.family(
+        "conn_exporter_scrape_collector_success",
+        Kind::Gauge,
+        "1 when a collector read all its sources in this scrape, 0 when one failed (see the log).",
+    )?;
+    for (c, _, ok) in durations {
+        enc.sample(
+            "conn_exporter_scrape_collector_success",
+            &[("collector", Value::Str(c.as_str()))],
+            Number::Int(u64::from(*ok)),
+        )?;
+    }
+    if let Some(status) = web_config {
+        enc.family(
+            "conn_exporter_web_config_last_reload_successful",
+            Kind::Gauge,
+            "1 when the last read of --web.config.file succeeded; 0 when a change was refused and the last good configuration is in force.",
+        )?;
+        enc.sample(
+            "conn_exporter_web_config_last_reload_successful",
+            &[],
+            Number::Int(u64::from(status.last_ok.load(Ordering::Relaxed))),
+        )?;
+        enc.family(
+            "conn_exporter_web_config_reload_failures_total",
+            Kind::Counter,
+            "Changes to --web.config.file refused as invalid.",
+        )?;
+        enc.sample(
+            "conn_exporter_web_config_reload_failures_total",
+            &[],
+            Number::Int(status.failures.load(Ordering::Relaxed)),
+        )?;
+    }
+    let Some(p) = process::read() else { return Ok(()) };
+    let gauges: [(&str, &str, Number); 4] = [
+        ("process_resident_memory_bytes", "Resident memory size in bytes.", Number::Int(p.resident_bytes)),
+        ("process_virtual_memory_bytes", "Virtual memory size in bytes.", Number::Int(p.virtual_bytes)),
+        ("process_open_fds", "Number of open file descriptors.", Number::Int(p.open_fds)),
+        (
+            "process_start_time_seconds",
+            "Start time of the process since unix epoch in seconds.",
+            Number::Float(p.start_time_seconds),
+        ),
+    ];
+    enc.family("process_cpu_seconds_total", Kind::Counter, "Total user and system CPU time spent in seconds.")?;
+    enc.sample("process_cpu_seconds_total", &[], Number::Float(p.cpu_seconds))?;
+    for (name, help, value) in gauges {
+        enc.family(name, Kind::Gauge, help)?;
+        enc.sample(name, &[], value)?;
+    }
+    if let Some(max) = p.max_fds {
+        enc.family("process_max_fds", Kind::Gauge, "Maximum number of open file descriptors.")?;
+        enc.sample("process_max_fds", &[], Number::Int(max))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,358 @@
+//! One read of the socket tables, shared by the scrapes that run at the same time: the
+//! snapshot every metric family writes from, and the guard that releases a read on every
+//! path (a panic or a failed thread included) so that no scrape waits for a read that will
+//! never finish.
+
+use std::io::{self, Write};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::exposition::{Encoder, Kind, Number, Value};
+use crate::iface::{IfaceId, InterfaceTable};
+use crate::model::{Endpoint, Family, TcpState};
+
+/// A socket reduced to what the per-connection and peers families need: 44 bytes, no
+/// heap, sorted so that duplicates are adjacent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SeriesKey {
+    /// Local (source) endpoint.
+    pub local: Endpoint,
+    /// Remote (destination) endpoint.
+    pub remote: Endpoint,
+    /// TCP state.
+    pub state: TcpState,
+    /// Interface of the local address.
+    pub iface: IfaceId,
+}
+
+/// A listening socket and its queues.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ListenerRecord {
+    /// Where it listens.
+    pub local: Endpoint,
+    /// Interface of the local address.
+    pub iface: IfaceId,
+    /// Connections waiting to be accepted.
+    pub queue_length: u32,
+    /// Backlog limit; meaningful only where [`Snapshot::queue_limits`] is true.
+    pub queue_limit: u32,
+}
+
+/// Exact socket counts by family, interface id and state.
+#[derive(Debug, Clone)]
+pub struct StateCounts {
+    interfaces: usize,
+    counts: Vec<u64>,
+}
+
+impl StateCounts {
+    /// Zero counts for every interface of `table`.
+    pub fn new(table: &InterfaceTable) -> StateCounts {
+        let interfaces = table.len();
+        StateCounts { interfaces, counts: vec![0; Family::ALL.len() * interfaces * TcpState::ALL.len()] }
+    }
+
+    fn slot(&self, family: Family, iface: IfaceId) -> usize {
+        (family.index() * self.interfaces + usize::from(iface.0)) * TcpState::ALL.len()
+    }
+
+    /// Counts one socket.
+    pub fn add(&mut self, family: Family, iface: IfaceId, state: TcpState) {
+        let i = self.slot(family, iface) + state as usize;
+        self.counts[i] += 1;
+    }
+
+    /// Forgets every count (a read that starts over from another source).
+    pub fn clear(&mut self) {
+        self.counts.iter_mut().for_each(|n| *n = 0);
+    }
+
+    /// Sockets counted in a state, over every family and interface.
+    pub fn total(&self, state: TcpState) -> u64 {
+        self.counts.iter().skip(state as usize).step_by(TcpState::ALL.len()).sum()
+    }
+
+    /// Every (family, interface) pair with a socket gets all eleven states, zeros
+    /// included, so that a state appearing does not start a new series mid-graph.
+    pub fn write<W: Write>(&self, enc: &mut Encoder<W>, table: &InterfaceTable) -> io::Result<()> {
+        enc.family(
+            "network_connection_states",
+            Kind::Gauge,
+            "Number of TCP sockets by family, interface and state; never truncated by a series limit.",
+        )?;
+        for family in Family::ALL {
+            for id in 0..self.interfaces {
+                let iface = IfaceId(id as u16);
+                let slot = self.slot(family, iface);
+                let row = &self.counts[slot..slot + TcpState::ALL.len()];
+                if row.iter().all(|&n| n == 0) {
+                    continue;
+                }
+                for state in TcpState::ALL {
+                    let n = row[state as usize];
+                    if state == TcpState::Unknown && n == 0 {
+                        continue;
+                    }
+                    enc.sample(
+                        "network_connection_states",
+                        &[
+                            ("family", Value::Str(family.label())),
+                            ("interface", Value::Str(table.name(iface))),
+                            ("state", Value::Str(state.label())),
+                        ],
+                        Number::Int(n),
+                    )?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One read of the kernel, ready for every family to write from.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Interfaces at the time of the read.
+    pub table: InterfaceTable,
+    /// Every socket, sorted; empty unless a family that needs them was wanted.
+    pub keys: Vec<SeriesKey>,
+    /// Listening sockets with their queues, sorted.
+    pub listeners: Vec<ListenerRecord>,
+    /// Exact counts.
+    pub counts: StateCounts,
+    /// Whether the listeners' backlog limits are known (the netlink source tells them,
+    /// `/proc/net/tcp` does not).
+    pub queue_limits: bool,
+    /// Whether every source read succeeded.
+    pub ok: bool,
+    /// How long the read took.
+    pub read_time: Duration,
+}
+
+impl Snapshot {
+    /// A snapshot with no sockets, marked failed: what a scrape writes from when the
+    /// read it waited for was abandoned.
+    pub fn failed() -> Snapshot {
+        let table = InterfaceTable::default();
+        Snapshot {
+            counts: StateCounts::new(&table),
+            table,
+            keys: Vec::new(),
+            listeners: Vec::new(),
+            queue_limits: false,
+            ok: false,
+            read_time: Duration::ZERO,
+        }
+    }
+}
+
+/// Why a scrape got no snapshot from the read it waited for.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SharedReadError {
+    /// The scrape making the read stopped without a result (it panicked or could not
+    /// start a thread).
+    #[error("the shared read of the socket tables was abandoned by the scrape making it")]
+    Abandoned,
+    /// The read took longer than a waiter may wait.
+    #[error("the shared read of the socket tables took longer than {0:?}")]
+    TimedOut(Duration),
+}
+
+enum FlightState {
+    Reading,
+    Done(Arc<Snapshot>),
+    Abandoned,
+}
+
+/// A read in progress and the scrapes waiting for it.
+struct Flight {
+    state: Mutex<FlightState>,
+    done: Condvar,
+}
+
+/// Reads in progress, one slot per kind of read: concurrent scrapes that want the same
+/// kind wait for one read of the kernel instead of each making their own.
+pub struct SharedReads {
+    flights: Mutex<[Option<Arc<Flight>>; 2]>,
+    max_wait: Duration,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Nothing holding these locks can leave the data half-written, so a poisoned lock is
+    // still good to use.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Held by the scrape making a read: publishes its result, or, dropped without one (a
+/// panic unwinding, an early return), marks the read abandoned and wakes the waiters.
+struct Leader<'a> {
+    reads: &'a SharedReads,
+    slot: usize,
+    flight: Arc<Flight>,
+}
+
+impl Leader<'_> {
+    fn finish(self, state: FlightState) {
+        self.release(state);
+        std::mem::forget(self);
+    }
+
+    fn release(&self, state: FlightState) {
+        *lock(&self.flight.state) = state;
+        let mut flights = lock(&self.reads.flights);
+        if flights[self.slot].as_ref().is_some_and(|f| Arc::ptr_eq(f, &self.flight)) {
+            flights[self.slot] = None;
+        }
+        drop(flights);
+        self.flight.done.notify_all();
+    }
+}
+
+impl Drop for Leader<'_> {
+    fn drop(&mut self) {
+        self.release(FlightState::Abandoned);
+    }
+}
+
+impl SharedReads {
+    /// Shared reads whose waiters give up after `max_wait`.
+    pub fn new(max_wait: Duration) -> SharedReads {
+        SharedReads { flights: Mutex::new(Default::default()), max_wait }
+    }
+
+    /// The snapshot of kind `slot` (0 or 1): made by `read` here, or the one another
+    /// scrape is making.
+    pub fn get(&self, slot: usize, read: impl FnOnce() -> Snapshot) -> Result<Arc<Snapshot>, SharedReadError> {
+        let slot = slot.min(1);
+        let (flight, leader) = {
+            let mut flights = lock(&self.flights);
+            match &flights[slot] {
+                Some(f) => (Arc::clone(f), false),
+                None => {
+                    let f = Arc::new(Flight { state: Mutex::new(FlightState::Reading), done: Condvar::new() });
+                    flights[slot] = Some(Arc::clone(&f));
+                    (f, true)
+                }
+            }
+        };
+        if leader {
+            let guard = Leader { reads: self, slot, flight };
+            let snapshot = Arc::new(read());
+            guard.finish(FlightState::Done(Arc::clone(&snapshot)));
+            return Ok(snapshot);
+        }
+        let deadline = Instant::now() + self.max_wait;
+        let mut state = lock(&flight.state);
+        loop {
+            match &*state {
+                FlightState::Done(s) => return Ok(Arc::clone(s)),
+                FlightState::Abandoned => return Err(SharedReadError::Abandoned),
+                FlightState::Reading => {}
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(SharedReadError::TimedOut(self.max_wait));
+            }
+            state = flight.done.wait_timeout(state, left).unwrap_or_else(|e| e.into_inner()).0;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Barrier;
+
+    #[test]
+    fn concurrent_scrapes_share_one_read() {
+        let reads = SharedReads::new(Duration::from_secs(30));
+        let made = AtomicUsize::new(0);
+        let inside = Barrier::new(2);
+        let release = Barrier::new(2);
+        std::thread::scope(|s| {
+            let leader = s.spawn(|| {
+                reads.get(0, || {
+                    made.fetch_add(1, Ordering::SeqCst);
+                    inside.wait();
+                    release.wait();
+                    Snapshot::failed()
+                })
+            });
+            inside.wait();
+            // The leader is inside its read: this one must wait for it, not read again.
+            let waiter = s.spawn(|| reads.get(0, || unreachable!("a second read while one is in flight")));
+            // Give the waiter time to block; if it read on its own it would panic above.
+            while lock(&reads.flights)[0].as_ref().map_or(0, Arc::strong_count) < 3 {
+                std::thread::yield_now();
+            }
+            release.wait();
+            let a = leader.join().unwrap().unwrap();
+            let b = waiter.join().unwrap().unwrap();
+            assert!(Arc::ptr_eq(&a, &b));
+        });
+        assert_eq!(made.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn a_panicking_read_releases_its_waiters_and_the_next_scrape_reads_again() {
+        let reads = SharedReads::new(Duration::from_secs(30));
+        let inside = Barrier::new(2);
+        let release = Barrier::new(2);
+        std::thread::scope(|s| {
+            let leader = s.spawn(|| {
+                reads.get(1, || {
+                    inside.wait();
+                    release.wait();
+                    panic!("injected failure in the read")
+                })
+            });
+            inside.wait();
+            let waiter = s.spawn(|| reads.get(1, || unreachable!()));
+            while lock(&reads.flights)[1].as_ref().map_or(0, Arc::strong_count) < 3 {
+                std::thread::yield_now();
+            }
+            release.wait();
+            assert!(leader.join().is_err(), "the leader panicked");
+            assert_eq!(waiter.join().unwrap().unwrap_err(), SharedReadError::Abandoned);
+        });
+        // Not wedged: the slot is free and a new read happens.
+        let next = reads.get(1, || Snapshot { ok: true, ..Snapshot::failed() }).unwrap();
+        assert!(next.ok);
+    }
+
+    #[test]
+    fn a_waiter_gives_up_after_its_limit() {
+        let reads = SharedReads::new(Duration::from_millis(50));
+        let inside = Barrier::new(2);
+        let release = Barrier::new(2);
+        std::thread::scope(|s| {
+            let leader = s.spawn(|| {
+                reads.get(0, || {
+                    inside.wait();
+                    release.wait();
+                    Snapshot::failed()
+                })
+            });
+            inside.wait();
+            let got = reads.get(0, || unreachable!());
+            assert_eq!(got.unwrap_err(), SharedReadError::TimedOut(Duration::from_millis(50)));
+            release.wait();
+            leader.join().unwrap().unwrap();
+        });
+    }
+
+    #[test]
+    fn state_totals_add_up_over_families_and_interfaces() {
+        let table =
+            crate::iface::InterfaceTableBuilder::default().address("192.0.2.1".parse().unwrap(), "eth0").build();
+        let mut c = StateCounts::new(&table);
+        c.add(Family::Ipv4, IfaceId::LOOPBACK, TcpState::Established);
+        c.add(Family::Ipv6, IfaceId(3), TcpState::Established);
+        c.add(Family::Ipv6, IfaceId::ANY, TcpState::Listen);
+        assert_eq!(c.total(TcpState::Established), 2);
+        assert_eq!(c.total(TcpState::Listen), 1);
+        c.clear();
+        assert_eq!(c.total(TcpState::Established), 0);
+    }
+}

@@ -1,0 +1,282 @@
+//! Source selection: which source a read uses (netlink or the procfs files), the fallback
+//! from one to the other, and the read of interfaces and sockets into a [`Snapshot`].
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use super::sock_diag::SockDiag;
+use super::{interfaces, procfs, SourceError};
+use crate::iface::InterfaceTable;
+use crate::logging::RateLimit;
+use crate::model::{Connection, Family, TcpState};
+use crate::snapshot::{ListenerRecord, SeriesKey, Snapshot, StateCounts};
+
+/// Where sockets are read from (`--collector.connections.source`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SourceChoice {
+    /// Netlink when `--path.procfs` shows this process's own network namespace and the
+    /// kernel allows it; the procfs files otherwise, and whenever a netlink read fails.
+    Auto,
+    /// Always the NETLINK_SOCK_DIAG dump of the exporter's network namespace.
+    Netlink,
+    /// Always `<procfs>/net/tcp{,6}`.
+    Procfs,
+}
+
+/// Kinds of warnings a read can raise; each is logged at most once a minute.
+#[derive(Clone, Copy)]
+enum Warning {
+    Interfaces = 0,
+    Sockets = 1,
+    Malformed = 2,
+    Netlink = 3,
+}
+
+/// Reads snapshots from the chosen source, and keeps what persists between reads: the
+/// fallback decision, parse error counts, the last socket count.
+pub struct Reader {
+    procfs: PathBuf,
+    choice: SourceChoice,
+    /// `procfs` is this process's own network namespace.
+    own_namespace: bool,
+    /// Netlink was refused (at open or later): auto mode reads the files from now on.
+    netlink_refused: AtomicBool,
+    parse_errors: [AtomicU64; 2],
+    last_socket_count: AtomicUsize,
+    /// One limiter per kind of warning, so that a steady one cannot hide a new one.
+    warn_limits: [RateLimit; 4],
+}
+
+/// What a read fills in, so that a fallback can start it over.
+struct Fill<'a> {
+    table: &'a InterfaceTable,
+    counts: StateCounts,
+    keys: Vec<SeriesKey>,
+    listeners: Vec<ListenerRecord>,
+    want_keys: bool,
+}
+
+impl Fill<'_> {
+    fn add(&mut self, c: Connection) {
+        let iface = self.table.resolve(&c.local, c.if_index);
+        self.counts.add(c.family(), iface, c.state);
+        if c.state == TcpState::Listen {
+            self.listeners.push(ListenerRecord {
+                local: c.local,
+                iface,
+                queue_length: c.recv_queue,
+                queue_limit: c.send_queue,
+            });
+        }
+        if self.want_keys {
+            self.keys.push(SeriesKey { local: c.local, remote: c.remote, state: c.state, iface });
+        }
+    }
+
+    fn clear(&mut self) {
+        self.counts.clear();
+        self.keys.clear();
+        self.listeners.clear();
+    }
+}
+
+/// Errors that mean the kernel or a sandbox will not serve netlink to this process, as
+/// opposed to a dump that failed once.
+fn is_refusal(e: &SourceError) -> bool {
+    let SourceError::Kernel { source, .. } = e else { return false };
+    matches!(
+        source.raw_os_error().map(nix::errno::Errno::from_raw),
+        Some(
+            nix::errno::Errno::EPERM
+                | nix::errno::Errno::EACCES
+                | nix::errno::Errno::EAFNOSUPPORT
+                | nix::errno::Errno::EPROTONOSUPPORT
+                | nix::errno::Errno::ENOSYS
+        )
+    )
+}
+
+impl Reader {
+    /// A reader of `procfs` with the chosen source.
+    pub fn new(procfs: PathBuf, choice: SourceChoice) -> Reader {
+        let own_namespace = super::is_own_namespace(&procfs);
+        Reader {
+            procfs,
+            choice,
+            own_namespace,
+            netlink_refused: AtomicBool::new(false),
+            parse_errors: [AtomicU64::new(0), AtomicU64::new(0)],
+            last_socket_count: AtomicUsize::new(0),
+            warn_limits: std::array::from_fn(|_| RateLimit::new(Duration::from_secs(60))),
+        }
+    }
+
+    /// The source the next read will use: `netlink` or `procfs`.
+    pub fn source_name(&self) -> &'static str {
+        if self.uses_netlink() {
+            "netlink"
+        } else {
+            "procfs"
+        }
+    }
+
+    /// Malformed lines skipped so far in a family's file.
+    pub fn parse_errors(&self, family: Family) -> u64 {
+        self.parse_errors[family.index()].load(Ordering::Relaxed)
+    }
+
+    fn uses_netlink(&self) -> bool {
+        match self.choice {
+            SourceChoice::Netlink => true,
+            SourceChoice::Procfs => false,
+            SourceChoice::Auto => self.own_namespace && !self.netlink_refused.load(Ordering::Relaxed),
+        }
+    }
+
+    fn warn(&self, kind: Warning, message: std::fmt::Arguments<'_>) {
+        if self.warn_limits[kind as usize].allow() {
+            log::warn!("{message}");
+        }
+    }
+
+    fn read_interfaces(&self) -> (InterfaceTable, bool) {
+        let live = self.own_namespace && !self.netlink_refused.load(Ordering::Relaxed);
+        let result = match interfaces::read(&self.procfs, live) {
+            Err(e) if live => {
+                // getifaddrs asks over netlink too: where netlink is refused, the files
+                // still name every interface.
+                self.warn(
+                    Warning::Interfaces,
+                    format_args!(
+                        "couldn't list interfaces ({e}); reading {}/net/route and if_inet6",
+                        self.procfs.display()
+                    ),
+                );
+                interfaces::read_files(&self.procfs)
+            }
+            other => other,
+        };
+        match result {
+            Ok(t) => (t, true),
+            Err(e) => {
+                self.warn(
+                    Warning::Interfaces,
+                    format_args!("couldn't read interfaces, labelling by address class only: {e}"),
+                );
+                (InterfaceTable::default(), false)
+            }
+        }
+    }
+
+    /// Reads interfaces and sockets. Per socket: resolve the interface, count, keep
+    /// listeners, and (when `want_keys`) a 44-byte key; nothing else is allocated.
+    pub fn read(&self, want_keys: bool) -> Snapshot {
+        let start = Instant::now();
+        let (table, table_ok) = self.read_interfaces();
+        let mut fill = Fill {
+            table: &table,
+            counts: StateCounts::new(&table),
+            keys: Vec::new(),
+            listeners: Vec::new(),
+            want_keys,
+        };
+        if want_keys {
+            fill.keys.reserve(self.last_socket_count.load(Ordering::Relaxed) + 64);
+        }
+        let (sockets_ok, queue_limits) = self.read_sockets(&mut fill);
+        let Fill { counts, mut keys, mut listeners, .. } = fill;
+        if want_keys {
+            self.last_socket_count.store(keys.len(), Ordering::Relaxed);
+            keys.sort_unstable();
+        }
+        listeners.sort_unstable();
+        Snapshot {
+            table,
+            keys,
+            listeners,
+            counts,
+            queue_limits,
+            ok: table_ok && sockets_ok,
+            read_time: start.elapsed(),
+        }
+    }
+
+    /// Fills from the chosen source; returns whether every read succeeded and whether
+    /// listeners' backlog limits are known.
+    fn read_sockets(&self, fill: &mut Fill<'_>) -> (bool, bool) {
+        if !self.uses_netlink() {
+            return (self.read_procfs(fill), false);
+        }
+        let failure = match SockDiag::open() {
+            Ok(diag) => match self.read_netlink(diag, fill) {
+                None => return (true, true),
+                Some(e) => e,
+            },
+            Err(e) => e,
+        };
+        if self.choice != SourceChoice::Auto {
+            self.warn(Warning::Netlink, format_args!("couldn't read sockets: {failure}"));
+            return (false, true);
+        }
+        // Auto mode: what the dump delivered before it failed is not the whole table;
+        // start over from the files, which hold the same sockets.
+        fill.clear();
+        if is_refusal(&failure) {
+            if !self.netlink_refused.swap(true, Ordering::Relaxed) {
+                log::warn!("netlink refused, reading {}/net/tcp{{,6}} from now on: {failure}", self.procfs.display());
+            }
+        } else {
+            self.warn(
+                Warning::Netlink,
+                format_args!(
+                    "netlink dump failed, this scrape reads {}/net/tcp{{,6}}: {failure}",
+                    self.procfs.display()
+                ),
+            );
+        }
+        (self.read_procfs(fill), false)
+    }
+
+    /// The netlink dump of both families; the first failure, if any.
+    fn read_netlink(&self, diag: SockDiag, fill: &mut Fill<'_>) -> Option<SourceError> {
+        let mut failure = None;
+        for (family, result) in Family::ALL.into_iter().zip(diag.dump_all(&mut |c| fill.add(c))) {
+            if let Err(e) = result {
+                log::debug!("couldn't read {} sockets over netlink: {e}", family.label());
+                failure.get_or_insert(e);
+            }
+        }
+        failure
+    }
+
+    fn read_procfs(&self, fill: &mut Fill<'_>) -> bool {
+        let mut ok = true;
+        for family in Family::ALL {
+            match procfs::read_tcp(&self.procfs, family, |c| fill.add(c)) {
+                Ok(Some(report)) => {
+                    if report.errors > 0 {
+                        self.parse_errors[family.index()].fetch_add(report.errors, Ordering::Relaxed);
+                        if let Some((line, e)) = report.first_error {
+                            self.warn(
+                                Warning::Malformed,
+                                format_args!(
+                                    "skipped {} malformed line(s) in {}/net/{}, first at line {line}: {e}",
+                                    report.errors,
+                                    self.procfs.display(),
+                                    procfs::file_name(family)
+                                ),
+                            );
+                        }
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    ok = false;
+                    self.warn(Warning::Sockets, format_args!("couldn't read sockets: {e}"));
+                }
+            }
+        }
+        ok
+    }
+}
