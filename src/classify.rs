@@ -195,7 +195,8 @@ pub struct BoundedPeers {
 /// addresses with the fewest sockets into [`Remote::Other`]. Counts are never dropped:
 /// the sum over the result equals the number of peers given.
 ///
-/// The largest remotes are kept whole, in order, while they fit; the rest share the
+/// The largest remotes are kept whole, in order of their sockets, each one that still
+/// fits; the rest share the
 /// `other` bucket, keyed by everything but the remote address. Should that bucket alone
 /// need more than half the bound (a host talking to thousands of remote ports), its
 /// service port is folded too, then its local address.
@@ -245,8 +246,9 @@ pub fn bound(counts: HashMap<PeerKey, u64>, max_series: usize) -> BoundedPeers {
     let mut kept: HashMap<Remote, ()> = HashMap::new();
     let mut used = 0usize;
     for (remote, _, n_series) in remotes {
+        // A big remote with too many label sets to fit is merged; smaller ones may still fit.
         if used + n_series > budget {
-            break;
+            continue;
         }
         used += n_series;
         kept.insert(remote, ());

@@ -27,7 +27,10 @@ fn bad_flags_and_values_exit_2_naming_the_flag() {
         (vec!["--log.format", "xml"], "log.format"),
         (vec!["--web.listen-address", "nowhere"], "listen-address"),
         (vec!["--web.telemetry-path", "metrics"], "telemetry-path"),
-        (vec!["--no-collector.connections", "--no-collector.states"], "every collector is disabled"),
+        (
+            vec!["--no-collector.connections", "--no-collector.states", "--no-collector.peers", "--no-collector.listeners"],
+            "every collector is disabled",
+        ),
     ] {
         let (code, out, err) = run(Command::new(binary()).args(&args));
         assert_eq!(code, 2, "{args:?}: {out}{err}");
@@ -161,7 +164,7 @@ fn a_missing_tcp6_is_normal_and_an_unreadable_tcp_fails_only_its_collectors() {
     std::fs::remove_file(tree.path().join("net/tcp6")).unwrap();
     let e = Exporter::start(&["--path.procfs", tree.path().to_str().unwrap()]);
     let text = e.scrape();
-    assert_collectors(&text, 2, 1.0);
+    assert_collectors(&text, 4, 1.0);
     assert!(!text.contains("family=\"ipv6\""));
 
     // A directory where the file should be: the read fails the way an unreadable file does.
@@ -171,7 +174,7 @@ fn a_missing_tcp6_is_normal_and_an_unreadable_tcp_fails_only_its_collectors() {
     let r = e.get("/metrics");
     assert_eq!(r.status, 200);
     let text = r.text();
-    assert_collectors(&text, 2, 0.0);
+    assert_collectors(&text, 4, 0.0);
     assert!(text.contains("source_address=\"::1\""), "IPv6 sockets are still exported");
     let log = e.wait_log("couldn't read sockets");
     assert!(log.contains("net/tcp"), "{log}");

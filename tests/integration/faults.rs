@@ -25,7 +25,7 @@ os.execv(sys.argv[1], sys.argv[1:])\n";
 fn netlink_refused_falls_back_to_procfs_in_auto_mode() {
     let e = without_netlink(&[]);
     let text = e.scrape();
-    assert_collectors(&text, 2, 1.0);
+    assert_collectors(&text, 4, 1.0);
     assert!(text.contains("network_connections_info{"), "sockets still come from /proc");
     let log = e.wait_log("netlink refused");
     assert!(log.contains("/proc/net/tcp"), "{log}");
@@ -40,7 +40,7 @@ fn netlink_refused_with_the_netlink_source_fails_the_collectors_not_the_scrape()
     let r = e.get("/metrics");
     assert_eq!(r.status, 200);
     let text = r.text();
-    assert_collectors(&text, 2, 0.0);
+    assert_collectors(&text, 4, 0.0);
     let log = e.wait_log("NETLINK_SOCK_DIAG");
     assert!(log.contains("couldn't read sockets"), "{log}");
 }
@@ -60,13 +60,13 @@ fn unreadable_vanishing_and_empty_files() {
         &[setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", binary()],
         &["--path.procfs", &dir],
     );
-    assert_collectors(&e.scrape(), 2, 1.0);
+    assert_collectors(&e.scrape(), 4, 1.0);
 
     // Permission denied on tcp6: IPv4 sockets still exported, the collectors report 0.
     let (code, _, err) = run(Command::new("chmod").args(["000", &format!("{dir}/net/tcp6")]));
     assert_eq!(code, 0, "{err}");
     let text = e.scrape();
-    assert_collectors(&text, 2, 0.0);
+    assert_collectors(&text, 4, 0.0);
     assert!(text.contains("source_address=\"192.0.2.2\""), "IPv4 sockets still there");
     let log = e.wait_log("permission denied");
     assert!(log.contains("tcp6"), "{log}");
@@ -74,14 +74,14 @@ fn unreadable_vanishing_and_empty_files() {
     // tcp6 gone (IPv6 switched off between scrapes): normal again.
     std::fs::remove_file(format!("{dir}/net/tcp6")).unwrap();
     let text = e.scrape();
-    assert_collectors(&text, 2, 1.0);
+    assert_collectors(&text, 4, 1.0);
     assert!(!text.contains("family=\"ipv6\""));
 
     // Empty tcp: no sockets, no errors.
     std::fs::write(format!("{dir}/net/tcp"), "").unwrap();
     let text = e.scrape();
     assert!(samples(&text, "network_connections_info").is_empty());
-    assert_collectors(&text, 2, 1.0);
+    assert_collectors(&text, 4, 1.0);
 }
 
 #[test]
@@ -112,7 +112,7 @@ fn interfaces_coming_and_going_during_scrapes() {
     for _ in 0..60 {
         let (code, out, err) = exec(&["curl", "-sf", &url]);
         assert_eq!(code, 0, "{err}");
-        assert_collectors(&out, 2, 1.0);
+        assert_collectors(&out, 4, 1.0);
         scrapes += 1;
     }
     let _ = flapper.kill();
