@@ -36,7 +36,12 @@ impl Drop for Serial {
 }
 
 /// Takes (or counts one more use of) this thread's shared hold; see [`serial`].
-struct SharedHold(bool);
+pub struct SharedHold(bool);
+
+/// The shared side of [`serial`], for a test that opens sockets without an exporter.
+pub fn shared() -> SharedHold {
+    SharedHold::take()
+}
 
 impl SharedHold {
     fn take() -> SharedHold {
