@@ -19,8 +19,11 @@ For each size N (plus an empty host first), the runner:
      settled RSS (VmRSS); stops everything and waits for the sockets to go away.
 
 Wall time is time.perf_counter() around connect + request + reading the whole response
-(HTTP) or around spawn + wait (commands). CPU per operation comes from /proc/PID/stat of
-the exporters (10 ms ticks, averaged over the rounds) and from RUSAGE_CHILDREN for commands.
+(HTTP) or around spawn + wait (commands). CPU time (user + system) per operation comes
+from the exporters' /proc/PID/stat read before and after each scrape (10 ms ticks, so the
+mean over the rounds is reported) and from RUSAGE_CHILDREN around each command. Every row
+gives both, and both ratios: the exporter works on several threads (decoding, encoding,
+gzip) where ss works on one, so wall time alone flatters it on a multi-core host.
 
 --smoke (N=2000, 3 rounds) exits non-zero if a scrape failed or the exporter's
 ESTABLISHED series do not match `ss` within the tolerance; CI runs it.
@@ -237,6 +240,7 @@ class SizeResult:
     background: int = 0
     times: dict[str, list[float]] = field(default_factory=lambda: {k: [] for k, _ in MEASURES})
     cpu: dict[str, float] = field(default_factory=lambda: {k: 0.0 for k, _ in MEASURES})
+    cpu_samples: dict[str, list[float]] = field(default_factory=lambda: {k: [] for k, _ in MEASURES})
     first: dict[str, float] = field(default_factory=dict)
     wire_bytes: dict[str, int] = field(default_factory=dict)
     body_bytes: int = 0
@@ -359,21 +363,22 @@ def run_size(n: int, args, procs: Processes, tmp: str) -> SizeResult:
                     pid = exporter.pid if k in "ab" else node.pid
                     c0 = proc_cpu_seconds(pid)
                     r = http_get(*targets[k], hdrs, False, timeout)
-                    res.cpu[k] += proc_cpu_seconds(pid) - c0
+                    cpu = proc_cpu_seconds(pid) - c0
                     ok, secs, err = r.ok, r.seconds, r.error
                 else:
                     argv = ["ss", "-tanH"] if k == "c" else ["cat", "/proc/net/tcp", "/proc/net/tcp6"]
                     c0 = children_cpu_seconds()
                     ok, secs, err = run_cmd(argv)
-                    res.cpu[k] += children_cpu_seconds() - c0
+                    cpu = children_cpu_seconds() - c0
                 if ok:
                     res.times[k].append(secs)
+                    res.cpu_samples[k].append(cpu)
                 else:
                     res.failures.append(f"round {rnd} ({k}) failed: {err}")
             if exporter and exporter.poll() is not None:
                 raise RuntimeError(f"conn-exporter exited with {exporter.returncode}")
-        for k in res.cpu:
-            res.cpu[k] /= max(1, args.rounds)
+        for k, xs in res.cpu_samples.items():
+            res.cpu[k] = statistics.mean(xs) if xs else 0.0
         res.ss_established_end = ss_established()
         drift = abs(res.ss_established_end - res.ss_established)
         if drift > max(args.tolerance_abs, int(res.ss_established * args.tolerance)):
@@ -448,9 +453,25 @@ def num(x: float) -> str:
 
 
 def ratio(res: SizeResult, a: str, b: str) -> str:
+    """Wall-time ratio of the medians."""
     if not res.times[a] or not res.times[b]:
         return "n/a"
     return f"{statistics.median(res.times[a]) / statistics.median(res.times[b]):.2f}"
+
+
+def cpu_ratio(res: SizeResult, a: str, b: str) -> str:
+    """CPU-time ratio of the means (per-operation CPU comes in 10 ms ticks for the exporters)."""
+    if not res.cpu_samples[a] or not res.cpu_samples[b] or res.cpu[b] <= 0:
+        return "n/a"
+    return f"{res.cpu[a] / res.cpu[b]:.2f}"
+
+
+def fmt_cpu(res: SizeResult, k: str) -> str:
+    """Mean CPU ms per operation (min–max of the rounds)."""
+    xs = [x * 1000 for x in res.cpu_samples[k]]
+    if not xs:
+        return "n/a"
+    return f"{num(statistics.mean(xs))} ({num(min(xs))}–{num(max(xs))})"
 
 
 def mib(kib: int) -> str:
@@ -462,12 +483,13 @@ def print_size(res: SizeResult, args) -> None:
     print(f"== N = {res.n} connections: {res.ss_established} ESTABLISHED sockets (ss; "
           f"{res.background} before the load, {res.ss_established_end} after the rounds), "
           f"{args.rounds} rounds, encoding {args.encoding}, source {args.source or 'default'}")
-    print(f"  {'measure':<28} {'median (min–max) ms':>28} {'CPU ms/op':>10} {'first ms':>9}")
+    print(f"  {'measure':<28} {'wall ms median (min–max)':>28} {'CPU ms/op mean (min–max)':>28} "
+          f"{'first ms':>9}")
     for k, label in MEASURES:
         first = f"{res.first[k] * 1000:.1f}" if k in res.first else ""
-        cpu = f"{res.cpu[k] * 1000:.1f}" if res.times[k] else ""
-        print(f"  ({k}) {label:<24} {fmt_ms(res.times[k]):>28} {cpu:>10} {first:>9}")
-    print(f"  ratios: (a)/(c) = {ratio(res, 'a', 'c')}, (b)/(e) = {ratio(res, 'b', 'e')}")
+        print(f"  ({k}) {label:<24} {fmt_ms(res.times[k]):>28} {fmt_cpu(res, k):>28} {first:>9}")
+    print(f"  ratios: (a)/(c) wall {ratio(res, 'a', 'c')}, CPU {cpu_ratio(res, 'a', 'c')}; "
+          f"(b)/(e) wall {ratio(res, 'b', 'e')}, CPU {cpu_ratio(res, 'b', 'e')}")
     if args.exporter_bin:
         print(f"  conn-exporter RSS MiB: idle {mib(res.rss_idle_kib)}, peak (VmHWM) "
               f"{mib(res.rss_peak_kib)}, settled (VmRSS {args.settle:.0f} s after) "
@@ -484,29 +506,36 @@ def print_size(res: SizeResult, args) -> None:
 
 def markdown(results: list[SizeResult], args) -> str:
     lines = [
-        f"Wall time in ms, median (min–max) of {args.rounds} rounds; encoding `{args.encoding}`, "
-        f"source `{args.source or 'default'}`.",
+        f"Each cell: wall time in ms, median (min–max) of {args.rounds} rounds, then CPU time "
+        f"(user + system) in ms per operation, mean of the rounds; encoding `{args.encoding}`, "
+        f"source `{args.source or 'default'}`. Ratios: wall of the medians, CPU of the means.",
         "",
         "| Connections | ESTABLISHED sockets | (a) full scrape | (b) states scrape | (c) `ss -tanH` "
-        "| (d) `cat /proc/net/tcp*` | (e) node_exporter | (a)/(c) | (b)/(e) |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| (d) `cat /proc/net/tcp*` | (e) node_exporter | (a)/(c) wall | (a)/(c) CPU "
+        "| (b)/(e) wall | (b)/(e) CPU |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+
+    def cell(r: SizeResult, k: str) -> str:
+        if not r.times[k]:
+            return "n/a"
+        return f"{fmt_ms(r.times[k])}<br>CPU {num(r.cpu[k] * 1000)}"
+
     for r in results:
         lines.append(
-            f"| {r.n:,} | {r.ss_established:,} | {fmt_ms(r.times['a'])} | {fmt_ms(r.times['b'])} "
-            f"| {fmt_ms(r.times['c'])} | {fmt_ms(r.times['d'])} | {fmt_ms(r.times['e'])} "
-            f"| {ratio(r, 'a', 'c')} | {ratio(r, 'b', 'e')} |")
+            f"| {r.n:,} | {r.ss_established:,} | " + " | ".join(cell(r, k) for k, _ in MEASURES)
+            + f" | {ratio(r, 'a', 'c')} | {cpu_ratio(r, 'a', 'c')} | {ratio(r, 'b', 'e')} "
+            f"| {cpu_ratio(r, 'b', 'e')} |")
     lines += [
         "",
         "| Connections | RSS idle MiB | RSS peak (VmHWM) MiB | RSS settled MiB "
-        "| CPU ms/scrape (a) | CPU ms/scrape (b) | CPU ms/scrape (e) | body (a) bytes | series (a) |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| body (a) bytes | series (a) |",
+        "|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
-        cpu = {k: (num(r.cpu[k] * 1000) if r.times[k] else "n/a") for k in "abe"}
         lines.append(
             f"| {r.n:,} | {mib(r.rss_idle_kib)} | {mib(r.rss_peak_kib)} | {mib(r.rss_settled_kib)} "
-            f"| {cpu['a']} | {cpu['b']} | {cpu['e']} | {r.body_bytes:,} | {r.series_total:,} |")
+            f"| {r.body_bytes:,} | {r.series_total:,} |")
     return "\n".join(lines) + "\n"
 
 
@@ -600,7 +629,8 @@ def main() -> int:
     results: list[SizeResult] = []
     errors: list[str] = []
     t_start = time.perf_counter()
-    print(host_line())
+    host_line_start = host_line()
+    print(host_line_start)
     try:
         with tempfile.TemporaryDirectory(prefix="conn-exporter-bench-") as tmp:
             if args.exporter_bin:
@@ -632,7 +662,8 @@ def main() -> int:
     finally:
         procs.stop_all()
 
-    md = markdown(results, args)
+    md = (f"{host_line_start}; load average at the end {loadavg()}.\n\n"
+          + markdown(results, args))
     print()
     print(md)
     if args.markdown:

@@ -3,9 +3,11 @@
 //! serving, the good data stays right, and the success metric and the log say what
 //! happened.
 
-use std::process::Command;
+use std::io::Read;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
-use crate::util::{assert_collectors, binary, fixture_copy, require_tool, run, samples, Exporter};
+use crate::util::{assert_collectors, binary, fixture_copy, require_tool, run, samples, wait_for, Exporter};
 
 /// Runs the exporter under a seccomp filter that refuses AF_NETLINK sockets, as systemd's
 /// `RestrictAddressFamilies=~AF_NETLINK` would (Debian's python3-seccomp, libseccomp).
@@ -91,31 +93,111 @@ fn interfaces_coming_and_going_during_scrapes() {
     let _ = run(Command::new(&ip).args(["netns", "del", ns]));
     let (code, _, err) = run(Command::new(&ip).args(["netns", "add", ns]));
     assert_eq!(code, 0, "{err}");
-    struct Cleanup(&'static str);
+    struct Cleanup(&'static str, Vec<Child>);
     impl Drop for Cleanup {
         fn drop(&mut self) {
+            for c in &mut self.1 {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
             let _ = run(Command::new("ip").args(["netns", "del", self.0]));
         }
     }
-    let _cleanup = Cleanup(ns);
+    let mut cleanup = Cleanup(ns, Vec::new());
     let exec = |args: &[&str]| run(Command::new("ip").args(["netns", "exec", ns]).args(args));
     exec(&["ip", "link", "set", "lo", "up"]);
-    let e = Exporter::start_with(&["ip", "netns", "exec", ns, binary()], &[]);
-    let url = format!("http://{}/metrics", e.addr);
-    // One process flaps a veth pair with addresses as fast as it can while scrapes run.
-    let mut flapper = Command::new("ip")
-        .args(["netns", "exec", ns, "sh", "-c"])
-        .arg("while :; do ip link add fl0 type veth peer name fl1 && ip addr add 10.77.0.1/24 dev fl0 && ip addr add fd77::1/64 dev fl0 nodad && ip link set fl0 up; ip link del fl0; done 2>/dev/null")
+    // Listeners on the flapping interface's addresses, there whether or not the addresses
+    // are (IP_FREEBIND, IPV6_FREEBIND): their label follows the interface.
+    let mut listeners = Command::new("ip")
+        .args(["netns", "exec", ns, "python3", "-c"])
+        .arg("import socket,time\nkeep=[]\nfor a,f,lvl,opt in (('10.77.0.1',socket.AF_INET,0,15),('fd77::1',socket.AF_INET6,41,78)):\n s=socket.socket(f); s.setsockopt(lvl,opt,1); s.bind((a,7788)); s.listen(); keep.append(s)\nprint('ok',flush=True); time.sleep(600)")
+        .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut scrapes = 0;
-    for _ in 0..60 {
+    let mut ready = [0u8; 2];
+    listeners.stdout.as_mut().unwrap().read_exact(&mut ready).unwrap();
+    cleanup.1.push(listeners);
+    let e = Exporter::start_with(&["ip", "netns", "exec", ns, binary()], &[]);
+    let url = format!("http://{}/metrics", e.addr);
+    // One process flaps a veth pair with the addresses while scrapes run, holding each
+    // state from a few to 290 ms so that some scrapes race a change and others do not.
+    // It writes a
+    // generation and what holds between two writes: `changing` while it changes the
+    // link, `present` or `absent` after. The same stable line read before and after a
+    // scrape means nothing changed during it.
+    let dir = tempfile::tempdir().unwrap();
+    let facts = dir.path().join("facts");
+    let mut flapper = Command::new("ip")
+        .args(["netns", "exec", ns, "sh", "-c"])
+        .arg(r#"g=0; f="$1"; say() { g=$((g+1)); echo "$g $1" > "$f.tmp"; mv "$f.tmp" "$f"; }
+while :; do
+  say changing
+  if ip link add fl0 type veth peer name fl1 && ip addr add 10.77.0.1/24 dev fl0 && ip addr add fd77::1/64 dev fl0 nodad && ip link set fl0 up
+  then say present; else say failed; fi
+  sleep 0.$((g / 2 % 3))$((g % 10))
+  say changing
+  if ip link del fl0; then say absent; else say failed; fi
+  sleep 0.$((g / 2 % 3))$((g % 9))
+done 2>/dev/null"#)
+        .arg("flapper")
+        .arg(&facts)
+        .spawn()
+        .unwrap();
+    let read_facts = || std::fs::read_to_string(&facts).unwrap_or_default();
+    wait_for(Duration::from_secs(10), "the flapper to start", || (!read_facts().is_empty()).then_some(()));
+    let (mut good, mut stable) = (0, [0, 0]);
+    let mut failures = Vec::new();
+    for i in 0..60 {
+        let before = read_facts();
         let (code, out, err) = exec(&["curl", "-sf", &url]);
-        assert_eq!(code, 0, "{err}");
-        assert_collectors(&out, 4, 1.0);
-        scrapes += 1;
+        let after = read_facts();
+        if code != 0 {
+            failures.push(format!("scrape {i}: curl exit {code}: {err}"));
+            continue;
+        }
+        let success = samples(&out, "conn_exporter_scrape_collector_success");
+        if success.len() != 4 || success.iter().any(|s| s.1 != 1.0) {
+            failures.push(format!("scrape {i}: collector success {success:?}"));
+            continue;
+        }
+        let mut labels: Vec<(String, String)> = samples(&out, "network_connections_info")
+            .into_iter()
+            .filter(|(l, _)| l["source_port"] == "7788")
+            .map(|(l, _)| (l["source_address"].clone(), l["interface"].clone()))
+            .collect();
+        labels.sort();
+        let addresses: Vec<&str> = labels.iter().map(|l| l.0.as_str()).collect();
+        if addresses != ["10.77.0.1", "fd77::1"] {
+            failures.push(format!("scrape {i}: the listeners are {labels:?}"));
+            continue;
+        }
+        // While the addresses are on fl0 the label is fl0; while no interface holds them,
+        // unknown. During a change either may be right.
+        let expected = match (before == after, after.split_whitespace().nth(1)) {
+            (true, Some("present")) => Some("fl0"),
+            (true, Some("absent")) => Some("unknown"),
+            _ => None,
+        };
+        match expected {
+            Some(want) => {
+                stable[usize::from(want == "unknown")] += 1;
+                if labels.iter().any(|l| l.1 != want) {
+                    failures.push(format!("scrape {i}: {labels:?} while {after:?} held throughout"));
+                    continue;
+                }
+            }
+            None if labels.iter().any(|l| l.1 != "fl0" && l.1 != "unknown") => {
+                failures.push(format!("scrape {i}: {labels:?} during a change"));
+                continue;
+            }
+            None => {}
+        }
+        good += 1;
     }
     let _ = flapper.kill();
     let _ = flapper.wait();
-    assert_eq!(scrapes, 60);
+    assert!(failures.is_empty(), "{} of 60 scrapes wrong:\n{}", failures.len(), failures.join("\n"));
+    assert_eq!(good, 60);
+    eprintln!("60 scrapes: {} while the addresses were on fl0, {} while they were gone", stable[0], stable[1]);
+    assert!(stable[0] >= 5 && stable[1] >= 5, "too few scrapes with a stable interface to check the label: {stable:?}");
 }

@@ -13,6 +13,20 @@ fn rss_kib(pid: u32) -> u64 {
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
+/// Whether the server has closed `s` (end of stream or reset, after any answer such as a
+/// 408); the socket must be non-blocking.
+fn closed_by_server(s: &mut TcpStream) -> bool {
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
+            Err(_) => return true,
+        }
+    }
+}
+
 #[test]
 fn a_thousand_stalled_clients_do_not_stop_a_scrape_and_are_dropped() {
     let e = Exporter::start(&["--no-collector.connections"]);
@@ -34,18 +48,20 @@ fn a_thousand_stalled_clients_do_not_stop_a_scrape_and_are_dropped() {
     let during = rss_kib(e.child.id());
     assert!(during < before + 64 * 1024, "RSS grew from {before} KiB to {during} KiB");
 
-    // Past the 10 s head timeout every stalled connection is closed by the server.
-    std::thread::sleep(Duration::from_secs(12));
-    let mut open = 0;
-    for s in &mut stalled {
-        s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
-        let mut answer = Vec::new();
-        // Ok: the server closed it (after a 408 answer, or without one).
-        if s.read_to_end(&mut answer).is_err() {
-            open += 1;
-        }
+    // Past the 10 s head timeout the server closes every stalled connection: wait for
+    // exactly that, and fail if it has not happened well after the timeout.
+    for s in &stalled {
+        s.set_nonblocking(true).unwrap();
     }
-    assert_eq!(open, 0, "{open} stalled connections still open after the timeout");
+    let mut open: Vec<usize> = (0..stalled.len()).collect();
+    let limit = Duration::from_secs(20);
+    let deadline = Instant::now() + limit;
+    while !open.is_empty() && Instant::now() < deadline {
+        open.retain(|&i| !closed_by_server(&mut stalled[i]));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(open.is_empty(), "{} stalled connections still open {limit:?} after the scrape", open.len());
+    eprintln!("every stalled connection closed {:?} after the scrape started", start.elapsed());
     assert_eq!(e.get("/metrics").status, 200);
     let log = e.log_text();
     assert!(log.lines().count() < 10, "stalled clients must not flood the log:\n{log}");
@@ -85,9 +101,17 @@ fn scrapes_past_max_requests_get_503() {
         "--web.max-requests=1",
         "--collector.connections.max-series=0",
     ]);
-    let mut hog = TcpStream::connect(e.addr).unwrap();
+    // A small receive buffer that is never drained past the response head.
+    let hog = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    hog.set_recv_buffer_size(4096).unwrap();
+    hog.connect(&e.addr.into()).unwrap();
+    let mut hog: TcpStream = hog.into();
     hog.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    // The response has begun, so the scrape holds its slot until its body is read.
+    hog.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut first = [0u8; 12];
+    hog.read_exact(&mut first).unwrap();
+    assert_eq!(&first, b"HTTP/1.1 200", "the hog's own scrape");
     let r = e.get("/metrics");
     assert_eq!(r.status, 503, "{}", r.text());
     drop(hog);

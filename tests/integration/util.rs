@@ -36,7 +36,12 @@ impl Drop for Serial {
 }
 
 /// Takes (or counts one more use of) this thread's shared hold; see [`serial`].
-struct SharedHold(bool);
+pub struct SharedHold(bool);
+
+/// The shared side of [`serial`], for a test that opens sockets without an exporter.
+pub fn shared() -> SharedHold {
+    SharedHold::take()
+}
 
 impl SharedHold {
     fn take() -> SharedHold {
@@ -138,7 +143,9 @@ impl Exporter {
     pub fn scrape(&self) -> String {
         let r = self.get("/metrics");
         assert_eq!(r.status, 200, "{}", r.text());
-        r.text()
+        let text = r.text();
+        assert_no_duplicate_series(&text);
+        text
     }
 
     pub fn log_text(&self) -> String {
@@ -232,29 +239,69 @@ fn dechunk(mut data: &[u8]) -> Vec<u8> {
     }
 }
 
-/// `name{labels} value` lines of one metric, as (label map, value).
-pub fn samples(text: &str, name: &str) -> Vec<(std::collections::BTreeMap<String, String>, f64)> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            let (n, labels) = match series.split_once('{') {
-                Some((n, rest)) => (n, rest.strip_suffix('}')?),
-                None => (series, ""),
+/// One sample line: its name, its labels and its value; `None` for comments, blank lines
+/// and lines that are not a sample.
+pub fn parse_sample(line: &str) -> Option<(&str, Labels, f64)> {
+    if line.starts_with('#') || line.trim().is_empty() {
+        return None;
+    }
+    let (name, mut rest) = match line.find(['{', ' ']) {
+        Some(i) if line.as_bytes()[i] == b'{' => (&line[..i], &line[i + 1..]),
+        Some(i) => (&line[..i], &line[i..]),
+        None => return None,
+    };
+    let mut labels = Labels::new();
+    if line.as_bytes().get(name.len()) == Some(&b'{') {
+        // Label values may hold `\"`, `\\` and `\n`: read them escape by escape.
+        loop {
+            rest = rest.trim_start_matches(',');
+            if let Some(after) = rest.strip_prefix('}') {
+                rest = after;
+                break;
+            }
+            let (key, after) = rest.split_once("=\"")?;
+            let mut value = String::new();
+            let mut chars = after.char_indices();
+            let end = loop {
+                match chars.next()? {
+                    (i, '"') => break i,
+                    (_, '\\') => match chars.next()?.1 {
+                        'n' => value.push('\n'),
+                        c => value.push(c),
+                    },
+                    (_, c) => value.push(c),
+                }
             };
-            if n != name {
-                return None;
+            labels.insert(key.to_owned(), value);
+            rest = &after[end + 1..];
+        }
+    }
+    let value = rest.split_whitespace().next()?.parse().ok()?;
+    Some((name, labels, value))
+}
+
+pub type Labels = std::collections::BTreeMap<String, String>;
+
+/// Panics if a scrape holds two samples with the same name and label set: Prometheus
+/// refuses such a scrape. Every parse of a scrape in these tests goes through here.
+pub fn assert_no_duplicate_series(text: &str) {
+    let mut seen = std::collections::HashSet::new();
+    let mut dups = Vec::new();
+    for line in text.lines() {
+        if let Some((name, labels, _)) = parse_sample(line) {
+            if !seen.insert((name, labels)) {
+                dups.push(line);
             }
-            let mut map = std::collections::BTreeMap::new();
-            let mut rest = labels;
-            while let Some((k, v)) = rest.split_once("=\"") {
-                let end = v.find('"')?;
-                map.insert(k.trim_start_matches(',').to_owned(), v[..end].to_owned());
-                rest = &v[end + 1..];
-            }
-            Some((map, value.parse().ok()?))
-        })
-        .collect()
+        }
+    }
+    assert!(dups.is_empty(), "duplicate series (same name and labels) in the scrape:\n{}", dups.join("\n"));
+}
+
+/// `name{labels} value` lines of one metric, as (label map, value); checks first that
+/// the whole scrape has no duplicate series.
+pub fn samples(text: &str, name: &str) -> Vec<(Labels, f64)> {
+    assert_no_duplicate_series(text);
+    text.lines().filter_map(parse_sample).filter(|(n, _, _)| *n == name).map(|(_, l, v)| (l, v)).collect()
 }
 
 /// Asserts that there are `count` collector success samples and that each is `value`.
@@ -286,6 +333,16 @@ pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<
     }
 }
 
+/// What a scrape of `tests/fixtures/proc` must hold, as `tests/fixtures/make_fixture.py
+/// --facts` states it from the socket list it wrote the fixture from (it fails if the
+/// files on disk are not what it writes).
+pub fn fixture_facts() -> serde_json::Value {
+    let script = repo().join("tests/fixtures/make_fixture.py");
+    let (code, out, err) = run(Command::new(require_tool("python3")).arg(script).arg("--facts"));
+    assert_eq!(code, 0, "make_fixture.py --facts: {err}");
+    serde_json::from_str(&out).unwrap()
+}
+
 /// A copy of the fixture tree in a temporary directory, for tests that break it.
 pub fn fixture_copy() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
@@ -304,4 +361,22 @@ fn copy_dir(from: &Path, to: &Path) {
             std::fs::copy(e.path(), target).unwrap();
         }
     }
+}
+
+#[test]
+fn the_duplicate_series_check_catches_the_same_labels_in_another_order() {
+    // The issue's reproduction: two lines for one series, here with the labels reordered.
+    let dup = "# TYPE network_connection_states gauge\n\
+network_connection_states{family=\"ipv4\",interface=\"lo\",state=\"LISTEN\"} 2\n\
+network_connection_states{state=\"LISTEN\",interface=\"lo\",family=\"ipv4\"} 1\n";
+    let caught = std::panic::catch_unwind(|| samples(dup, "network_connection_states"));
+    let message = caught.expect_err("a duplicate series must fail the parse");
+    let message = message.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(message.contains("duplicate series"), "{message}");
+    // Different label sets, and one value that merely looks alike, are fine.
+    let distinct = dup.replacen("{state=\"LISTEN\"", "{state=\"CLOSE\"", 1);
+    assert_eq!(samples(&distinct, "network_connection_states").len(), 2);
+    let escaped = "m{a=\"x\\\"y\"} 1\nm{a=\"x\\\\\"} 1\nm{a=\"x\"} 1\n";
+    let parsed = samples(escaped, "m");
+    assert_eq!(parsed.iter().map(|s| s.0["a"].as_str()).collect::<Vec<_>>(), ["x\"y", "x\\", "x"]);
 }
