@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Static checks of the operations kit with the real tools: shellcheck, promtool
-# (config, rules, rule unit tests), kubernetes-validate, systemd-analyze
+# Static checks of the operations kit with the real tools: shellcheck, the
+# monitoring mixin rendered again with jsonnet (and compared with what is
+# committed), promtool (config, rules, rule unit tests), kubernetes-validate,
+# check-jsonschema (Prometheus Operator objects), systemd-analyze
 # (security exposure and verify), the Grafana dashboards' structure, and the
 # installer's refusals (not root, no systemd, bad options) on this host.
 set -euo pipefail
@@ -8,7 +10,7 @@ TEST_NAME=static
 # shellcheck source=tests/ops/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 require_root
-require_cmds shellcheck promtool kubernetes-validate systemd-analyze python3 setpriv unshare
+require_cmds shellcheck promtool kubernetes-validate check-jsonschema jsonnet systemd-analyze python3 setpriv unshare
 cd "$REPO"
 
 WORK=$(mktemp -d /tmp/conn-exporter-ops-static.XXXXXX)
@@ -26,13 +28,27 @@ mapfile -t scripts < <(
 shellcheck -x "${scripts[@]}" || fail "shellcheck reported problems"
 ok "shellcheck: ${#scripts[@]} scripts clean"
 
+# --- the monitoring mixin renders exactly the committed files -------------------
+# deploy/mixin/render.jsonnet names its outputs relative to deploy/.
+mkdir -p "$WORK/render/prometheus" "$WORK/render/grafana"
+jsonnet -S -m "$WORK/render" deploy/mixin/render.jsonnet >"$WORK/rendered" || fail "jsonnet could not render deploy/mixin"
+n=0
+while read -r f; do
+    rel=${f#"$WORK/render/"}
+    diff -u "deploy/$rel" "$f" || fail "deploy/$rel differs from the mixin's output: run jsonnet -S -m deploy deploy/mixin/render.jsonnet"
+    n=$((n + 1))
+done <"$WORK/rendered"
+((n == 4)) || fail "the mixin rendered $n files, want 4 (alerts, recording rules, two dashboards)"
+ok "mixin: deploy/mixin renders the $n committed files byte for byte"
+
 # --- Prometheus: configs, rules, rule unit tests -------------------------------
 for cfg in deploy/prometheus/prometheus-scrape-config.yml deploy/prometheus/prometheus-multi-host-config.yml; do
     promtool check config "$cfg" >"$WORK/out" 2>&1 || { cat "$WORK/out"; fail "promtool check config $cfg"; }
 done
 ok "promtool check config: both configs valid"
-promtool check rules deploy/prometheus/alerts.yml >"$WORK/out" 2>&1 || { cat "$WORK/out"; fail "promtool check rules"; }
-ok "promtool check rules: $(grep -o '[0-9]* rules found' "$WORK/out")"
+promtool check rules deploy/prometheus/alerts.yml deploy/prometheus/recording-rules.yml >"$WORK/out" 2>&1 ||
+    { cat "$WORK/out"; fail "promtool check rules"; }
+ok "promtool check rules: $(grep -o '[0-9]* rules found' "$WORK/out" | sed 's/ rules found//' | paste -sd+ -) rules (alerts + recording rules)"
 promtool test rules deploy/prometheus/alerts_test.yml >"$WORK/out" 2>&1 || { cat "$WORK/out"; fail "promtool test rules"; }
 ok "promtool test rules: alerts_test.yml passes"
 
@@ -65,7 +81,7 @@ sys.exit(1 if bad else 0)
 PY
 # The unit tests can fail: a wrong expectation must be reported.
 sed 's/instance: busy$/instance: calm/' deploy/prometheus/alerts_test.yml >"$WORK/alerts_test_broken.yml"
-cp deploy/prometheus/alerts.yml "$WORK/"
+cp deploy/prometheus/alerts.yml deploy/prometheus/recording-rules.yml "$WORK/"
 if promtool test rules "$WORK/alerts_test_broken.yml" >/dev/null 2>&1; then
     fail "promtool test rules passed with a wrong expectation"
 fi
@@ -132,14 +148,13 @@ else
 fi
 
 # --- Grafana dashboards (structure; queries run in test-multihost.sh) ------------------
-python3 deploy/grafana/generate-dashboards.py --check || fail "dashboards differ from generate-dashboards.py output"
 python3 "$OPS_DIR/lib/check_dashboards.py" structure deploy/grafana/conn-exporter-single-host.json \
     deploy/grafana/conn-exporter-multi-host.json >"$WORK/out" || { cat "$WORK/out"; fail "dashboard structure"; }
 for f in deploy/grafana/provisioning/dashboards/*.yml deploy/grafana/provisioning/datasources/*.yml; do
     python3 -c 'import sys, yaml; d = yaml.safe_load(open(sys.argv[1])); assert d["apiVersion"] == 1' "$f" ||
         fail "bad provisioning file $f"
 done
-ok "Grafana dashboards: structure, generator and provisioning files"
+ok "Grafana dashboards: structure (address regexes IPv4-mapped-aware) and provisioning files"
 
 # --- docs ----------------------------------------------------------------------------
 n=$(grep -c '^```promql' docs/promql-queries.md)
