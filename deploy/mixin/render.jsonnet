@@ -11,6 +11,21 @@ local header(what) =
 {
   'prometheus/alerts.yml': header('Alerting rules') + std.manifestYamlDoc(mixin.prometheusAlerts, indent_array_in_object=true, quote_keys=false) + '\n',
   'prometheus/recording-rules.yml': header('Recording rules') + std.manifestYamlDoc(mixin.prometheusRules, indent_array_in_object=true, quote_keys=false) + '\n',
+  // The same alerts and recording rules for the Prometheus Operator.
+  'kubernetes/prometheus-operator/prometheusrule.yaml':
+    '# Alerts and recording rules of conn-exporter for the Prometheus Operator, rendered from\n' +
+    '# deploy/mixin/ (edit there, then run: jsonnet -S -m deploy deploy/mixin/render.jsonnet).\n' +
+    '# Installations that select rules by label (kube-prometheus-stack: release) need it added.\n' +
+    std.manifestYamlDoc({
+      apiVersion: 'monitoring.coreos.com/v1',
+      kind: 'PrometheusRule',
+      metadata: {
+        name: 'conn-exporter',
+        namespace: 'monitoring',
+        labels: { 'app.kubernetes.io/name': 'conn-exporter', 'app.kubernetes.io/component': 'exporter' },
+      },
+      spec: { groups: mixin.prometheusAlerts.groups + mixin.prometheusRules.groups },
+    }, indent_array_in_object=true, quote_keys=false) + '\n',
 } + {
   ['grafana/' + name]: std.manifestJsonEx(mixin.grafanaDashboards[name], '  ') + '\n'
   for name in std.objectFields(mixin.grafanaDashboards)
