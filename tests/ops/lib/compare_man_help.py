@@ -44,16 +44,20 @@ def help_commands(text):
 
 
 def man_commands(text):
+    """Subcommand pages named in SUBCOMMANDS, as `<name>-<sub>(1)`, with the page's own
+    name (from NAME) stripped: conn-exporter-hash-password(1) -> hash-password."""
+    lines = text.splitlines()
+    own = next((lines[i + 1].split()[0] for i, l in enumerate(lines[:-1]) if l.strip() == "NAME"), "")
     names, inside = set(), False
-    for line in text.splitlines():
+    for line in lines:
         if line.strip() == "SUBCOMMANDS":
             inside = True
         elif inside and line and not line.startswith(" "):
             inside = False
         elif inside and re.match(r"^ {1,7}\S", line):
-            m = re.match(r"\s*[\w-]+?-([\w-]+)\(1\)", line)
-            if m:
-                names.add(m.group(1))
+            m = re.match(r"\s*([\w.-]+)\(1\)", line)
+            if m and m.group(1).startswith(own + "-"):
+                names.add(m.group(1)[len(own) + 1:])
     return names - {"help"}
 
 
