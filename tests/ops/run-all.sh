@@ -11,7 +11,7 @@
 set -euo pipefail
 
 OPS_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-ALL_TESTS=(static multihost booted)
+ALL_TESTS=(static package container multihost booted)
 
 install_deps() {
     local kind name apt_missing=() pip_missing=() cargo_missing=()

@@ -79,7 +79,8 @@ start=$SECONDS
 mkdir -p "$WORK/deb"
 [[ $BIN -ef $REPO/target/release/conn-exporter ]] ||
     log "note: the .deb packages target/release/conn-exporter (cargo-deb's path), not $BIN"
-cargo deb --no-build -q -o "$WORK/deb/" >"$WORK/cargo-deb.log" 2>&1 || { cat "$WORK/cargo-deb.log"; fail "cargo deb failed"; }
+# build-deb.sh writes the man pages and completions the package ships, then runs cargo deb.
+deploy/debian/build-deb.sh --no-build -q -o "$WORK/deb/" >"$WORK/cargo-deb.log" 2>&1 || { cat "$WORK/cargo-deb.log"; fail "cargo deb failed"; }
 DEB=$(ls "$WORK"/deb/*.deb)
 ok "cargo deb built $(basename "$DEB") ($((SECONDS - start))s)"
 
@@ -238,6 +239,9 @@ out=$(cexec dpkg -i "/mnt/deb/$(basename "$DEB")" 2>&1) || { echo "$out"; fail "
 running() { [[ $(cexec systemctl is-active conn-exporter) == active ]]; }
 wait_until 20 "conn-exporter active after dpkg -i" running
 [[ $(cexec systemctl is-enabled conn-exporter) == enabled ]] || fail "deb: service not enabled"
+for f in /usr/share/man/man1/conn-exporter.1.gz /usr/share/bash-completion/completions/conn-exporter; do
+    cexec test -s "$f" || fail "deb: $f not installed"
+done
 unit_path=$(cexec systemctl show -p FragmentPath --value conn-exporter)
 cexec cmp "$unit_path" /mnt/repo/deploy/systemd/conn-exporter.service || fail "deb: $unit_path differs from deploy/systemd/conn-exporter.service"
 pid=$(cexec systemctl show -p MainPID --value conn-exporter)

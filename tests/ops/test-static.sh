@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Static checks of the operations kit with the real tools: shellcheck, promtool
-# (config, rules, rule unit tests), kubernetes-validate, systemd-analyze
+# Static checks of the operations kit with the real tools: shellcheck, the
+# monitoring mixin rendered again with jsonnet (and compared with what is
+# committed), promtool (config, rules, rule unit tests), kubernetes-validate,
+# check-jsonschema (Prometheus Operator objects), systemd-analyze
 # (security exposure and verify), the Grafana dashboards' structure, and the
 # installer's refusals (not root, no systemd, bad options) on this host.
 set -euo pipefail
@@ -8,7 +10,7 @@ TEST_NAME=static
 # shellcheck source=tests/ops/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 require_root
-require_cmds shellcheck promtool kubernetes-validate systemd-analyze python3 setpriv unshare
+require_cmds shellcheck promtool kubernetes-validate check-jsonschema jsonnet systemd-analyze python3 setpriv unshare
 cd "$REPO"
 
 WORK=$(mktemp -d /tmp/conn-exporter-ops-static.XXXXXX)
@@ -26,13 +28,27 @@ mapfile -t scripts < <(
 shellcheck -x "${scripts[@]}" || fail "shellcheck reported problems"
 ok "shellcheck: ${#scripts[@]} scripts clean"
 
+# --- the monitoring mixin renders exactly the committed files -------------------
+# deploy/mixin/render.jsonnet names its outputs relative to deploy/.
+mkdir -p "$WORK/render/prometheus" "$WORK/render/grafana" "$WORK/render/kubernetes/prometheus-operator"
+jsonnet -S -m "$WORK/render" deploy/mixin/render.jsonnet >"$WORK/rendered" || fail "jsonnet could not render deploy/mixin"
+n=0
+while read -r f; do
+    rel=${f#"$WORK/render/"}
+    diff -u "deploy/$rel" "$f" || fail "deploy/$rel differs from the mixin's output: run jsonnet -S -m deploy deploy/mixin/render.jsonnet"
+    n=$((n + 1))
+done <"$WORK/rendered"
+((n == 5)) || fail "the mixin rendered $n files, want 5 (alerts, recording rules, PrometheusRule, two dashboards)"
+ok "mixin: deploy/mixin renders the $n committed files byte for byte"
+
 # --- Prometheus: configs, rules, rule unit tests -------------------------------
 for cfg in deploy/prometheus/prometheus-scrape-config.yml deploy/prometheus/prometheus-multi-host-config.yml; do
     promtool check config "$cfg" >"$WORK/out" 2>&1 || { cat "$WORK/out"; fail "promtool check config $cfg"; }
 done
 ok "promtool check config: both configs valid"
-promtool check rules deploy/prometheus/alerts.yml >"$WORK/out" 2>&1 || { cat "$WORK/out"; fail "promtool check rules"; }
-ok "promtool check rules: $(grep -o '[0-9]* rules found' "$WORK/out")"
+promtool check rules deploy/prometheus/alerts.yml deploy/prometheus/recording-rules.yml >"$WORK/out" 2>&1 ||
+    { cat "$WORK/out"; fail "promtool check rules"; }
+ok "promtool check rules: $(grep -o '[0-9]* rules found' "$WORK/out" | sed 's/ rules found//' | paste -sd+ -) rules (alerts + recording rules)"
 promtool test rules deploy/prometheus/alerts_test.yml >"$WORK/out" 2>&1 || { cat "$WORK/out"; fail "promtool test rules"; }
 ok "promtool test rules: alerts_test.yml passes"
 
@@ -65,7 +81,7 @@ sys.exit(1 if bad else 0)
 PY
 # The unit tests can fail: a wrong expectation must be reported.
 sed 's/instance: busy$/instance: calm/' deploy/prometheus/alerts_test.yml >"$WORK/alerts_test_broken.yml"
-cp deploy/prometheus/alerts.yml "$WORK/"
+cp deploy/prometheus/alerts.yml deploy/prometheus/recording-rules.yml "$WORK/"
 if promtool test rules "$WORK/alerts_test_broken.yml" >/dev/null 2>&1; then
     fail "promtool test rules passed with a wrong expectation"
 fi
@@ -103,6 +119,57 @@ sys.exit(1 if bad else 0)
 PY
 ok "kubernetes-validate --strict: DaemonSet and Service valid"
 
+# --- Prometheus Operator objects against the Operator's CRD schemas ------------------------
+# tests/ops/schemas/*.json come from the Operator's CRDs (extract-crd-schemas.py says how).
+op=deploy/kubernetes/prometheus-operator
+for kind in servicemonitor podmonitor prometheusrule; do
+    check-jsonschema --schemafile "$OPS_DIR/schemas/$kind-v1.json" "$op/$kind.yaml" >"$WORK/out" 2>&1 ||
+        { cat "$WORK/out"; fail "$op/$kind.yaml does not validate against the $kind CRD schema"; }
+done
+# The schemas catch mistakes: a misspelt field, a bad duration, a wrong kind.
+sed 's/^  endpoints:/  endpoint:/' "$op/servicemonitor.yaml" >"$WORK/sm-typo.yaml"
+sed '0,/interval: 30s/s//interval: 30 seconds/' "$op/podmonitor.yaml" >"$WORK/pm-duration.yaml"
+sed 's/^kind: "PrometheusRule"/kind: "PrometheusRules"/' "$op/prometheusrule.yaml" >"$WORK/pr-kind.yaml"
+for pair in servicemonitor:sm-typo podmonitor:pm-duration prometheusrule:pr-kind; do
+    cmp -s "$WORK/${pair#*:}.yaml" "$op/${pair%%:*}.yaml" && fail "broken copy ${pair#*:} is unchanged: fix the sed"
+    if check-jsonschema --schemafile "$OPS_DIR/schemas/${pair%%:*}-v1.json" "$WORK/${pair#*:}.yaml" >/dev/null 2>&1; then
+        fail "the ${pair%%:*} schema accepted a broken object (${pair#*:})"
+    fi
+done
+# The monitors select what the plain manifests create, and keep job="conn-exporter".
+python3 - deploy/kubernetes "$op" <<'PY' || fail "Prometheus Operator objects do not match the manifests"
+import sys, yaml
+k8s, op = sys.argv[1:]
+load = lambda p: yaml.safe_load(open(p))
+ds, svc = load(f"{k8s}/daemonset.yaml"), load(f"{k8s}/service.yaml")
+sm, pm, pr = load(f"{op}/servicemonitor.yaml"), load(f"{op}/podmonitor.yaml"), load(f"{op}/prometheusrule.yaml")
+pod = ds["spec"]["template"]
+bad = []
+def selects(sel, labels):
+    return all(labels.get(k) == v for k, v in sel["matchLabels"].items())
+if not selects(sm["spec"]["selector"], svc["metadata"]["labels"]):
+    bad.append("ServiceMonitor selector does not match the Service's labels")
+if not selects(pm["spec"]["selector"], pod["metadata"]["labels"]):
+    bad.append("PodMonitor selector does not match the DaemonSet's pod labels")
+if not {e["port"] for e in sm["spec"]["endpoints"]} <= {p["name"] for p in svc["spec"]["ports"]}:
+    bad.append("ServiceMonitor endpoint port not in the Service")
+if not {e["port"] for e in pm["spec"]["podMetricsEndpoints"]} <= {p["name"] for p in pod["spec"]["containers"][0]["ports"]}:
+    bad.append("PodMonitor port not in the pod")
+if svc["metadata"]["labels"].get(sm["spec"]["jobLabel"]) != "conn-exporter":
+    bad.append("ServiceMonitor jobLabel does not give job=conn-exporter")
+if pod["metadata"]["labels"].get(pm["spec"]["jobLabel"]) != "conn-exporter":
+    bad.append("PodMonitor jobLabel does not give job=conn-exporter")
+for m in (sm, pm, pr):
+    if m["metadata"]["namespace"] != ds["metadata"]["namespace"]:
+        bad.append(f"{m['kind']} is not in the DaemonSet's namespace")
+rules = load("deploy/prometheus/alerts.yml")["groups"] + load("deploy/prometheus/recording-rules.yml")["groups"]
+if pr["spec"]["groups"] != rules:
+    bad.append("PrometheusRule groups differ from alerts.yml + recording-rules.yml")
+print("\n".join(bad) if bad else "ServiceMonitor, PodMonitor and PrometheusRule match the manifests and the rules")
+sys.exit(1 if bad else 0)
+PY
+ok "Prometheus Operator: ServiceMonitor, PodMonitor, PrometheusRule valid against the CRD schemas (and broken copies refused)"
+
 # --- systemd unit --------------------------------------------------------------------
 unit=deploy/systemd/conn-exporter.service
 systemd-analyze security --offline=true "$unit" >"$WORK/security.txt" 2>&1 || true
@@ -132,14 +199,13 @@ else
 fi
 
 # --- Grafana dashboards (structure; queries run in test-multihost.sh) ------------------
-python3 deploy/grafana/generate-dashboards.py --check || fail "dashboards differ from generate-dashboards.py output"
 python3 "$OPS_DIR/lib/check_dashboards.py" structure deploy/grafana/conn-exporter-single-host.json \
     deploy/grafana/conn-exporter-multi-host.json >"$WORK/out" || { cat "$WORK/out"; fail "dashboard structure"; }
 for f in deploy/grafana/provisioning/dashboards/*.yml deploy/grafana/provisioning/datasources/*.yml; do
     python3 -c 'import sys, yaml; d = yaml.safe_load(open(sys.argv[1])); assert d["apiVersion"] == 1' "$f" ||
         fail "bad provisioning file $f"
 done
-ok "Grafana dashboards: structure, generator and provisioning files"
+ok "Grafana dashboards: structure (address regexes IPv4-mapped-aware) and provisioning files"
 
 # --- docs ----------------------------------------------------------------------------
 n=$(grep -c '^```promql' docs/promql-queries.md)

@@ -103,6 +103,7 @@ def check_structure(path):
                     err(f"{where}: selector without job/instance filter: {sel}")
             if not re.search(r"\{", e):
                 err(f"{where}: query has no label filter: {e}")
+            check_address_regexes(where, e)
             if RATE_FUNCS.search(e):
                 for rng in RANGE.findall(e):
                     if rng != "$__rate_interval":
@@ -111,6 +112,23 @@ def check_structure(path):
         if not any(pred(p) for p in all_panels):
             err(f"{path}: no panel for '{topic}'")
     print(f"  {len(all_panels)} panels, {sum(len(p.get('targets', [])) for p in all_panels)} queries")
+
+
+# A dual-stack (IPv6) socket reports an IPv4 peer as ::ffff:a.b.c.d: a regex that
+# filters by address must treat both forms of the same IPv4 address alike.
+ADDRESS_MATCHER = re.compile(r'([a-z_]*address)(=~|!~)"((?:[^"\\]|\\.)*)"')
+IPV4_SAMPLES = ("0.0.0.0", "10.1.2.3", "127.0.0.1", "192.0.2.10")
+
+
+def check_address_regexes(where, expr):
+    for label, op, quoted in ADDRESS_MATCHER.findall(expr):
+        if quoted.startswith("$"):
+            continue  # a template variable: its values are the exporter's own
+        pattern = re.compile(quoted.encode().decode("unicode_escape"))  # PromQL string -> regex
+        for v4 in IPV4_SAMPLES:
+            mapped = "::ffff:" + v4
+            if bool(pattern.fullmatch(v4)) != bool(pattern.fullmatch(mapped)):
+                err(f"{where}: {label}{op}\"{quoted}\" treats {v4} and {mapped} differently")
 
 
 def prom_get(base, api, params):
