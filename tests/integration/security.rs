@@ -93,8 +93,14 @@ fn tls_basic_auth_headers_and_reload() {
         "{out}"
     );
     assert!(out.contains("network_connections_info{"), "{out}");
-    // Plain HTTP gets no answer from a TLS listener; TLS 1.1 is refused; 1.2 and 1.3 work.
-    assert_ne!(curl(&[&format!("http://127.0.0.1:{}/metrics", e.addr.port())]).0, 0);
+    // Plain HTTP gets a 400 saying to use https, as from Go's servers; TLS 1.1 is refused;
+    // 1.2 and 1.3 work.
+    let plain = format!("http://127.0.0.1:{}/metrics", e.addr.port());
+    let (code, out) = curl(&["-w", "\n%{http_code}", &plain]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.ends_with("\n400") && out.contains("HTTP request to an HTTPS server: use https://"), "{out}");
+    let (code, out) = curl(&["-u", "prometheus:s3cret", "-w", "\n%{http_code}", &plain]);
+    assert!(code == 0 && out.ends_with("\n400"), "with credentials too: {out}");
     assert_ne!(curl(&["--cacert", ca, "--tlsv1.1", "--tls-max", "1.1", "-u", "prometheus:s3cret", &url]).0, 0);
     assert_eq!(http_code(&["--cacert", ca, "--tls-max", "1.2", "-u", "prometheus:s3cret", &url]), "200");
     assert_eq!(http_code(&["--cacert", ca, "--tlsv1.3", "-u", "prometheus:s3cret", &url]), "200");
