@@ -25,7 +25,7 @@ use crate::logging::RateLimit;
 #[derive(Debug, Error)]
 pub enum WebConfigError {
     /// The file could not be read.
-    #[error("{path}: {source}")]
+    #[error("{}", describe_read_error(.path, .source))]
     Read {
         /// The file.
         path: PathBuf,
@@ -43,6 +43,27 @@ pub enum WebConfigError {
         /// What is wrong with it.
         problem: String,
     },
+}
+
+/// A file that could not be read, and when permission was denied, who could not read it
+/// and how to let them: the exporter usually runs as an unprivileged user (nobody, or
+/// systemd's dynamic user) while keys are made by root with mode 0600.
+fn describe_read_error(path: &Path, e: &std::io::Error) -> String {
+    if e.kind() != std::io::ErrorKind::PermissionDenied {
+        return format!("{}: {e}", path.display());
+    }
+    let (uid, gid) = (nix::unistd::geteuid(), nix::unistd::getegid());
+    let user = match nix::unistd::User::from_uid(uid) {
+        Ok(Some(u)) => format!("user {} (uid {uid}, gid {gid})", u.name),
+        _ => format!("uid {uid} (gid {gid}, no name in the user database)"),
+    };
+    format!(
+        "{path}: {e}: the exporter runs as {user}, which cannot read this file or a directory on its path. \
+         Let that user read it, e.g. make the file group-owned by a group the exporter runs with and mode 0640 \
+         (chgrp GROUP {path} && chmod 0640 {path}; under systemd add SupplementaryGroups=GROUP in a drop-in); \
+         see SECURITY.md",
+        path = path.display()
+    )
 }
 
 fn field_error(field: impl Into<String>, problem: impl Into<String>) -> WebConfigError {
@@ -230,7 +251,7 @@ fn read_pem(
             let path = base_dir.join(path);
             std::fs::read(&path)
                 .map(Some)
-                .map_err(|e| field_error(format!("tls_server_config.{field}_file"), format!("{}: {e}", path.display())))
+                .map_err(|e| field_error(format!("tls_server_config.{field}_file"), describe_read_error(&path, &e)))
         }
         (None, None) => Ok(None),
     }

@@ -292,3 +292,41 @@ fn prometheus_scrapes_over_tls_with_basic_auth_and_a_client_certificate() {
     assert_eq!(refused, "0", "mTLS refuses a client without a certificate");
     assert!(states["data"]["result"][0]["value"][1].as_str().unwrap().parse::<f64>().unwrap() > 0.0, "{states}");
 }
+
+#[test]
+fn an_unreadable_key_names_the_user_and_the_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let pki = Pki::new();
+    let dir = pki.dir.path();
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for (name, mode) in [("server.pem", 0o644), ("server.key", 0o600)] {
+        std::fs::set_permissions(dir.join(name), std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let config = pki.path("web.yml");
+    write_config(&config, "tls_server_config:\n  cert_file: server.pem\n  key_file: server.key\n");
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let nobody = |extra: &[&str]| {
+        run(Command::new(require_tool("setpriv"))
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", binary()])
+            .args(["--web.listen-address=127.0.0.1:0", "--web.config.file", config.to_str().unwrap()])
+            .args(extra))
+    };
+    let (code, _, err) = nobody(&[]);
+    assert_eq!(code, 2, "{err}");
+    let key = pki.path("server.key");
+    for needle in [
+        "tls_server_config.key_file",
+        key.to_str().unwrap(),
+        "Permission denied",
+        "user nobody (uid 65534, gid 65534)",
+        "chmod 0640",
+        "SupplementaryGroups=",
+    ] {
+        assert!(err.contains(needle), "{needle:?} missing from: {err}");
+    }
+    // The YAML file itself, unreadable, says the same.
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (code, _, err) = nobody(&[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains(config.to_str().unwrap()) && err.contains("uid 65534"), "{err}");
+}
