@@ -93,6 +93,11 @@ impl App {
     }
 
     async fn checked<B>(self: &Arc<Self>, web: &WebConfig, req: &Request<B>) -> Response<Body> {
+        // exporter-toolkit's rate_limit comes first: before authentication, so that a flood
+        // of guesses is limited too.
+        if web.rate_limit.as_ref().is_some_and(|limit| !limit.allow()) {
+            return text(StatusCode::TOO_MANY_REQUESTS, "Too Many Requests\n");
+        }
         let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
         if declared.is_some_and(|n| n > MAX_BODY_BYTES) || req.headers().contains_key(header::TRANSFER_ENCODING) {
             return text(StatusCode::PAYLOAD_TOO_LARGE, "request bodies are not accepted\n");

@@ -11,3 +11,4 @@ mod live;
 mod prometheus;
 mod security;
 mod util;
+mod webconfig_compat;

@@ -8,12 +8,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::util::{binary, require_tool, run, samples, wait_for, Exporter};
 
 /// A CA, a server certificate for 127.0.0.1, and client certificates.
-struct Pki {
-    dir: tempfile::TempDir,
+pub struct Pki {
+    pub dir: tempfile::TempDir,
 }
 
 impl Pki {
-    fn new() -> Pki {
+    pub fn new() -> Pki {
         let openssl = require_tool("openssl");
         let dir = tempfile::tempdir().unwrap();
         let sh = |args: &str| {
@@ -40,29 +40,29 @@ impl Pki {
         Pki { dir }
     }
 
-    fn path(&self, name: &str) -> PathBuf {
+    pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
 }
 
-fn htpasswd(password: &str) -> String {
+pub fn htpasswd(password: &str) -> String {
     let (code, out, err) = run(Command::new(require_tool("htpasswd")).args(["-nbBC", "10", "", password]));
     assert_eq!(code, 0, "{err}");
     out.trim().trim_start_matches(':').to_owned()
 }
 
-fn curl(args: &[&str]) -> (i32, String) {
+pub fn curl(args: &[&str]) -> (i32, String) {
     let (code, out, err) = run(Command::new(require_tool("curl")).args(["-s", "-S", "--max-time", "10"]).args(args));
     (code, format!("{out}{err}"))
 }
 
-fn http_code(args: &[&str]) -> String {
+pub fn http_code(args: &[&str]) -> String {
     let mut a = vec!["-o", "/dev/null", "-w", "%{http_code}"];
     a.extend_from_slice(args);
     curl(&a).1
 }
 
-fn write_config(path: &Path, text: &str) {
+pub fn write_config(path: &Path, text: &str) {
     // Write then rename: the exporter never sees half a file, and the inode changes.
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, text).unwrap();
@@ -215,19 +215,27 @@ fn client_certificates_and_allowed_sans() {
 fn bad_files_at_start_exit_2_naming_the_field() {
     let pki = Pki::new();
     let cases = [
-        ("tls_server_config:\n  cert_file: server.pem\n  key_file: server.key\n  min_version: TLS10\n", "min_version"),
-        ("tls_server_config:\n  cert_file: server.pem\n  key_file: server.key\n  max_version: TLS11\n", "TLS 1.0 and 1.1"),
+        ("tls_server_config:\n  cert_file: server.pem\n  key_file: server.key\n  min_version: TLS111\n", "min_version"),
+        (
+            "tls_server_config:\n  cert_file: server.pem\n  key_file: server.key\n  max_version: TLS11\n",
+            "TLS 1.0 and 1.1",
+        ),
         ("tls_server_config:\n  cert_file: server.pem\n  key_file: nowhere.key\n", "key_file"),
         ("tls_server_config:\n  cert_file: server.pem\n  key_file: ca.pem\n", "key_file"),
         ("tls_server_config:\n  cert_file: server.pem\n  key_file: client.key\n", "does not fit"),
-        ("tls_server_config:\n  cert_file: server.pem\n  key_file: server.key\n  client_auth_type: RequireAndVerifyClientCert\n", "client_ca_file"),
+        (
+            "tls_server_config:\n  cert_file: server.pem\n  key_file: server.key\n  client_ca_file: ca.pem\n",
+            "client_ca_file",
+        ),
         ("basic_auth_users:\n  bob: plaintext\n", "basic_auth_users.bob"),
         ("basic_auth_user:\n  bob: x\n", "unknown field"),
     ];
     for (text, needle) in cases {
         let path = pki.path("bad.yml");
         std::fs::write(&path, text).unwrap();
-        let (code, _, err) = run(Command::new(binary()).args([
+        let (code, _, err) = run(Command::new("timeout").args([
+            "20",
+            binary(),
             "--web.listen-address=127.0.0.1:0",
             "--web.config.file",
             path.to_str().unwrap(),
