@@ -75,8 +75,36 @@ fn field_error(field: impl Into<String>, problem: impl Into<String>) -> WebConfi
 struct RawFile {
     tls_server_config: Option<RawTls>,
     http_server_config: Option<RawHttp>,
-    basic_auth_users: Option<BTreeMap<String, String>>,
+    basic_auth_users: Option<UniqueMap<String>>,
     rate_limit: Option<RawRateLimit>,
+}
+
+/// A YAML mapping whose keys must be unique: Go's strict YAML decoding refuses a key given
+/// twice, where a plain map would silently keep the last value.
+#[derive(Debug, Default)]
+struct UniqueMap<V>(BTreeMap<String, V>);
+
+impl<'de, V: Deserialize<'de>> Deserialize<'de> for UniqueMap<V> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor<V>(std::marker::PhantomData<V>);
+        impl<'de, V: Deserialize<'de>> serde::de::Visitor<'de> for Visitor<V> {
+            type Value = UniqueMap<V>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a mapping")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut out = BTreeMap::new();
+                while let Some((key, value)) = map.next_entry::<String, V>()? {
+                    if out.contains_key(&key) {
+                        return Err(serde::de::Error::custom(format!("{key:?} is set twice")));
+                    }
+                    out.insert(key, value);
+                }
+                Ok(UniqueMap(out))
+            }
+        }
+        deserializer.deserialize_map(Visitor(std::marker::PhantomData))
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -117,7 +145,7 @@ struct RawTls {
 #[serde(deny_unknown_fields)]
 struct RawHttp {
     http2: Option<bool>,
-    headers: Option<BTreeMap<String, Option<String>>>,
+    headers: Option<UniqueMap<Option<String>>>,
 }
 
 /// How client certificates are treated (`client_auth_type`).
@@ -319,7 +347,7 @@ impl WebConfig {
             serde_norway::from_str(text).map_err(|e| WebConfigError::Syntax(e.to_string()))?
         };
         let mut config = WebConfig::default();
-        for (user, hash) in raw.basic_auth_users.unwrap_or_default() {
+        for (user, hash) in raw.basic_auth_users.unwrap_or_default().0 {
             if !is_bcrypt(&hash) {
                 return Err(field_error(
                     format!("basic_auth_users.{user}"),
@@ -330,7 +358,7 @@ impl WebConfig {
         }
         let http2 = raw.http_server_config.as_ref().and_then(|h| h.http2).unwrap_or(true);
         if let Some(http) = raw.http_server_config {
-            for (name, value) in http.headers.unwrap_or_default() {
+            for (name, value) in http.headers.unwrap_or_default().0 {
                 let field = format!("http_server_config.headers.{name}");
                 let Some((allowed, values)) = ALLOWED_HEADERS.iter().find(|(h, _)| *h == name) else {
                     let names: Vec<&str> = ALLOWED_HEADERS.iter().map(|(h, _)| *h).collect();

@@ -61,6 +61,8 @@ fn cases(inline_cert: &str, inline_key: &str, cost4: &str, cost12: &str) -> Vec<
         (headers("    X-Content-Type-Options: \"\"\n"), Refused("http_server_config.headers.X-Content-Type-Options"), Same),
         (headers("    x-frame-options: deny\n"), Refused("http_server_config.headers.x-frame-options"), Same),
         (headers("    Content-Type: foo\n"), Refused("http_server_config.headers.Content-Type"), Same),
+        (headers("    X-Frame-Options: deny\n    X-Frame-Options: sameorigin\n"), Refused("\"X-Frame-Options\" is set twice"), Same),
+        (format!("basic_auth_users:\n  bob: {cost4}\n  bob: {cost12}\n"), Refused("\"bob\" is set twice"), Same),
         (s("http_server_config:\n  http2: false\n"), Plain, Same),
         (s("http_server_config:\n  http3: true\n"), Refused("http3"), Same),
         // rate_limit: a Go duration (or nanoseconds), 0 switches it off.
