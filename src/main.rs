@@ -122,7 +122,7 @@ fn read_password() -> Result<Vec<u8>> {
     let mut password = Vec::new();
     if stdin.is_terminal() {
         use nix::sys::termios::{tcgetattr, tcsetattr, LocalFlags, SetArg};
-        eprint!("Password: ");
+        // Echo goes off before the prompt shows, so nothing typed after it is echoed.
         let saved = tcgetattr(&stdin).ok();
         if let Some(saved) = &saved {
             let mut quiet = saved.clone();
@@ -130,6 +130,7 @@ fn read_password() -> Result<Vec<u8>> {
             quiet.local_flags.insert(LocalFlags::ECHONL);
             let _ = tcsetattr(&stdin, SetArg::TCSANOW, &quiet);
         }
+        eprint!("Password: ");
         let read = stdin.lock().read_until(b'\n', &mut password);
         if let Some(saved) = &saved {
             let _ = tcsetattr(&stdin, SetArg::TCSANOW, saved);

@@ -96,3 +96,36 @@ fn exporter_accepts_the_hash_and_flat_flags_still_work() {
     assert_eq!(code, 0);
     assert!(out.contains("hash-password") && out.contains("--web.listen-address"), "{out}");
 }
+
+/// On a terminal: a prompt, the password typed is not echoed, one line is read.
+#[test]
+fn from_a_terminal_the_password_is_not_echoed() {
+    // A real pseudo-terminal, from Python's pty module: the exporter sees a tty on stdin.
+    let script = r#"
+import os, pty, sys
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(sys.argv[1], [sys.argv[1], "hash-password", "--cost", "4"])
+out = b""
+while b"Password:" not in out:
+    out += os.read(fd, 1024)
+os.write(fd, b"s3cret\n")
+while True:
+    try:
+        chunk = os.read(fd, 1024)
+    except OSError:
+        break
+    if not chunk:
+        break
+    out += chunk
+_, status = os.waitpid(pid, 0)
+sys.stdout.write(out.decode())
+sys.exit(os.waitstatus_to_exitcode(status))
+"#;
+    let (code, out, err) = run(Command::new(require_tool("python3")).args(["-c", script, binary()]));
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("Password:"), "{out:?}");
+    assert!(!out.contains("s3cret"), "the password was echoed: {out:?}");
+    let hash = out.lines().map(str::trim).find(|l| l.starts_with("$2y$04$")).unwrap_or_else(|| panic!("{out:?}"));
+    assert!(bcrypt::verify("s3cret", hash).unwrap(), "{hash}");
+}
