@@ -44,6 +44,7 @@ impl From<LogLevel> for LevelFilter {
     name = "conn-exporter",
     version = LONG_VERSION,
     about = "Prometheus exporter for every TCP connection of a Linux host, IPv4 and IPv6.",
+    after_help = "Subcommand:\n  conn-exporter hash-password [--cost N]   read a password on standard input, print its bcrypt hash for basic_auth_users",
     max_term_width = 100
 )]
 pub struct Args {
@@ -108,6 +109,26 @@ pub struct Args {
     /// Output format of log messages.
     #[arg(long = "log.format", value_enum, default_value = "logfmt")]
     pub log_format: LogFormat,
+}
+
+/// The `hash-password` subcommand's own name, checked before the exporter's flags so
+/// that those keep working without a subcommand.
+pub const HASH_PASSWORD: &str = "hash-password";
+
+/// `conn-exporter hash-password`: a bcrypt hash for `basic_auth_users`.
+#[derive(Debug, Parser)]
+#[command(
+    name = "conn-exporter hash-password",
+    version = LONG_VERSION,
+    about = "Reads a password on standard input (one line from a terminal, without echo; everything up to the \
+             end from a pipe, one trailing newline removed) and prints its bcrypt hash, for basic_auth_users in \
+             --web.config.file. An empty password is refused (exit code 2).",
+    max_term_width = 100
+)]
+pub struct HashPasswordArgs {
+    /// bcrypt cost: each step doubles the time a check takes (the exporter caches successful checks).
+    #[arg(long, value_name = "N", default_value_t = 10, value_parser = clap::value_parser!(u32).range(4..=31))]
+    pub cost: u32,
 }
 
 /// A flag value that parsed but makes no sense.
@@ -266,6 +287,15 @@ mod tests {
         assert!(parse(&["--no-collector.states", "--no-collector.connections"])
             .unwrap_err()
             .contains("every collector"));
+    }
+
+    #[test]
+    fn hash_password_cost() {
+        let parse = |a: &[&str]| HashPasswordArgs::try_parse_from(std::iter::once("x").chain(a.iter().copied()));
+        assert_eq!(parse(&[]).unwrap().cost, 10);
+        assert_eq!(parse(&["--cost", "12"]).unwrap().cost, 12);
+        assert!(parse(&["--cost", "3"]).unwrap_err().to_string().contains("--cost"));
+        assert!(parse(&["--cost", "32"]).is_err());
     }
 
     #[test]

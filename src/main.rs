@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 
 use conn_exporter::collector::Exporter;
-use conn_exporter::config::{version_line, Args, Config, Listen};
+use conn_exporter::config::{version_line, Args, Config, HashPasswordArgs, Listen, HASH_PASSWORD};
 use conn_exporter::http::{self, App};
 use conn_exporter::logging;
 use conn_exporter::webconfig::WebConfigFile;
@@ -27,6 +27,22 @@ use conn_exporter::webconfig::WebConfigFile;
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> ExitCode {
+    let mut argv = std::env::args_os();
+    let program = argv.next().unwrap_or_default();
+    let rest: Vec<_> = argv.collect();
+    if rest.first().is_some_and(|a| a == HASH_PASSWORD) {
+        return match HashPasswordArgs::try_parse_from(std::iter::once(program).chain(rest.into_iter().skip(1))) {
+            Ok(args) => hash_password(args.cost),
+            Err(e) => {
+                let _ = e.print();
+                if e.use_stderr() {
+                    ExitCode::from(2)
+                } else {
+                    ExitCode::SUCCESS
+                }
+            }
+        };
+    }
     let args = match Args::try_parse() {
         Ok(a) => a,
         Err(e) => {
@@ -57,6 +73,78 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// bcrypt uses the first 72 bytes of a password; a longer one would be cut without a word.
+const BCRYPT_MAX_PASSWORD: usize = 72;
+
+/// `conn-exporter hash-password`: exit 0 with the hash on standard output, 2 for an
+/// unusable password, 1 when standard input cannot be read.
+fn hash_password(cost: u32) -> ExitCode {
+    let password = match read_password() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("conn-exporter hash-password: cannot read the password from standard input: {e:#}");
+            return ExitCode::from(1);
+        }
+    };
+    if password.is_empty() {
+        eprintln!(
+            "conn-exporter hash-password: empty password refused; give it on standard input, e.g. printf '%s\\n' \"$PASSWORD\" | conn-exporter hash-password"
+        );
+        return ExitCode::from(2);
+    }
+    if password.len() > BCRYPT_MAX_PASSWORD {
+        eprintln!(
+            "conn-exporter hash-password: the password is {} bytes; bcrypt uses at most {BCRYPT_MAX_PASSWORD}, so the rest would be ignored: use a shorter one",
+            password.len()
+        );
+        return ExitCode::from(2);
+    }
+    match bcrypt::hash_with_result(&password, cost) {
+        // $2y$, as `htpasswd -B` writes it; exporter-toolkit accepts $2a$, $2b$ and $2y$.
+        Ok(parts) => {
+            println!("{}", parts.format_for_version(bcrypt::Version::TwoY));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("conn-exporter hash-password: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// The password from standard input: a line typed without echo on a terminal, or all of
+/// a pipe; one trailing newline (`\n` or `\r\n`) is not part of it.
+fn read_password() -> Result<Vec<u8>> {
+    use std::io::{BufRead, IsTerminal, Read};
+    let stdin = std::io::stdin();
+    let mut password = Vec::new();
+    if stdin.is_terminal() {
+        use nix::sys::termios::{tcgetattr, tcsetattr, LocalFlags, SetArg};
+        eprint!("Password: ");
+        let saved = tcgetattr(&stdin).ok();
+        if let Some(saved) = &saved {
+            let mut quiet = saved.clone();
+            quiet.local_flags.remove(LocalFlags::ECHO);
+            quiet.local_flags.insert(LocalFlags::ECHONL);
+            let _ = tcsetattr(&stdin, SetArg::TCSANOW, &quiet);
+        }
+        let read = stdin.lock().read_until(b'\n', &mut password);
+        if let Some(saved) = &saved {
+            let _ = tcsetattr(&stdin, SetArg::TCSANOW, saved);
+        }
+        read.context("reading from the terminal")?;
+    } else {
+        stdin.lock().read_to_end(&mut password).context("reading standard input")?;
+    }
+    if password.ends_with(b"\n") {
+        password.pop();
+        if password.ends_with(b"\r") {
+            password.pop();
+        }
+    }
+    Ok(password)
 }
 
 fn run(config: Config, web: Option<WebConfigFile>) -> Result<()> {

@@ -5,6 +5,7 @@ mod cli;
 mod faults;
 mod formats;
 mod golden;
+mod hash_password;
 mod hostile;
 mod live;
 mod prometheus;
