@@ -50,6 +50,11 @@ usage() {
     cat <<EOF
 Usage: $PROG [options] [HOST...]
 
+Installs conn-exporter on every host over ssh (systemd service, or with
+--install-args "--init none" a background process on hosts without systemd).
+First contact with new hosts: their keys must be in ~/.ssh/known_hosts (ssh
+runs in batch mode), or choose -o StrictHostKeyChecking=accept-new.
+
 Options:
   -f, --hosts-file FILE   read hosts from FILE (repeatable; '-' for stdin)
   --binary PATH           binary to deploy (default: target/release/conn-exporter)
@@ -67,7 +72,9 @@ Options:
   --timeout SECS          give up on one host after SECS (default 300)
   --log-dir DIR           keep per-host logs in DIR (default: a new temporary directory)
   --dry-run               print what would run on each host, connect to none
-  --uninstall             remove conn-exporter from the hosts instead
+  --uninstall             remove conn-exporter from the hosts instead (each
+                          host's installer finds what it installed: no
+                          install options needed, not even --init none)
   -h, --help              show this help
 EOF
 }
