@@ -48,6 +48,7 @@ for job in cfg["scrape_configs"]:
 print("\n".join(bad) if bad else "multi-host config: no target as shipped")
 sys.exit(1 if bad else 0)
 PY2
+ok "multi-host config as shipped: no static targets, its file_sd glob loads no shipped file"
 promtool check rules deploy/prometheus/alerts.yml >"$WORK/out" 2>&1 || { cat "$WORK/out"; fail "promtool check rules"; }
 ok "promtool check rules: $(grep -o '[0-9]* rules found' "$WORK/out")"
 promtool test rules deploy/prometheus/alerts_test.yml >"$WORK/out" 2>&1 || { cat "$WORK/out"; fail "promtool test rules"; }
