@@ -25,7 +25,7 @@ use crate::logging::RateLimit;
 #[derive(Debug, Error)]
 pub enum WebConfigError {
     /// The file could not be read.
-    #[error("{path}: {source}")]
+    #[error("{}", describe_read_error(.path, .source))]
     Read {
         /// The file.
         path: PathBuf,
@@ -43,6 +43,27 @@ pub enum WebConfigError {
         /// What is wrong with it.
         problem: String,
     },
+}
+
+/// A file that could not be read, and when permission was denied, who could not read it
+/// and how to let them: the exporter usually runs as an unprivileged user (nobody, or
+/// systemd's dynamic user) while keys are made by root with mode 0600.
+fn describe_read_error(path: &Path, e: &std::io::Error) -> String {
+    if e.kind() != std::io::ErrorKind::PermissionDenied {
+        return format!("{}: {e}", path.display());
+    }
+    let (uid, gid) = (nix::unistd::geteuid(), nix::unistd::getegid());
+    let user = match nix::unistd::User::from_uid(uid) {
+        Ok(Some(u)) => format!("user {} (uid {uid}, gid {gid})", u.name),
+        _ => format!("uid {uid} (gid {gid}, no name in the user database)"),
+    };
+    format!(
+        "{path}: {e}: the exporter runs as {user}, which cannot read this file or a directory on its path. \
+         Let that user read it, e.g. make the file group-owned by a group the exporter runs with and mode 0640 \
+         (chgrp GROUP {path} && chmod 0640 {path}; under systemd add SupplementaryGroups=GROUP in a drop-in); \
+         see SECURITY.md",
+        path = path.display()
+    )
 }
 
 fn field_error(field: impl Into<String>, problem: impl Into<String>) -> WebConfigError {
@@ -230,7 +251,7 @@ fn read_pem(
             let path = base_dir.join(path);
             std::fs::read(&path)
                 .map(Some)
-                .map_err(|e| field_error(format!("tls_server_config.{field}_file"), format!("{}: {e}", path.display())))
+                .map_err(|e| field_error(format!("tls_server_config.{field}_file"), describe_read_error(&path, &e)))
         }
         (None, None) => Ok(None),
     }
@@ -443,6 +464,8 @@ pub struct ReloadStatus {
     pub failures: AtomicU64,
 }
 
+/// What the watched files looked like: mtime, size and inode of each (none when it
+/// cannot be stat'ed).
 type Stamp = Vec<Option<(SystemTime, u64, u64)>>;
 
 fn stamp_of(paths: &[PathBuf]) -> Stamp {
@@ -453,29 +476,39 @@ fn stamp_of(paths: &[PathBuf]) -> Stamp {
         .collect()
 }
 
+/// Reads a web configuration file: its configuration, and the files to watch.
+type Reader = fn(&Path) -> (Result<WebConfig, WebConfigError>, Vec<PathBuf>);
+
 /// A web configuration file in use: the last good configuration, re-read when the file
 /// or one it names changes. A bad change keeps the last good one.
 #[derive(Debug)]
 pub struct WebConfigFile {
     path: PathBuf,
+    /// The files watched, their stamp as it was before the last read, and the
+    /// configuration in force.
     state: Mutex<(Vec<PathBuf>, Stamp, Arc<WebConfig>)>,
     /// Reload outcome for metrics.
     pub status: Arc<ReloadStatus>,
     log_limit: RateLimit,
+    read: Reader,
 }
 
 impl WebConfigFile {
     /// Loads the file; an error here is a start-up error (exit 2).
     pub fn open(path: &Path) -> Result<WebConfigFile, WebConfigError> {
-        let (config, paths) = Self::read(path);
+        Self::open_with(path, Self::read)
+    }
+
+    fn open_with(path: &Path, read: Reader) -> Result<WebConfigFile, WebConfigError> {
+        let (paths, stamp, config) = Self::stamped_read(path, read, vec![path.to_owned()]);
         let config = config?;
-        let stamp = stamp_of(&paths);
         let status = Arc::new(ReloadStatus { last_ok: AtomicBool::new(true), failures: AtomicU64::new(0) });
         Ok(WebConfigFile {
             path: path.to_owned(),
             state: Mutex::new((paths, stamp, Arc::new(config))),
             status,
             log_limit: RateLimit::new(Duration::from_secs(60)),
+            read,
         })
     }
 
@@ -493,16 +526,39 @@ impl WebConfigFile {
         }
     }
 
+    /// Reads with the stamp taken *before* the files are read: an edit that lands during
+    /// or after the read changes the files after their stamp, so the next request sees a
+    /// change and loads it. (A stamp taken after the read would record the edit as seen
+    /// although the configuration in force predates it: a certificate and key rotated in
+    /// two steps could stick half-done.) `expected` are the files the last read named;
+    /// when this read names others, it is repeated with those stamped first.
+    fn stamped_read(
+        path: &Path,
+        read: Reader,
+        mut expected: Vec<PathBuf>,
+    ) -> (Vec<PathBuf>, Stamp, Result<WebConfig, WebConfigError>) {
+        for _ in 0..3 {
+            let before = stamp_of(&expected);
+            let (config, paths) = read(path);
+            if paths == expected {
+                return (paths, before, config);
+            }
+            expected = paths;
+        }
+        // The file keeps naming other files while it is read: no stamp, which never
+        // equals a real one (there is always the file itself), so the next request reads again.
+        let (config, paths) = read(path);
+        (paths, Vec::new(), config)
+    }
+
     /// The configuration to use now: reloaded first when a watched file changed (a few
     /// `stat` calls otherwise).
     pub fn current(&self) -> Arc<WebConfig> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let now = stamp_of(&state.0);
-        if now == state.1 {
+        if stamp_of(&state.0) == state.1 {
             return Arc::clone(&state.2);
         }
-        let (config, paths) = Self::read(&self.path);
-        let stamp = stamp_of(&paths);
+        let (paths, stamp, config) = Self::stamped_read(&self.path, self.read, state.0.clone());
         match config {
             Ok(config) => {
                 log::info!("reloaded --web.config.file {}", self.path.display());
@@ -568,6 +624,39 @@ mod tests {
         let c = parse("http_server_config:\n  http2: false\n  headers:\n    X-Frame-Options: deny\n    strict-transport-security: max-age=31536000\n").unwrap();
         assert_eq!(c.headers.len(), 2);
         assert!(c.headers.iter().any(|(n, v)| n == "x-frame-options" && v == "deny"));
+    }
+
+    /// The second step of a two-step edit, landing while the first is being read: the
+    /// test's reader writes it right after reading, the worst moment.
+    static SECOND_STEP: Mutex<Option<(PathBuf, String)>> = Mutex::new(None);
+
+    fn read_then_edit(path: &Path) -> (Result<WebConfig, WebConfigError>, Vec<PathBuf>) {
+        let result = WebConfigFile::read(path);
+        if let Some((file, text)) = SECOND_STEP.lock().unwrap().take() {
+            let tmp = file.with_extension("tmp");
+            std::fs::write(&tmp, text).unwrap();
+            std::fs::rename(&tmp, &file).unwrap();
+        }
+        result
+    }
+
+    #[test]
+    fn an_edit_landing_during_a_reload_is_loaded_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("web.yml");
+        let users = |user: &str| format!("basic_auth_users:\n  {user}: {HASH}\n");
+        std::fs::write(&path, users("first")).unwrap();
+        let file = WebConfigFile::open_with(&path, read_then_edit).unwrap();
+        assert!(file.current().users.contains_key("first"));
+        // Step one, then step two lands while step one is being read.
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, users("second")).unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+        *SECOND_STEP.lock().unwrap() = Some((path.clone(), users("third")));
+        assert!(file.current().users.contains_key("second"), "step one is read");
+        assert!(SECOND_STEP.lock().unwrap().is_none(), "step two was written during the read");
+        assert!(file.current().users.contains_key("third"), "step two is loaded by the next request");
+        assert!(file.current().users.contains_key("third"));
     }
 
     #[test]

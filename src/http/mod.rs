@@ -321,6 +321,11 @@ async fn serve_connection(stream: tokio::net::TcpStream, app: Arc<App>, shutdown
     let Some(tls) = &web.tls else {
         return serve_http(stream, app, shutdown).await;
     };
+    match tokio::time::timeout(CLIENT_TIMEOUT, first_bytes(&stream)).await {
+        Ok(Ok(FirstBytes::Tls)) => {}
+        Ok(Ok(FirstBytes::PlainHttp)) => return answer_plain_http(stream).await,
+        Ok(Ok(FirstBytes::Other)) | Ok(Err(_)) | Err(_) => return,
+    }
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(&tls.server));
     let stream = match tokio::time::timeout(CLIENT_TIMEOUT, acceptor.accept(stream)).await {
         Ok(Ok(s)) => s,
@@ -349,6 +354,66 @@ async fn serve_connection(stream: tokio::net::TcpStream, app: Arc<App>, shutdown
     serve_http(stream, app, shutdown).await
 }
 
+/// What a connection to a TLS listener starts with.
+#[derive(Debug, PartialEq, Eq)]
+enum FirstBytes {
+    /// A TLS handshake record (content type 22).
+    Tls,
+    /// Text that starts like an HTTP/1 request line.
+    PlainHttp,
+    /// Anything else, or nothing before the client closed.
+    Other,
+}
+
+/// TLS records start with their content type, 0x16 for a handshake; an HTTP/1 request
+/// starts with an upper-case method and a space.
+fn classify(head: &[u8]) -> FirstBytes {
+    match head.first() {
+        Some(0x16) => FirstBytes::Tls,
+        Some(b'A'..=b'Z') => {
+            let method_len = head.iter().take_while(|b| b.is_ascii_uppercase()).count();
+            if method_len == head.len() || head[method_len] == b' ' {
+                FirstBytes::PlainHttp
+            } else {
+                FirstBytes::Other
+            }
+        }
+        _ => FirstBytes::Other,
+    }
+}
+
+/// Looks at the first bytes without consuming them: the TLS handshake still reads them.
+async fn first_bytes(stream: &tokio::net::TcpStream) -> io::Result<FirstBytes> {
+    let mut head = [0u8; 8];
+    let n = stream.peek(&mut head).await?;
+    Ok(classify(&head[..n]))
+}
+
+/// Go's servers answer a plain-HTTP request on a TLS port with this 400; so does this one,
+/// instead of TLS alert bytes that clients show as "HTTP/0.9 when not allowed".
+const PLAIN_HTTP_ON_TLS: &[u8] = b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\nClient sent an HTTP request to an HTTPS server: use https://\n";
+
+async fn answer_plain_http(mut stream: tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = tokio::time::timeout(CLIENT_TIMEOUT, async {
+        stream.write_all(PLAIN_HTTP_ON_TLS).await?;
+        stream.shutdown().await?;
+        // Read what the client sent (up to a request head's size) before closing: closing
+        // with unread data would reset the connection, and the client could lose the answer.
+        let mut sink = [0u8; 4096];
+        let mut left = MAX_HEAD_BYTES;
+        while left > 0 {
+            let n = stream.read(&mut sink).await?;
+            if n == 0 {
+                break;
+            }
+            left = left.saturating_sub(n);
+        }
+        io::Result::Ok(())
+    })
+    .await;
+}
+
 async fn serve_http<I>(io: I, app: Arc<App>, mut shutdown: watch::Receiver<bool>)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -369,5 +434,21 @@ where
             conn.as_mut().graceful_shutdown();
             let _ = conn.await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_bytes_tell_tls_from_plain_http() {
+        assert_eq!(classify(&[0x16, 0x03, 0x01, 0x02, 0x00]), FirstBytes::Tls);
+        assert_eq!(classify(b"GET /met"), FirstBytes::PlainHttp);
+        assert_eq!(classify(b"OPTIONS "), FirstBytes::PlainHttp);
+        assert_eq!(classify(b"HEA"), FirstBytes::PlainHttp, "a method cut short by the peek");
+        assert_eq!(classify(b"SSH-2.0-"), FirstBytes::Other);
+        assert_eq!(classify(b"get /"), FirstBytes::Other);
+        assert_eq!(classify(b""), FirstBytes::Other);
     }
 }

@@ -26,6 +26,7 @@ impl Pki {
         sh("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout rogue-ca.key -out rogue-ca.pem -days 2 -subj /CN=rogue 2>/dev/null");
         for (name, san, ca) in [
             ("server", "IP:127.0.0.1,DNS:localhost", "ca"),
+            ("server2", "IP:127.0.0.1,DNS:localhost", "ca"),
             ("client", "DNS:prometheus.example", "ca"),
             ("intruder", "DNS:intruder.example", "ca"),
             ("rogue", "DNS:prometheus.example", "rogue-ca"),
@@ -92,8 +93,14 @@ fn tls_basic_auth_headers_and_reload() {
         "{out}"
     );
     assert!(out.contains("network_connections_info{"), "{out}");
-    // Plain HTTP gets no answer from a TLS listener; TLS 1.1 is refused; 1.2 and 1.3 work.
-    assert_ne!(curl(&[&format!("http://127.0.0.1:{}/metrics", e.addr.port())]).0, 0);
+    // Plain HTTP gets a 400 saying to use https, as from Go's servers; TLS 1.1 is refused;
+    // 1.2 and 1.3 work.
+    let plain = format!("http://127.0.0.1:{}/metrics", e.addr.port());
+    let (code, out) = curl(&["-w", "\n%{http_code}", &plain]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.ends_with("\n400") && out.contains("HTTP request to an HTTPS server: use https://"), "{out}");
+    let (code, out) = curl(&["-u", "prometheus:s3cret", "-w", "\n%{http_code}", &plain]);
+    assert!(code == 0 && out.ends_with("\n400"), "with credentials too: {out}");
     assert_ne!(curl(&["--cacert", ca, "--tlsv1.1", "--tls-max", "1.1", "-u", "prometheus:s3cret", &url]).0, 0);
     assert_eq!(http_code(&["--cacert", ca, "--tls-max", "1.2", "-u", "prometheus:s3cret", &url]), "200");
     assert_eq!(http_code(&["--cacert", ca, "--tlsv1.3", "-u", "prometheus:s3cret", &url]), "200");
@@ -113,6 +120,52 @@ fn tls_basic_auth_headers_and_reload() {
     assert_eq!(samples(&text, "conn_exporter_web_config_reload_failures_total")[0].1, 1.0);
     let log = e.wait_log("keeping the last good configuration");
     assert!(log.contains("key_file"), "{log}");
+}
+
+/// The subject CN of the certificate the exporter serves now (from curl's handshake log).
+fn served_cn(ca: &str, port: u16) -> Option<String> {
+    let (_, out) = curl(&["-v", "-o", "/dev/null", "--cacert", ca, &format!("https://127.0.0.1:{port}/-/healthy")]);
+    let line = out.lines().find(|l| l.contains("subject:"))?;
+    Some(line.split("CN=").nth(1)?.split([',', '/', ' ']).next()?.to_owned())
+}
+
+#[test]
+fn certificate_and_key_rotated_in_two_steps_are_served() {
+    let pki = Pki::new();
+    let config = pki.path("web.yml");
+    let copy = |from: &str, to: &str| {
+        let tmp = pki.path(&format!("{to}.tmp"));
+        std::fs::copy(pki.path(from), &tmp).unwrap();
+        std::fs::rename(&tmp, pki.path(to)).unwrap();
+    };
+    copy("server.pem", "live.pem");
+    copy("server.key", "live.key");
+    write_config(&config, "tls_server_config:\n  cert_file: live.pem\n  key_file: live.key\n");
+    let e = Exporter::start(&["--web.config.file", config.to_str().unwrap(), "--no-collector.connections"]);
+    let ca = pki.path("ca.pem").to_string_lossy().into_owned();
+    let port = e.addr.port();
+    assert_eq!(served_cn(&ca, port).as_deref(), Some("server"));
+    // Requests keep arriving while the files change, so that some land between the steps
+    // (a mismatched pair is refused and the last good one kept) or during a reload.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let hammer = {
+        let (stop, ca) = (std::sync::Arc::clone(&stop), ca.clone());
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = served_cn(&ca, port);
+            }
+        })
+    };
+    for round in 0..8 {
+        let name = if round % 2 == 0 { "server2" } else { "server" };
+        copy(&format!("{name}.pem"), "live.pem");
+        copy(&format!("{name}.key"), "live.key");
+        wait_for(Duration::from_secs(10), &format!("round {round}: {name}'s certificate served"), || {
+            (served_cn(&ca, port).as_deref() == Some(name)).then_some(())
+        });
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    hammer.join().unwrap();
 }
 
 #[test]
@@ -229,7 +282,8 @@ fn prometheus_scrapes_over_tls_with_basic_auth_and_a_client_certificate() {
         query(&format!("up{{job=\"{job}\"}}"))
             .and_then(|v| v["data"]["result"].get(0).map(|s| s["value"][1].as_str().unwrap_or("").to_owned()))
     };
-    let secure = wait_for(Duration::from_secs(60), "the secure scrape", || up("secure").filter(|v| v == "1"));
+    // Wait for each job's first scrape, whatever its outcome; the outcome is asserted below.
+    let secure = wait_for(Duration::from_secs(60), "the secure scrape", || up("secure"));
     let refused = wait_for(Duration::from_secs(60), "the scrape without a client certificate", || up("no-client-cert"));
     let states = query("sum(network_connection_states{job=\"secure\"})").unwrap();
     let _ = prom.kill();
@@ -237,4 +291,42 @@ fn prometheus_scrapes_over_tls_with_basic_auth_and_a_client_certificate() {
     assert_eq!(secure, "1");
     assert_eq!(refused, "0", "mTLS refuses a client without a certificate");
     assert!(states["data"]["result"][0]["value"][1].as_str().unwrap().parse::<f64>().unwrap() > 0.0, "{states}");
+}
+
+#[test]
+fn an_unreadable_key_names_the_user_and_the_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let pki = Pki::new();
+    let dir = pki.dir.path();
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for (name, mode) in [("server.pem", 0o644), ("server.key", 0o600)] {
+        std::fs::set_permissions(dir.join(name), std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let config = pki.path("web.yml");
+    write_config(&config, "tls_server_config:\n  cert_file: server.pem\n  key_file: server.key\n");
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let nobody = |extra: &[&str]| {
+        run(Command::new(require_tool("setpriv"))
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", binary()])
+            .args(["--web.listen-address=127.0.0.1:0", "--web.config.file", config.to_str().unwrap()])
+            .args(extra))
+    };
+    let (code, _, err) = nobody(&[]);
+    assert_eq!(code, 2, "{err}");
+    let key = pki.path("server.key");
+    for needle in [
+        "tls_server_config.key_file",
+        key.to_str().unwrap(),
+        "Permission denied",
+        "user nobody (uid 65534, gid 65534)",
+        "chmod 0640",
+        "SupplementaryGroups=",
+    ] {
+        assert!(err.contains(needle), "{needle:?} missing from: {err}");
+    }
+    // The YAML file itself, unreadable, says the same.
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (code, _, err) = nobody(&[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains(config.to_str().unwrap()) && err.contains("uid 65534"), "{err}");
 }
