@@ -212,6 +212,7 @@ indent <<<"$out"
 ((rc == 1)) || fail "install with an unreadable key: exit $rc, want 1"
 assert_contains "$out" "the new exporter cannot start" "unreadable key refused"
 assert_contains "$out" "server.key" "the exporter's own message names the key"
+assert_contains "$out" "runs as user nobody" "the exporter's own message names the user"
 assert_contains "$out" "keeps running" "the running exporter is left alone"
 if [[ $(in_env ctl cat /run/conn-exporter.pid) != "$pid" ]] || ! kill -0 "$pid"; then fail "the old exporter $pid was stopped"; fi
 in_env ctl curl -fsS -o /dev/null http://localhost:9100/metrics || fail "the old exporter no longer answers"
@@ -339,8 +340,11 @@ for h in "${HOSTS[@]}"; do
     [[ $code == 401 ]] || fail "$h: a wrong password got $code, want 401"
     code=$(in_env ctl curl -s -o /dev/null -w '%{http_code}' --cacert tls/ca.crt -u "prometheus:$password" "$url")
     [[ $code == 200 ]] || fail "$h: the right password got $code, want 200"
+    plain=$(in_env ctl curl -s -w ' %{http_code}' "http://$h:${PORT[$h]}/metrics" || true)
+    [[ $plain == *" 400" ]] || fail "$h: plain http:// on the TLS port answered '$plain', want 400"
+    assert_contains "$plain" "https" "$h: the 400 says to use https"
 done
-ok "deploy --web-config-dir: TLS with basic auth on all three; keys root:nogroup 0640; 401 without or with a wrong password"
+ok "deploy --web-config-dir: TLS with basic auth on all three; keys root:nogroup 0640; 401 without or with a wrong password; plain http gets 400 'use https'"
 
 # --- Prometheus by the guide's section 4 -----------------------------------------------
 run_block ctl "$GUIDE" prometheus-setup >/dev/null 2>&1 || fail "prometheus-setup block failed"
