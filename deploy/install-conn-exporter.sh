@@ -534,6 +534,10 @@ mv -f "$DEFAULTS_PATH.new" "$DEFAULTS_PATH"
     if [[ -n $web_config_dir ]]; then
         echo "WEB_DIR=$WEB_DIR"
         [[ $init == none ]] || echo "DROPIN_PATH=$DROPIN_PATH"
+    else
+        # Placed by an earlier run: still ours to remove on --uninstall.
+        state_get WEB_DIR | sed 's/^/WEB_DIR=/' || true
+        state_get DROPIN_PATH | sed 's/^/DROPIN_PATH=/' || true
     fi
 } >"$STATE_PATH.new"
 chmod 0644 "$STATE_PATH.new"

@@ -233,13 +233,15 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -su
     -addext subjectAltName=IP:127.0.0.1 -keyout "$WORK/bin/tls/server.key" -out "$WORK/bin/tls/server.crt" 2>/dev/null
 printf 'tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n' >"$WORK/bin/tls/web-config.yml"
 cexec install -d -m 0755 /etc/cx-root-only
-cexec install -m 0600 /mnt/bin/tls/server.key /mnt/bin/tls/server.crt /mnt/bin/tls/web-config.yml /etc/cx-root-only/
+cexec install -m 0644 /mnt/bin/tls/server.crt /mnt/bin/tls/web-config.yml /etc/cx-root-only/
+cexec install -m 0600 /mnt/bin/tls/server.key /etc/cx-root-only/ # as root makes keys
 pid_before=$(cexec systemctl show -p MainPID --value conn-exporter)
 set +e
 out=$(install_in --extra-args "--web.config.file=/etc/cx-root-only/web-config.yml" 2>&1)
 rc=$?
 set -e
-((rc == 1)) || fail "install with a root-only key: exit $rc, want 1: $out"
+sed 's/^/    /' <<<"$out"
+((rc == 1)) || fail "install with a root-only key: exit $rc, want 1"
 assert_contains "$out" "the new exporter cannot start" "root-only key refused"
 assert_contains "$out" "server.key" "the exporter's message names the key"
 [[ $(cexec systemctl show -p MainPID --value conn-exporter) == "$pid_before" ]] || fail "the refused install restarted the service"
