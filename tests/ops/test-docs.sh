@@ -47,14 +47,13 @@ QUERIES=$REPO/docs/promql-queries.md
 declare -A HOLDER # environment name -> pid of the process holding its namespaces
 
 cleanup() {
-    local rc=$? env pid ns
+    local rc=$? env pid ns mnt proc
     set +e
     for env in "${!HOLDER[@]}"; do
-        pid=${HOLDER[$env]}
+        mnt=$(readlink "/proc/${HOLDER[$env]}/ns/mnt" 2>/dev/null) || continue
         # Everything started inside this environment's mount namespace is ours.
-        for ns in $(ps -e -o pid= | tr -d ' '); do
-            [[ $(readlink "/proc/$ns/ns/mnt" 2>/dev/null) == "$(readlink "/proc/$pid/ns/mnt" 2>/dev/null)" ]] &&
-                [[ $ns != "$$" ]] && kill -9 "$ns" 2>/dev/null
+        for proc in /proc/[0-9]*; do
+            [[ $(readlink "$proc/ns/mnt" 2>/dev/null) == "$mnt" ]] && kill -9 "${proc#/proc/}" 2>/dev/null
         done
     done
     for ns in "$NS_CTL" "${HOSTS[@]/#/$P-}"; do
