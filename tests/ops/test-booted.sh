@@ -240,7 +240,7 @@ set +e
 out=$(install_in --extra-args "--web.config.file=/etc/cx-root-only/web-config.yml" 2>&1)
 rc=$?
 set -e
-sed 's/^/    /' <<<"$out"
+printf '%s\n' "$out" | sed 's/^/    /'
 ((rc == 1)) || fail "install with a root-only key: exit $rc, want 1"
 assert_contains "$out" "the new exporter cannot start" "root-only key refused"
 assert_contains "$out" "server.key" "the exporter's message names the key"
