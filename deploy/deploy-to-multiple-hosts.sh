@@ -4,6 +4,7 @@
 #   ./deploy-to-multiple-hosts.sh --hosts-file hosts.txt
 #   ./deploy-to-multiple-hosts.sh web1 web2 db1.example.com
 #   ./deploy-to-multiple-hosts.sh --dry-run --hosts-file hosts.txt
+#   ./deploy-to-multiple-hosts.sh --hosts-file hosts.txt --web-config-dir 'tls/{host}'
 #   ./deploy-to-multiple-hosts.sh --uninstall web1
 #
 # Hosts come from a file and/or the command line; nobody edits this script.
@@ -13,9 +14,11 @@
 #     db1.example.com --listen-address :9101    # node_exporter holds 9100 there
 #
 # For each host: a private staging directory is made with mktemp on the host,
-# the binary, the installer and the unit are copied there with scp, the
+# the binary, the installer, the unit (and with --web-config-dir the web
+# configuration with its certificates and keys) are copied there with scp, the
 # installer runs (with sudo when the ssh user is not root), and the staging
-# directory is removed. ssh runs in batch mode with the operator's ssh
+# directory is removed. --uninstall needs no install options: the installer
+# finds what it installed in its record on the host. ssh runs in batch mode with the operator's ssh
 # configuration (or --ssh-config FILE), so keys, jump hosts and ports come from
 # there. The installer is idempotent, so re-running upgrades in place.
 # Exit status: 0 when every host succeeded, 1 when any failed, 2 on bad usage.
@@ -31,6 +34,7 @@ installer="$SCRIPT_DIR/install-conn-exporter.sh"
 unit_file="$SCRIPT_DIR/systemd/conn-exporter.service"
 listen_address=""
 install_args=""
+web_config_dir=""
 parallel=8
 ssh_config=""
 ssh_options=()
@@ -46,19 +50,31 @@ usage() {
     cat <<EOF
 Usage: $PROG [options] [HOST...]
 
+Installs conn-exporter on every host over ssh (systemd service, or with
+--install-args "--init none" a background process on hosts without systemd).
+First contact with new hosts: their keys must be in ~/.ssh/known_hosts (ssh
+runs in batch mode), or choose -o StrictHostKeyChecking=accept-new.
+
 Options:
   -f, --hosts-file FILE   read hosts from FILE (repeatable; '-' for stdin)
   --binary PATH           binary to deploy (default: target/release/conn-exporter)
   --listen-address ADDR   passed to the installer (default: the installer's, :9100)
   --install-args ARGS     more installer options for every host; {host} is
-                          replaced by the host name
+                          replaced by the host name, e.g. "--init none"
+  --web-config-dir DIR    ship DIR (web-config.yml and the certificates and
+                          keys it names, relative to it) to every host: the
+                          installer puts it in /etc/conn-exporter, readable by
+                          the service user only; {host} is replaced by the host
+                          name (one server certificate per host)
   -j, --parallel N        hosts handled at once (default 8)
   --ssh-config FILE       ssh configuration to use (default: the operator's own)
   -o, --ssh-option OPT    extra ssh -o option (repeatable), e.g. -o Port=2222
   --timeout SECS          give up on one host after SECS (default 300)
   --log-dir DIR           keep per-host logs in DIR (default: a new temporary directory)
   --dry-run               print what would run on each host, connect to none
-  --uninstall             remove conn-exporter from the hosts instead
+  --uninstall             remove conn-exporter from the hosts instead (each
+                          host's installer finds what it installed: no
+                          install options needed, not even --init none)
   -h, --help              show this help
 EOF
 }
@@ -78,6 +94,8 @@ while (($#)); do
         --listen-address=*) listen_address=${1#*=}; shift ;;
         --install-args) install_args=${2?--install-args needs a value}; shift 2 ;;
         --install-args=*) install_args=${1#*=}; shift ;;
+        --web-config-dir) web_config_dir=${2:?--web-config-dir needs a directory}; shift 2 ;;
+        --web-config-dir=*) web_config_dir=${1#*=}; shift ;;
         -j | --parallel) parallel=${2:?$1 needs a number}; shift 2 ;;
         --parallel=*) parallel=${1#*=}; shift ;;
         --ssh-config) ssh_config=${2:?--ssh-config needs a file}; shift 2 ;;
@@ -116,6 +134,12 @@ dupes=$(printf '%s\n' "${hosts[@]}" | sort | uniq -d)
 
 if [[ $action == install ]]; then
     [[ -f $binary && -x $binary ]] || die "binary '$binary' not found: run 'cargo build --release' or pass --binary"
+    if [[ -n $web_config_dir ]]; then
+        for host in "${hosts[@]}"; do
+            d=${web_config_dir//\{host\}/$host}
+            [[ -f $d/web-config.yml ]] || die "--web-config-dir: $d/web-config.yml not found (for host $host)"
+        done
+    fi
 fi
 [[ -f $installer ]] || die "installer '$installer' not found"
 [[ -f $unit_file ]] || die "unit file '$unit_file' not found"
@@ -133,6 +157,7 @@ installer_args() {
     else
         words+=(--binary '@DIR@/conn-exporter' --unit-file '@DIR@/conn-exporter.service')
         [[ -z $listen_address ]] || words+=(--listen-address "$listen_address")
+        [[ -z $web_config_dir ]] || words+=(--web-config-dir '@DIR@/web')
     fi
     local extra=${install_args//\{host\}/$host} w
     # Options are split on white space, like a shell would without quotes.
@@ -152,18 +177,40 @@ remote_script() {
     printf '%s' 'rm -rf -- "$dir"; exit $rc'
 }
 
+# Why ssh failed, from its messages, with a hint for the usual first-contact problem.
+ssh_failure() {
+    local err=$1 why
+    why=$(tr -d '\r' <<<"$err" | grep -v '^[[:space:]]*$' | grep -v '^@\|^WARNING\|^IT IS POSSIBLE\|^Someone could' | tail -n 1)
+    case $err in
+        *"Host key verification failed"* | *"No ED25519 host key is known"* | *"No RSA host key is known"* | *"host key for"*"has changed"*)
+            why+=" (first contact: add the host key to known_hosts, e.g. ssh-keyscan, or choose -o StrictHostKeyChecking=accept-new; see the deployment guide)" ;;
+    esac
+    printf '%s\n' "${why:-ssh failed without a message}"
+}
+
 deploy_one() {
-    local host=$1 opts=$2 dir rc=0
+    local host=$1 opts=$2 dir rc=0 err
     local script
     script=$(remote_script "$host" "$opts")
-    dir=$(ssh "${ssh_options[@]}" -- "$host" 'mktemp -d /tmp/conn-exporter-install.XXXXXX') ||
-        { echo "cannot connect or create a staging directory"; return 1; }
+    err=$(mktemp)
+    dir=$(ssh "${ssh_options[@]}" -- "$host" 'mktemp -d /tmp/conn-exporter-install.XXXXXX' 2>"$err") || {
+        cat "$err"
+        echo "cannot connect or create a staging directory: $(ssh_failure "$(cat "$err")")"
+        rm -f "$err"
+        return 1
+    }
+    cat "$err"
+    rm -f "$err"
     [[ $dir == /tmp/conn-exporter-install.* ]] || { echo "unexpected staging directory '$dir'"; return 1; }
     local files=("$installer" "$unit_file")
     [[ $action == install ]] && files+=("$binary")
     # scp copies under the names given, so put the binary under its final name.
     scp -q "${ssh_options[@]}" -- "${files[@]}" "$host:$dir/" ||
         { ssh "${ssh_options[@]}" -- "$host" "rm -rf -- '$dir'" || true; echo "copy failed"; return 1; }
+    if [[ $action == install && -n $web_config_dir ]]; then
+        scp -q -r "${ssh_options[@]}" -- "${web_config_dir//\{host\}/$host}" "$host:$dir/web" ||
+            { ssh "${ssh_options[@]}" -- "$host" "rm -rf -- '$dir'" || true; echo "copy of the web config failed"; return 1; }
+    fi
     if [[ $action == install && $(basename "$binary") != conn-exporter ]]; then
         ssh "${ssh_options[@]}" -- "$host" "mv -- '$dir/$(basename "$binary")' '$dir/conn-exporter'" || return 1
     fi
@@ -177,14 +224,19 @@ if ((dry_run)); then
         host=${hosts[$i]}
         printf '\n[%s]\n' "$host"
         if [[ $action == install ]]; then
-            printf '  scp %s %s %s %s:<mktemp -d /tmp/conn-exporter-install.XXXXXX>/\n' "$installer" "$unit_file" "$binary" "$host"
+            printf '  scp %s %s %s %s:STAGING/\n' "$installer" "$unit_file" "$binary" "$host"
+            [[ -z $web_config_dir ]] || printf '  scp -r %s %s:STAGING/web\n' "${web_config_dir//\{host\}/$host}" "$host"
         else
-            printf '  scp %s %s %s:<mktemp -d /tmp/conn-exporter-install.XXXXXX>/\n' "$installer" "$unit_file" "$host"
+            printf '  scp %s %s %s:STAGING/\n' "$installer" "$unit_file" "$host"
         fi
-        printf '  ssh %s [sudo] bash install-conn-exporter.sh' "$host"
-        while IFS= read -r w; do printf ' %q' "$w"; done < <(installer_args "$host" "${host_opts[$i]}" | sed 's#@DIR@#<staging>#')
+        printf '  ssh %s [sudo] bash STAGING/install-conn-exporter.sh' "$host"
+        while IFS= read -r w; do
+            # Quote for a shell only what needs it; STAGING stays readable.
+            if [[ $w =~ ^[A-Za-z0-9_./:=@,+-]*$ ]]; then printf ' %s' "$w"; else printf ' %q' "$w"; fi
+        done < <(installer_args "$host" "${host_opts[$i]}" | sed 's#@DIR@#STAGING#')
         printf '\n'
     done
+    printf '\nSTAGING is a private directory made on each host with mktemp -d /tmp/conn-exporter-install.XXXXXX.\n'
     printf '\n%d host(s) would be %s.\n' "${#hosts[@]}" "$([[ $action == install ]] && echo installed || echo uninstalled)"
     exit 0
 fi
@@ -204,9 +256,9 @@ for i in "${!hosts[@]}"; do
     (
         start=$SECONDS
         rc=0
-        export -f deploy_one remote_script installer_args
+        export -f deploy_one remote_script installer_args ssh_failure
         # timeout needs a program: run the function in a child bash.
-        timeout --kill-after=10 "$host_timeout" bash -c "$(declare -p ssh_options action listen_address install_args binary installer unit_file); deploy_one \"\$1\" \"\$2\"" \
+        timeout --kill-after=10 "$host_timeout" bash -c "$(declare -p ssh_options action listen_address install_args web_config_dir binary installer unit_file); deploy_one \"\$1\" \"\$2\"" \
             deploy "$host" "${host_opts[$i]}" >"$log_dir/$key.log" 2>&1 || rc=$?
         ((rc == 124)) && echo "timed out after ${host_timeout}s" >>"$log_dir/$key.log"
         printf '%s %s\n' "$rc" "$((SECONDS - start))" >"$log_dir/$key.result"
@@ -219,7 +271,8 @@ printf '\n%-32s %-7s %6s  %s\n' HOST RESULT TIME DETAIL
 for host in "${hosts[@]}"; do
     key=${host//\//_}
     read -r rc secs <"$log_dir/$key.result" || { rc=1; secs=0; }
-    detail=$(grep -v '^[[:space:]]*$' "$log_dir/$key.log" | tail -n 1 | cut -c1-100 || true)
+    # The whole last line: it holds the cause (ssh's error, the installer's message).
+    detail=$(grep -v '^[[:space:]]*$' "$log_dir/$key.log" | tail -n 1 || true)
     if [[ $rc == 0 ]]; then
         result=OK
     else

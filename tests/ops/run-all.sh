@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs every ops test (deploy/ and docs/ assets against real tools) and prints
+# Runs every ops test (deploy/ and docs/ assets against real tools; test-docs.sh
+# runs the documentation's marked commands as written) and prints
 # one PASS/FAIL line per test. Exit status is non-zero when any test failed.
 #
 #   tests/ops/run-all.sh                 # all tests
@@ -11,7 +12,7 @@
 set -euo pipefail
 
 OPS_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-ALL_TESTS=(static package container multihost booted)
+ALL_TESTS=(static package container multihost docs booted)
 
 install_deps() {
     local kind name apt_missing=() pip_missing=() cargo_missing=()

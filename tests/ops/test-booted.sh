@@ -7,7 +7,12 @@
 #    enabled, runs as a dynamic non-root user without capabilities, and its
 #    /metrics shows the container's sockets (the same listeners as `ss`), not
 #    the host's;
-#  - --uninstall leaves no unit, binary or defaults file;
+#  - a web config whose key only root can read is refused before the running
+#    service is touched; with --web-config-dir the key is root:conn-exporter-keys
+#    0640, a SupplementaryGroups= drop-in lets the dynamic user read it, and the
+#    service serves TLS (SECURITY.md, "Key ownership");
+#  - --uninstall, with no other option, leaves no unit, binary, defaults file,
+#    web config or drop-in;
 #  - the .deb from `cargo deb` installs the same unit with dpkg -i, starts it,
 #    and dpkg --purge removes it.
 set -euo pipefail
@@ -16,7 +21,7 @@ TEST_NAME=booted
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 require_root
 require_bin
-require_cmds debootstrap systemd-nspawn nsenter cargo cargo-deb python3 ss timeout flock
+require_cmds debootstrap systemd-nspawn nsenter cargo cargo-deb python3 ss timeout flock openssl
 cd "$REPO"
 
 CACHE=${CONN_EXPORTER_TEST_CACHE:-/var/cache/conn-exporter-test}
@@ -223,15 +228,48 @@ grep_metrics conn_exporter_scrape_collector_success collector=states <<<"$body" 
 score=$(cexec systemd-analyze security conn-exporter.service --no-pager 2>/dev/null | grep -o 'exposure level for conn-exporter.service: [0-9.]*' | awk '{print $NF}')
 ok "scrape from inside: listening ports match ss ($metric_ports), probe :$PROBE_PORT present, host's :$MARKER_PORT absent; collectors succeed; live exposure ${score:-?}"
 
+# --- TLS keys and the dynamic user ----------------------------------------------------------------
+mkdir -p "$WORK/bin/tls"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj /CN=127.0.0.1 \
+    -addext subjectAltName=IP:127.0.0.1 -keyout "$WORK/bin/tls/server.key" -out "$WORK/bin/tls/server.crt" 2>/dev/null
+printf 'tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n' >"$WORK/bin/tls/web-config.yml"
+cexec install -d -m 0755 /etc/cx-root-only
+cexec install -m 0644 /mnt/bin/tls/server.crt /mnt/bin/tls/web-config.yml /etc/cx-root-only/
+cexec install -m 0600 /mnt/bin/tls/server.key /etc/cx-root-only/ # as root makes keys
+pid_before=$(cexec systemctl show -p MainPID --value conn-exporter)
+set +e
+out=$(install_in --extra-args "--web.config.file=/etc/cx-root-only/web-config.yml" 2>&1)
+rc=$?
+set -e
+printf '%s\n' "$out" | sed 's/^/    /'
+((rc == 1)) || fail "install with a root-only key: exit $rc, want 1"
+assert_contains "$out" "the new exporter cannot start" "root-only key refused"
+assert_contains "$out" "server.key" "the exporter's message names the key"
+[[ $(cexec systemctl show -p MainPID --value conn-exporter) == "$pid_before" ]] || fail "the refused install restarted the service"
+[[ $(cexec systemctl is-active conn-exporter) == active ]] || fail "the service is not active after a refused install"
+ok "a key only root can read is refused before the running service is touched"
+out=$(install_in --web-config-dir /mnt/bin/tls 2>&1) || { echo "$out"; fail "install with --web-config-dir"; }
+[[ $(cexec systemctl is-active conn-exporter) == active ]] || fail "service not active with the web config"
+perms=$(cexec stat -c '%U:%G %a' /etc/conn-exporter/server.key)
+[[ $perms == "root:conn-exporter-keys 640" ]] || fail "server.key is $perms, want root:conn-exporter-keys 640"
+assert_contains "$(cexec systemctl show -p SupplementaryGroups --value conn-exporter)" conn-exporter-keys "drop-in"
+pid=$(cexec systemctl show -p MainPID --value conn-exporter)
+uid=$(awk '/^Uid:/{print $2}' <<<"$(cexec cat "/proc/$pid/status")")
+((uid != 0)) || fail "the exporter runs as root with the web config"
+code=$(cexec curl -sk -o /dev/null -w '%{http_code}' https://127.0.0.1:9100/metrics)
+[[ $code == 200 ]] || fail "https://127.0.0.1:9100/metrics answered $code, want 200"
+ok "--web-config-dir: key root:conn-exporter-keys 0640, SupplementaryGroups drop-in, dynamic uid $uid serves TLS"
+
 # --- uninstall ---------------------------------------------------------------------------------
 out=$(install_in --uninstall 2>&1) || { echo "$out"; fail "uninstall"; }
-for f in /etc/systemd/system/conn-exporter.service /usr/local/bin/conn-exporter /etc/default/conn-exporter; do
+for f in /etc/systemd/system/conn-exporter.service /usr/local/bin/conn-exporter /etc/default/conn-exporter \
+    /var/lib/conn-exporter/install.state /etc/conn-exporter /etc/systemd/system/conn-exporter.service.d; do
     cexec test ! -e "$f" || fail "uninstall left $f"
 done
 if cexec systemctl cat conn-exporter >/dev/null 2>&1; then fail "systemd still knows conn-exporter.service"; fi
 [[ $(cexec systemctl is-active conn-exporter || true) != active ]] || fail "service still active after uninstall"
 if cexec ss -Htln 'sport = :9100' | grep -q .; then fail "something still listens on 9100 after uninstall"; fi
-ok "uninstall left no unit, binary or defaults file"
+ok "uninstall (no other option) left no unit, binary, defaults file, record, web config or drop-in"
 
 # --- the .deb -------------------------------------------------------------------------------------
 start=$SECONDS

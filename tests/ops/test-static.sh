@@ -46,6 +46,24 @@ for cfg in deploy/prometheus/prometheus-scrape-config.yml deploy/prometheus/prom
     promtool check config "$cfg" >"$WORK/out" 2>&1 || { cat "$WORK/out"; fail "promtool check config $cfg"; }
 done
 ok "promtool check config: both configs valid"
+# Copied as shipped, the multi-host config must scrape no address the user never wrote.
+python3 - deploy/prometheus/prometheus-multi-host-config.yml <<'PY2' || fail "the multi-host config scrapes example hosts as shipped"
+import glob, os, sys, yaml
+path = sys.argv[1]
+cfg = yaml.safe_load(open(path))
+bad = []
+for job in cfg["scrape_configs"]:
+    if job.get("static_configs"):
+        bad.append(f"{job['job_name']}: static_configs {job['static_configs']}")
+    for sd in job.get("file_sd_configs", []):
+        for pattern in sd["files"]:
+            hits = glob.glob(os.path.join(os.path.dirname(path), pattern))
+            if hits:
+                bad.append(f"{job['job_name']}: {pattern} loads {hits}")
+print("\n".join(bad) if bad else "multi-host config: no target as shipped")
+sys.exit(1 if bad else 0)
+PY2
+ok "multi-host config as shipped: no static targets, its file_sd glob loads no shipped file"
 promtool check rules deploy/prometheus/alerts.yml deploy/prometheus/recording-rules.yml >"$WORK/out" 2>&1 ||
     { cat "$WORK/out"; fail "promtool check rules"; }
 ok "promtool check rules: $(grep -o '[0-9]* rules found' "$WORK/out" | sed 's/ rules found//' | paste -sd+ -) rules (alerts + recording rules)"
@@ -246,6 +264,14 @@ out=$(bash deploy-to-multiple-hosts.sh 2>&1) && fail "deploy without hosts succe
 assert_contains "$out" "no hosts given" "deploy without hosts"
 ok "bad options and missing hosts are refused"
 
+# The installer's dry run needs no root and changes nothing.
+# (In an empty network namespace of its own, so that no port of this machine is in the way.)
+out=$(unshare -n setpriv --reuid=nobody --regid=nogroup --clear-groups bash install-conn-exporter.sh --init none \
+    --prefix "$WORK/dry" --binary "$BIN" --dry-run 2>&1) || { echo "$out"; fail "installer --dry-run failed"; }
+assert_contains "$out" "dry run: nothing is changed" "installer dry run"
+[[ ! -e $WORK/dry ]] || fail "installer --dry-run created $WORK/dry"
+ok "installer --dry-run runs without root and changes nothing"
+
 # Dry run: lists each host with its command, connects to none (the hosts do not exist).
 printf 'alpha.invalid\nbeta.invalid --listen-address :9101  # clash there\n# comment\n\n' >"$WORK/hosts"
 touch "$WORK/fake-bin" && chmod +x "$WORK/fake-bin"
@@ -253,6 +279,7 @@ out=$(bash deploy-to-multiple-hosts.sh --dry-run --binary "$WORK/fake-bin" --hos
 for h in alpha.invalid beta.invalid gamma.invalid; do assert_contains "$out" "[$h]" "dry run"; done
 assert_contains "$out" "--listen-address :9101" "dry run per-host options"
 assert_contains "$out" "3 host(s) would be installed" "dry run count"
+assert_not_contains "$out" "\\" "dry run prints no stray escapes"
 out=$(bash deploy-to-multiple-hosts.sh --dry-run --binary "$WORK/fake-bin" a.invalid a.invalid 2>&1) &&
     fail "deploy accepted a duplicate host"
 ok "deploy --dry-run lists hosts and per-host options; duplicates refused"
