@@ -114,7 +114,8 @@ impl StateCounts {
 pub struct Snapshot {
     /// Interfaces at the time of the read.
     pub table: InterfaceTable,
-    /// Every socket, sorted; empty unless a family that needs them was wanted.
+    /// Every socket (sorted when the per-connection family was wanted); empty unless a
+    /// family that needs them was wanted.
     pub keys: Vec<SeriesKey>,
     /// Listening sockets with their queues, sorted.
     pub listeners: Vec<ListenerRecord>,
@@ -173,7 +174,7 @@ struct Flight {
 /// Reads in progress, one slot per kind of read: concurrent scrapes that want the same
 /// kind wait for one read of the kernel instead of each making their own.
 pub struct SharedReads {
-    flights: Mutex<[Option<Arc<Flight>>; 2]>,
+    flights: Mutex<[Option<Arc<Flight>>; 3]>,
     max_wait: Duration,
 }
 
@@ -220,10 +221,10 @@ impl SharedReads {
         SharedReads { flights: Mutex::new(Default::default()), max_wait }
     }
 
-    /// The snapshot of kind `slot` (0 or 1): made by `read` here, or the one another
+    /// The snapshot of kind `slot` (0 to 2): made by `read` here, or the one another
     /// scrape is making.
     pub fn get(&self, slot: usize, read: impl FnOnce() -> Snapshot) -> Result<Arc<Snapshot>, SharedReadError> {
-        let slot = slot.min(1);
+        let slot = slot.min(2);
         let (flight, leader) = {
             let mut flights = lock(&self.flights);
             match &flights[slot] {

@@ -172,6 +172,13 @@ impl Reader {
     /// Reads interfaces and sockets. Per socket: resolve the interface, count, keep
     /// listeners, and (when `want_keys`) a 44-byte key; nothing else is allocated.
     pub fn read(&self, want_keys: bool) -> Snapshot {
+        self.read_with(want_keys, true)
+    }
+
+    /// [`read`](Self::read), sorting the keys only when `sort` (the per-connection family
+    /// merges equal keys by sorting; the peers family counts them in a map and needs no
+    /// order, which saves a sort of every socket on a peers-only scrape).
+    pub fn read_with(&self, want_keys: bool, sort: bool) -> Snapshot {
         let start = Instant::now();
         let (table, table_ok) = self.read_interfaces();
         let mut fill = Fill {
@@ -188,7 +195,9 @@ impl Reader {
         let Fill { counts, mut keys, mut listeners, .. } = fill;
         if want_keys {
             self.last_socket_count.store(keys.len(), Ordering::Relaxed);
-            keys.sort_unstable();
+            if sort {
+                keys.sort_unstable();
+            }
         }
         listeners.sort_unstable();
         Snapshot {
