@@ -190,12 +190,13 @@ struct Leader<'a> {
     reads: &'a SharedReads,
     slot: usize,
     flight: Arc<Flight>,
+    finished: bool,
 }
 
 impl Leader<'_> {
-    fn finish(self, state: FlightState) {
+    fn finish(mut self, state: FlightState) {
         self.release(state);
-        std::mem::forget(self);
+        self.finished = true;
     }
 
     fn release(&self, state: FlightState) {
@@ -211,7 +212,9 @@ impl Leader<'_> {
 
 impl Drop for Leader<'_> {
     fn drop(&mut self) {
-        self.release(FlightState::Abandoned);
+        if !self.finished {
+            self.release(FlightState::Abandoned);
+        }
     }
 }
 
@@ -237,7 +240,7 @@ impl SharedReads {
             }
         };
         if leader {
-            let guard = Leader { reads: self, slot, flight };
+            let guard = Leader { reads: self, slot, flight, finished: false };
             let snapshot = Arc::new(read());
             guard.finish(FlightState::Done(Arc::clone(&snapshot)));
             return Ok(snapshot);
@@ -291,8 +294,19 @@ mod tests {
             let a = leader.join().unwrap().unwrap();
             let b = waiter.join().unwrap().unwrap();
             assert!(Arc::ptr_eq(&a, &b));
+            // Nothing but the two scrapes holds the snapshot: it goes when they are done.
+            assert_eq!(Arc::strong_count(&a), 2);
         });
         assert_eq!(made.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn a_finished_read_is_held_by_its_scrape_alone() {
+        // Regression: the leader's guard was forgotten with its flight, and so with the
+        // snapshot in it: every scrape leaked its copy of the socket table.
+        let reads = SharedReads::new(Duration::from_secs(30));
+        let s = reads.get(2, Snapshot::failed).unwrap();
+        assert_eq!(Arc::strong_count(&s), 1);
     }
 
     #[test]
