@@ -16,7 +16,7 @@ TIME_WAIT for 60 s as on a real client). One more scrape after the load, the run
 Prometheus
 
   - per family, the distinct series seen over the whole run:
-        count by (__name__) (count_over_time({__name__=~"network_.*|conn_exporter_.*"}[RUN]))
+        count(count_over_time(FAMILY{job="conn-exporter"}[RUN]))
   - prometheus_tsdb_head_series_created_total (the head's own counter, every series the
     server created, `up` and the scrape_* series included).
 
@@ -30,9 +30,12 @@ Checks (exit 1 when one fails):
   - in every scrape, the sum of network_connection_peers equals the non-listening sockets of
     network_connection_states (the peers family's promise).
 
-Run it in a network namespace of its own if other programs use loopback (their sockets
-would be counted too): `ip netns exec NS python3 bench/churn.py`. Python standard library
-only; needs `prometheus` on PATH (Debian's package).
+Run as root, the runner re-executes itself in a new network namespace (`unshare --net`,
+loopback only): other programs' sockets would be counted too, and so would the TIME_WAIT
+sockets an earlier run leaves behind, which, once their listener is gone, are outbound
+sockets whose remote port is the old client's ephemeral port (one series each).
+--no-unshare runs in the current namespace. Python standard library only; needs
+`prometheus` on PATH (Debian's package) and `unshare` and `ip` for the namespace.
 """
 
 from __future__ import annotations
@@ -176,6 +179,22 @@ class Prometheus:
         res = self.query(q, at)
         return float(res[0]["value"][1]) if res else None
 
+    def names(self, regex: str, start: float, end: float) -> list[str]:
+        """Metric names matching regex that had samples between start and end."""
+        params = {"match[]": f'{{__name__=~"{regex}"}}', "start": f"{start:.3f}", "end": f"{end:.3f}"}
+        url = (f"http://127.0.0.1:{self.port}/api/v1/label/__name__/values?"
+               + urllib.parse.urlencode(params))
+        with urllib.request.urlopen(url, timeout=60) as r:
+            return json.load(r)["data"]
+
+    def own_metric(self, name: str) -> float:
+        """A sample of the server's own /metrics (it does not scrape itself here)."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=30) as r:
+            for line in r.read().decode().splitlines():
+                if line.startswith(name + " "):
+                    return float(line.split()[1])
+        raise RuntimeError(f"Prometheus {self.name}: no {name} in its /metrics")
+
     def scrapes(self) -> int:
         """Successful scrapes so far (samples of up == 1 over the last hour)."""
         return int(self.scalar('sum_over_time(up{job="conn-exporter"}[1h])') or 0)
@@ -213,7 +232,7 @@ def run(args, procs: Processes, tmp: str) -> dict:
     # An idle baseline of two scrapes, so the load's series are new ones.
     for p in proms.values():
         p.wait_scrapes(2, 60)
-    created_before = {k: p.scalar("prometheus_tsdb_head_series_created_total") for k, p in proms.items()}
+    created_before = {k: p.own_metric("prometheus_tsdb_head_series_created_total") for k, p in proms.items()}
 
     load = Load(args.rate)
     log(f"load: {args.rate:g} connections/s to 127.0.0.1:{load.port} for {args.duration:g} s; "
@@ -241,18 +260,18 @@ def run(args, procs: Processes, tmp: str) -> dict:
         "prometheus": {},
     }
     for k, p in proms.items():
-        rows = p.query(f'count by (__name__) (count_over_time({{__name__=~"{FAMILIES_RE}",'
-                       f'job="conn-exporter"}}[{window}]))', at)
-        now = p.query(f'count by (__name__) ({{__name__=~"{FAMILIES_RE}",job="conn-exporter"}})', at)
-        all_series = p.scalar(f"count(count_over_time({{__name__=~\".+\"}}[{window}]))", at)
+        names = p.names(FAMILIES_RE, t_prom, at)
         out["prometheus"][k] = {
             "scrape": "/metrics" + ("" if k == "full" else "?" + "&".join(f"collect[]={c}" for c in BOUNDED)),
             "scrapes": p.scrapes(),
-            "distinct": {r["metric"]["__name__"]: int(float(r["value"][1])) for r in rows},
-            "at_end": {r["metric"]["__name__"]: int(float(r["value"][1])) for r in now},
-            "distinct_all_names": int(all_series or 0),
+            # count_over_time drops the name, so one query per family, the issue's form.
+            "distinct": {n: int(p.scalar(f'count(count_over_time({n}{{job="conn-exporter"}}[{window}]))', at) or 0)
+                         for n in names},
+            "at_end": {n: int(p.scalar(f'count({n}{{job="conn-exporter"}})', at) or 0) for n in names},
+            "distinct_all_names": sum(int(p.scalar(f"count(count_over_time({n}[{window}]))", at) or 0)
+                                      for n in p.names(".+", t_prom, at)),
             "series_created_before_load": int(created_before[k] or 0),
-            "series_created_total": int(p.scalar("prometheus_tsdb_head_series_created_total", at) or 0),
+            "series_created_total": int(p.own_metric("prometheus_tsdb_head_series_created_total")),
         }
         # The peers family's promise, in every scrape of the run: its sum equals the
         # non-listening sockets of network_connection_states.
@@ -260,6 +279,9 @@ def run(args, procs: Processes, tmp: str) -> dict:
             out["prometheus"][k]["peers_vs_states_max_abs_diff"] = p.scalar(
                 f"max_over_time((abs(sum(network_connection_peers) - "
                 f"sum(network_connection_states{{state!=\"LISTEN\"}})))[{window}:{args.scrape_interval:g}s])", at)
+        out["prometheus"][k]["peers_series"] = sorted(
+            ",".join(f"{a}={b}" for a, b in sorted(r["metric"].items()) if a not in ("job", "instance"))
+            for r in p.query(f'last_over_time(network_connection_peers{{job="conn-exporter"}}[{window}])', at))
     # Connections the client finished at least one scrape interval (plus slack) before the
     # last scrape: each must have been seen, in TIME_WAIT at least.
     out["connections_seen_window"] = sum(1 for t in load.made if t < at - 2 * args.scrape_interval - 1)
@@ -338,7 +360,18 @@ def main() -> int:
     ap.add_argument("--port-base", type=int, default=19400)
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--markdown", help="write the Markdown table here")
+    ap.add_argument("--no-unshare", action="store_true",
+                    help="run in the current network namespace (default as root: a new one)")
     args = ap.parse_args()
+    if os.geteuid() == 0 and not args.no_unshare and os.environ.get("CONN_EXPORTER_CHURN_NETNS") != "1":
+        for tool in ("unshare", "ip"):
+            if not shutil.which(tool):
+                log(f"missing tool: {tool} (or use --no-unshare)")
+                return 2
+        env = dict(os.environ, CONN_EXPORTER_CHURN_NETNS="1")
+        argv = ["unshare", "--net", "--", "sh", "-c", 'ip link set lo up && exec "$@"', "sh",
+                sys.executable] + sys.argv
+        return subprocess.run(argv, env=env).returncode
     if args.quick:
         args.duration = 30.0
     args.exporter_args = args.exporter_args.split()

@@ -5,6 +5,10 @@
 
 One query per block; '#' lines are comments. A block with a '# may be empty'
 comment must evaluate without error; every other block must also return data.
+
+With --exporter URL (an exporter's /metrics), a block that uses a lifecycle family
+(families.LIFECYCLE) which that exporter does not serve is skipped and reported as
+SKIP; without it, or when the exporter serves the family, the block runs as any other.
 """
 
 import argparse
@@ -13,6 +17,8 @@ import re
 import sys
 import urllib.parse
 import urllib.request
+
+from families import lacking, served
 
 
 def blocks(text):
@@ -36,17 +42,24 @@ def query(base, q):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--prom", required=True)
+    ap.add_argument("--exporter", help="an exporter's /metrics URL: skip lifecycle queries it cannot answer")
     ap.add_argument("files", nargs="+")
     args = ap.parse_args()
-    errors = total = 0
+    families = served(args.exporter) if args.exporter else None
+    errors = total = skipped = 0
     for path in args.files:
         with open(path) as f:
             text = f.read()
         for line_no, q, may_be_empty in blocks(text):
             total += 1
-            res = query(args.prom, q)
             where = f"{path}:{line_no}"
             one_line = " ".join(q.split())
+            missing = lacking(q, families) if families is not None else []
+            if missing:
+                skipped += 1
+                print(f"SKIP  {where}: the exporter serves no {', '.join(missing)}: {one_line[:90]}")
+                continue
+            res = query(args.prom, q)
             if res.get("status") != "success":
                 errors += 1
                 print(f"ERROR {where}: {one_line}\n      {res.get('errorType')}: {res.get('error')}")
@@ -60,7 +73,7 @@ def main():
     if total == 0:
         print("no ```promql blocks found")
         return 1
-    print(f"{total} queries, {errors} error(s)")
+    print(f"{total} queries, {errors} error(s), {skipped} skipped (lifecycle families not served)")
     return 1 if errors else 0
 
 
