@@ -36,6 +36,9 @@ scripts/fuzz.sh --replay
 step "benchmark smoke run"
 python3 bench/run.py --smoke --exporter "$CONN_EXPORTER_BIN"
 
+step "series churn, quick run (network_connection_peers creates at most 30 series)"
+python3 bench/churn.py --quick --exporter "$CONN_EXPORTER_BIN"
+
 step "load test, quick run"
 python3 bench/load.py --quick --exporter "$CONN_EXPORTER_BIN"
 
