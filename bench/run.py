@@ -26,8 +26,9 @@ mean over the rounds is reported) and from RUSAGE_CHILDREN around each command. 
 gives both, and both ratios: the exporter works on several threads (decoding, encoding,
 gzip) where ss works on one, so wall time alone flatters it on a multi-core host.
 
---smoke (N=2000, 3 rounds) exits non-zero if a scrape failed or the exporter's
-ESTABLISHED series do not match `ss` within the tolerance; CI runs it.
+--smoke (N=2000, 3 rounds) exits non-zero if a scrape failed, if the exporter's
+ESTABLISHED series (per-connection, states or peers) do not match `ss` within the
+tolerance, or if the peers scrape has per-connection series; CI runs it.
 
 Python 3.11 standard library only. Needs root only if loadgen must raise sysctls.
 """
