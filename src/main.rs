@@ -18,6 +18,7 @@ use conn_exporter::config::{version_line, Args, Config, HashPasswordArgs, Listen
 use conn_exporter::exporter::Exporter;
 use conn_exporter::http::{self, App};
 use conn_exporter::logging;
+use conn_exporter::metrics::CollectorName;
 use conn_exporter::webconfig::WebConfigFile;
 
 /// glibc keeps a big scrape's memory in per-thread arenas for good (settled RSS stayed at
@@ -162,6 +163,9 @@ fn run(config: Config, web: Option<WebConfigFile>) -> Result<()> {
         let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
         let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
         let mut exporter = Exporter::new(config.exporter.clone());
+        if config.exporter.collectors.contains(CollectorName::Lifecycle) {
+            conn_exporter::lifecycle::subscription::start(exporter.lifecycle());
+        }
         if let Some(web) = &web {
             exporter.set_web_config_status(Arc::clone(&web.status));
         }
