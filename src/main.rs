@@ -164,7 +164,7 @@ fn run(config: Config, web: Option<WebConfigFile>) -> Result<()> {
         let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
         let mut exporter = Exporter::new(config.exporter.clone());
         if config.exporter.collectors.contains(CollectorName::Lifecycle) {
-            conn_exporter::lifecycle::subscription::start(exporter.lifecycle());
+            conn_exporter::lifecycle::subscription::start(exporter.lifecycle(), &config.exporter.procfs);
         }
         if let Some(web) = &web {
             exporter.set_web_config_status(Arc::clone(&web.status));

@@ -16,6 +16,7 @@
 
 use std::io;
 use std::os::fd::AsFd;
+use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,7 +30,7 @@ use crate::iface::InterfaceTable;
 use crate::model::{Endpoint, TcpState};
 use crate::parse::sock_destroy::{self, DestroyedSocket};
 use crate::parse::sock_diag::{self, Batch, DecodeError};
-use crate::source::interfaces;
+use crate::source::{self, interfaces};
 
 /// `SKNLGRP_INET_TCP_DESTROY` and `SKNLGRP_INET6_TCP_DESTROY` (`linux/sock_diag.h`).
 pub const GROUPS: [u32; 2] = [1, 3];
@@ -82,8 +83,17 @@ pub fn subscribe() -> Result<(Socket, usize, &'static str), SubscribeError> {
 }
 
 /// Starts the receiving thread (named `lifecycle`). A refused subscription is logged and
-/// leaves the collector failed; the exporter goes on.
-pub fn start(state: Arc<Lifecycle>) {
+/// leaves the collector failed; the exporter goes on. A `procfs` of another network
+/// namespace (a fixture tree) has no notifications to give: the collector stays off.
+pub fn start(state: Arc<Lifecycle>, procfs: &Path) {
+    if !source::is_own_namespace(procfs) {
+        log::warn!(
+            "lifecycle collector: --path.procfs {} is not this process's network namespace, whose socket-destroy notifications are the only ones it can receive; off",
+            procfs.display()
+        );
+        state.set_status(Status::Failed);
+        return;
+    }
     let (socket, got, how) = match subscribe() {
         Ok(s) => s,
         Err(e) => {

@@ -40,9 +40,13 @@ const FAMILIES: [(&str, &str, fn(&Totals) -> Option<u64>); 5] = [
     ),
 ];
 
-/// Writes the families and `conn_exporter_lifecycle_*`. Returns whether the subscription
-/// runs (the collector's success).
+/// Writes the families and `conn_exporter_lifecycle_*` when the subscription runs
+/// (nothing otherwise: counters that cannot count are no zeros). Returns whether it
+/// runs, the collector's success.
 pub fn write<W: Write>(enc: &mut Encoder<W>, state: &Lifecycle) -> io::Result<bool> {
+    if state.status() != Status::Subscribed {
+        return Ok(false);
+    }
     let (series, merged, table) = {
         let mut c = state.lock();
         (c.series(), c.merged(), c.interfaces())
@@ -73,5 +77,5 @@ pub fn write<W: Write>(enc: &mut Encoder<W>, state: &Lifecycle) -> io::Result<bo
         enc.family(name, Kind::Counter, help)?;
         enc.sample(name, &[], Number::Int(n))?;
     }
-    Ok(state.status() == Status::Subscribed)
+    Ok(true)
 }
