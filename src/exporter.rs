@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 
 use crate::classify::Folding;
 use crate::exposition::Encoder;
+use crate::lifecycle::Lifecycle;
 use crate::metrics::connections::Connections;
 use crate::metrics::peers::Peers;
-use crate::lifecycle::Lifecycle;
 use crate::metrics::{lifecycle, listeners, self_metrics, states, CollectorName, CollectorSet};
 use crate::snapshot::{SharedReads, Snapshot};
 use crate::source::reader::{Reader, SourceChoice};

@@ -53,7 +53,8 @@ impl Counters {
     /// At most `max_series` label sets (0: no bound), remotes folded by `folding`.
     pub fn new(max_series: usize, folding: Folding) -> Counters {
         let reserved = InterfaceTable::default();
-        let iface_names: Vec<String> = (0..reserved.len()).map(|i| reserved.name(IfaceId(i as u16)).to_owned()).collect();
+        let iface_names: Vec<String> =
+            (0..reserved.len()).map(|i| reserved.name(IfaceId(i as u16)).to_owned()).collect();
         let iface_ids = iface_names.iter().enumerate().map(|(i, n)| (n.clone(), IfaceId(i as u16))).collect();
         Counters { series: HashMap::new(), max_series, folding, merged: 0, iface_names, iface_ids, table: None }
     }
@@ -118,7 +119,7 @@ impl Counters {
     /// Every label set with its totals, sorted.
     pub fn series(&self) -> Vec<(PeerKey, Totals)> {
         let mut v: Vec<(PeerKey, Totals)> = self.series.iter().map(|(k, t)| (*k, *t)).collect();
-        v.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        v.sort_unstable_by_key(|e| e.0);
         v
     }
 

@@ -157,7 +157,9 @@ impl Tables {
                 Ok(l) => self.open = l,
                 Err(e) if !self.dump_failed_logged => {
                     self.dump_failed_logged = true;
-                    log::warn!("lifecycle collector: listener dump failed ({e}); directions use the last listeners known");
+                    log::warn!(
+                        "lifecycle collector: listener dump failed ({e}); directions use the last listeners known"
+                    );
                 }
                 Err(_) => {}
             }

@@ -12,7 +12,10 @@ use crate::lifecycle::{Lifecycle, Status, Totals};
 
 /// The families, each from one field of [`Totals`]; a label set appears in a family once
 /// its count is above zero, and counts only grow.
-const FAMILIES: [(&str, &str, fn(&Totals) -> Option<u64>); 5] = [
+/// Which value of [`Totals`] a family shows for a label set, if any.
+type Pick = fn(&Totals) -> Option<u64>;
+
+const FAMILIES: [(&str, &str, Pick); 5] = [
     (
         "network_connections_closed_total",
         "TCP connections that were established and are now closed, by direction, local address, service port, remote address and interface.",

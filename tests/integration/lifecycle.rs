@@ -65,7 +65,9 @@ fn closed_and_failed_connections_and_bytes_are_counted_exactly() {
         assert_eq!(delta("network_connections_closed_total", &outbound), n, "IPv{family} outbound");
         assert_eq!(delta("network_connections_failed_total", &failed_to), refused, "IPv{family} failed");
         // No failed series carries a port: the kernel forgot it.
-        assert!(samples(&after, "network_connections_failed_total").iter().all(|(l, _)| !l.contains_key("destination_port")));
+        assert!(samples(&after, "network_connections_failed_total")
+            .iter()
+            .all(|(l, _)| !l.contains_key("destination_port")));
         // The documented figures: payload sent; received is payload plus the peer's FIN.
         assert_eq!(delta("network_connection_sent_bytes_total", &inbound), n * response, "IPv{family}");
         assert_eq!(delta("network_connection_sent_bytes_total", &outbound), n * request, "IPv{family}");
@@ -112,7 +114,8 @@ fn the_unprivileged_service_user_receives_the_notifications() {
         let t = ns.scrape(&e, "");
         let closed = |dir: &str| {
             sum(&t, "network_connections_closed_total", |l| {
-                l["direction"] == dir && (l.get("source_port") == Some(&port) || l.get("destination_port") == Some(&port))
+                l["direction"] == dir
+                    && (l.get("source_port") == Some(&port) || l.get("destination_port") == Some(&port))
             })
         };
         (closed("inbound") == 50 && closed("outbound") == 50).then_some(())
