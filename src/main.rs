@@ -163,9 +163,6 @@ fn run(config: Config, web: Option<WebConfigFile>) -> Result<()> {
         let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
         let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
         let mut exporter = Exporter::new(config.exporter.clone());
-        if config.exporter.collectors.contains(CollectorName::Lifecycle) {
-            conn_exporter::lifecycle::subscription::start(exporter.lifecycle(), &config.exporter.procfs);
-        }
         if let Some(web) = &web {
             exporter.set_web_config_status(Arc::clone(&web.status));
         }
@@ -176,6 +173,10 @@ fn run(config: Config, web: Option<WebConfigFile>) -> Result<()> {
             config.exporter.procfs.display(),
             config.exporter.collectors.names().collect::<Vec<_>>().join(",")
         );
+        if config.exporter.collectors.contains(CollectorName::Lifecycle) {
+            conn_exporter::lifecycle::subscription::start(exporter.lifecycle(), &config.exporter.procfs);
+        }
+
         let mut listeners = Vec::new();
         for (flag, listen) in &config.listen {
             for listener in bind(flag, listen)? {
