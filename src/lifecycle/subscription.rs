@@ -11,7 +11,7 @@
 //! table, so it costs in proportion to the listeners), made after each batch is drained
 //! and before it is classified, at most once per [`BATCH_PAUSE`]. A listener that existed
 //! when its connections were accepted is still there, or was destroyed in this batch or
-//! lately (kept [`CLOSED_LISTENER_GRACE`]): the last scrape's snapshot would be up to a
+//! lately (kept for `CLOSED_LISTENER_GRACE`): the last scrape's snapshot would be up to a
 //! scrape interval old and miss listeners that live shorter than that.
 
 use std::io;

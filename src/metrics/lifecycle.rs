@@ -10,11 +10,11 @@ use crate::classify::PeerKey;
 use crate::exposition::{Encoder, Kind, Number};
 use crate::lifecycle::{Lifecycle, Status, Totals};
 
-/// The families, each from one field of [`Totals`]; a label set appears in a family once
-/// its count is above zero, and counts only grow.
 /// Which value of [`Totals`] a family shows for a label set, if any.
 type Pick = fn(&Totals) -> Option<u64>;
 
+/// The families, each from one field of [`Totals`]; a label set appears in a family once
+/// its count is above zero, and counts only grow.
 const FAMILIES: [(&str, &str, Pick); 5] = [
     (
         "network_connections_closed_total",
