@@ -12,7 +12,10 @@
 //! and before it is classified, at most once per [`BATCH_PAUSE`]. A listener that existed
 //! when its connections were accepted is still there, or was destroyed in this batch or
 //! lately (kept for `CLOSED_LISTENER_GRACE`): the last scrape's snapshot would be up to a
-//! scrape interval old and miss listeners that live shorter than that.
+//! scrape interval old and miss listeners that live shorter than that. A socket that
+//! looks outbound is held `OUTBOUND_HOLD` (0.5 s) before it is counted so, in case its
+//! listener's notification comes in a later batch; the hold bounds memory to half a
+//! second of notifications.
 
 use std::io;
 use std::os::fd::AsFd;
@@ -25,7 +28,7 @@ use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket, SocketAddr};
 use nix::sys::socket::{getsockopt, setsockopt, sockopt};
 
 use super::{Lifecycle, Status};
-use crate::classify::ListenerSet;
+use crate::classify::{Direction, ListenerSet};
 use crate::iface::InterfaceTable;
 use crate::model::{Endpoint, TcpState};
 use crate::parse::sock_destroy::{self, DestroyedSocket};
@@ -38,6 +41,12 @@ pub const GROUPS: [u32; 2] = [1, 3];
 pub const BATCH_PAUSE: Duration = Duration::from_millis(25);
 /// How long a destroyed listener still makes its port inbound.
 const CLOSED_LISTENER_GRACE: Duration = Duration::from_secs(5);
+/// How long a socket that looks outbound waits before it is counted so. An accepted
+/// socket's notification can be read in one batch and its listener's, queued just after
+/// it by another kernel worker, in the next, with the listener already gone from the
+/// dump in between: held this long, the socket meets its listener among the destroyed
+/// ones and counts inbound. Outbound counts appear this much later.
+const OUTBOUND_HOLD: Duration = Duration::from_millis(500);
 /// How often the interface table is re-read (addresses change rarely).
 const INTERFACES_EVERY: Duration = Duration::from_secs(5);
 /// The receive buffer asked for: 64 MiB holds ~170k messages, about 8 s at 20k/s.
@@ -216,6 +225,8 @@ impl Tables {
 fn run(socket: &Socket, state: &Lifecycle) {
     let mut tables = Tables::new();
     let mut batch: Vec<DestroyedSocket> = Vec::with_capacity(1024);
+    // Sockets that look outbound, held until OUTBOUND_HOLD has passed: see its note.
+    let mut pending: Vec<(DestroyedSocket, Instant)> = Vec::with_capacity(1024);
     let mut buf: Vec<u8> = Vec::with_capacity(8192);
     let mut last_overrun_log: Option<Instant> = None;
     let mut overruns_unlogged = 0u64;
@@ -255,14 +266,19 @@ fn run(socket: &Socket, state: &Lifecycle) {
                 }
             }
         }
-        if !batch.is_empty() {
+        if !batch.is_empty() || !pending.is_empty() {
             tables.refresh(&batch);
+            let now = Instant::now();
+            pending.extend(batch.drain(..).map(|s| (s, now)));
             let mut counters = state.lock();
-            for s in &batch {
-                counters.add(s, &tables.listeners, &tables.interfaces);
-            }
-            drop(counters);
-            batch.clear();
+            pending.retain(|(s, seen)| {
+                let ready = tables.listeners.direction(&s.local) == Direction::Inbound
+                    || now.duration_since(*seen) >= OUTBOUND_HOLD;
+                if ready {
+                    counters.add(s, &tables.listeners, &tables.interfaces);
+                }
+                !ready
+            });
         }
         if empty {
             std::thread::sleep(BATCH_PAUSE);
