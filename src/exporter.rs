@@ -11,6 +11,7 @@ use crate::exposition::Encoder;
 use crate::metrics::connections::Connections;
 use crate::metrics::peers::Peers;
 use crate::metrics::{listeners, self_metrics, states, CollectorName, CollectorSet};
+use crate::netns::NamespaceMode;
 use crate::snapshot::{SharedReads, Snapshot};
 use crate::source::reader::{Reader, SourceChoice};
 use crate::webconfig::ReloadStatus;
@@ -34,6 +35,8 @@ pub struct ExporterConfig {
     pub exporter_metrics: bool,
     /// Where sockets come from.
     pub source: SourceChoice,
+    /// Which network namespaces are read.
+    pub namespaces: NamespaceMode,
 }
 
 /// Why a `collect[]` filter was refused.
@@ -65,7 +68,7 @@ impl Exporter {
     /// An exporter for a configuration.
     pub fn new(config: ExporterConfig) -> Exporter {
         Exporter {
-            reader: Reader::new(config.procfs.clone(), config.source),
+            reader: Reader::new(config.procfs.clone(), config.source).with_namespaces(config.namespaces),
             reads: SharedReads::new(SHARED_READ_WAIT),
             connections: Connections::new(config.max_series),
             peers: Peers::new(config.peers_max_series, config.peers_folding),

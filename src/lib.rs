@@ -20,6 +20,7 @@ pub mod iface;
 pub mod logging;
 pub mod metrics;
 pub mod model;
+pub mod netns;
 pub mod parse;
 pub mod snapshot;
 pub mod source;

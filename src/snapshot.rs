@@ -80,6 +80,16 @@ impl StateCounts {
             Kind::Gauge,
             "Number of TCP sockets by family, interface and state; never truncated by a series limit.",
         )?;
+        self.write_samples(enc, table, None)
+    }
+
+    /// The samples alone, with a namespace's labels in `all` mode.
+    pub fn write_samples<W: Write>(
+        &self,
+        enc: &mut Encoder<W>,
+        table: &InterfaceTable,
+        ns: Option<&NsLabels>,
+    ) -> io::Result<()> {
         for family in Family::ALL {
             for id in 0..self.interfaces {
                 let iface = IfaceId(id as u16);
@@ -93,19 +103,88 @@ impl StateCounts {
                     if state == TcpState::Unknown && n == 0 {
                         continue;
                     }
-                    enc.sample(
-                        "network_connection_states",
-                        &[
-                            ("family", Value::Str(family.label())),
-                            ("interface", Value::Str(table.name(iface))),
-                            ("state", Value::Str(state.label())),
-                        ],
-                        Number::Int(n),
-                    )?;
+                    let labels = [
+                        ("family", Value::Str(family.label())),
+                        ("interface", Value::Str(table.name(iface))),
+                        ("state", Value::Str(state.label())),
+                    ];
+                    match ns {
+                        None => enc.sample("network_connection_states", &labels, Number::Int(n))?,
+                        Some(ns) => {
+                            let mut all = labels.to_vec();
+                            ns.extend(&mut all);
+                            enc.sample("network_connection_states", &all, Number::Int(n))?
+                        }
+                    }
                 }
             }
         }
         Ok(())
+    }
+}
+
+/// The labels of a network namespace (`--collector.namespaces=all`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NsLabels {
+    /// `netns`: `host`, the `ip netns` name, the container, or `netns-<inode>`.
+    pub netns: String,
+    /// `container_id`; empty outside a container.
+    pub container_id: String,
+    /// `pod_uid`; empty outside a Kubernetes pod.
+    pub pod_uid: String,
+}
+
+impl NsLabels {
+    /// Adds the three labels to a sample's labels, keeping them in name order.
+    pub fn extend<'a>(&'a self, labels: &mut Vec<(&'a str, Value<'a>)>) {
+        labels.push(("container_id", Value::Str(&self.container_id)));
+        labels.push(("netns", Value::Str(&self.netns)));
+        labels.push(("pod_uid", Value::Str(&self.pod_uid)));
+        labels.sort_by_key(|l| l.0);
+    }
+}
+
+/// One network namespace's part of a read in `all` mode.
+#[derive(Debug)]
+pub struct Space {
+    /// Its labels.
+    pub labels: NsLabels,
+    /// Its interfaces (its `eth0` is not the host's).
+    pub table: InterfaceTable,
+    /// Its sockets, sorted.
+    pub keys: Vec<SeriesKey>,
+    /// Its listeners, sorted.
+    pub listeners: Vec<ListenerRecord>,
+    /// Its exact counts.
+    pub counts: StateCounts,
+    /// Whether its listeners' backlog limits are known.
+    pub queue_limits: bool,
+}
+
+/// What a family writes from: the whole read in `host` mode, one namespace in `all` mode.
+#[derive(Clone, Copy)]
+pub struct Part<'a> {
+    /// The namespace's labels; `None` in `host` mode, where no label is added.
+    pub ns: Option<&'a NsLabels>,
+    /// Interfaces.
+    pub table: &'a InterfaceTable,
+    /// Sockets, sorted.
+    pub keys: &'a [SeriesKey],
+    /// Listeners, sorted.
+    pub listeners: &'a [ListenerRecord],
+    /// Exact counts.
+    pub counts: &'a StateCounts,
+    /// Whether listeners' backlog limits are known.
+    pub queue_limits: bool,
+}
+
+impl Part<'_> {
+    /// A sample's labels with the namespace's added, when there is one.
+    pub fn labels<'a>(&'a self, mut labels: Vec<(&'a str, Value<'a>)>) -> Vec<(&'a str, Value<'a>)> {
+        if let Some(ns) = self.ns {
+            ns.extend(&mut labels);
+        }
+        labels
     }
 }
 
@@ -127,6 +206,9 @@ pub struct Snapshot {
     pub ok: bool,
     /// How long the read took.
     pub read_time: Duration,
+    /// In `all` mode, every namespace (the fields above are then unused); empty in
+    /// `host` mode.
+    pub spaces: Vec<Space>,
 }
 
 impl Snapshot {
@@ -142,7 +224,33 @@ impl Snapshot {
             queue_limits: false,
             ok: false,
             read_time: Duration::ZERO,
+            spaces: Vec::new(),
         }
+    }
+
+    /// What the families write from, one part per namespace in `all` mode.
+    pub fn parts(&self) -> Vec<Part<'_>> {
+        if self.spaces.is_empty() {
+            return vec![Part {
+                ns: None,
+                table: &self.table,
+                keys: &self.keys,
+                listeners: &self.listeners,
+                counts: &self.counts,
+                queue_limits: self.queue_limits,
+            }];
+        }
+        self.spaces
+            .iter()
+            .map(|s| Part {
+                ns: Some(&s.labels),
+                table: &s.table,
+                keys: &s.keys,
+                listeners: &s.listeners,
+                counts: &s.counts,
+                queue_limits: s.queue_limits,
+            })
+            .collect()
     }
 }
 
