@@ -8,6 +8,7 @@ mod golden;
 mod hash_password;
 mod hostile;
 mod live;
+mod namespaces;
 mod ns;
 mod peers;
 mod prometheus;
