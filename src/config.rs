@@ -148,6 +148,11 @@ pub struct Args {
     #[arg(long = "collector.namespaces", value_enum, default_value = "host")]
     pub namespaces: crate::netns::NamespaceMode,
 
+    /// Label per-connection and listener series with the owning process (`process`,
+    /// its comm) and its `systemd_unit`; a shared socket takes the lowest pid's owner.
+    #[arg(long = "collector.connections.owner")]
+    pub owners: bool,
+
     /// Only log messages with the given severity or above.
     #[arg(long = "log.level", value_enum, default_value = "info")]
     pub log_level: LogLevel,
@@ -287,6 +292,7 @@ impl Config {
                 exporter_metrics: !args.disable_exporter_metrics,
                 source: args.source,
                 namespaces: args.namespaces,
+                owners: args.owners,
             },
             log_level: args.log_level.into(),
             log_format: args.log_format,

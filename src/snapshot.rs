@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use crate::exposition::{Encoder, Kind, Number, Value};
 use crate::iface::{IfaceId, InterfaceTable};
 use crate::model::{Endpoint, Family, TcpState};
+use crate::owners::{OwnerId, OwnerTable};
 
 /// A socket reduced to what the per-connection and peers families need: 44 bytes, no
 /// heap, sorted so that duplicates are adjacent.
@@ -23,6 +24,8 @@ pub struct SeriesKey {
     pub state: TcpState,
     /// Interface of the local address.
     pub iface: IfaceId,
+    /// Owning process (`--collector.connections.owner`); always 0 without it.
+    pub owner: OwnerId,
 }
 
 /// A listening socket and its queues.
@@ -32,6 +35,8 @@ pub struct ListenerRecord {
     pub local: Endpoint,
     /// Interface of the local address.
     pub iface: IfaceId,
+    /// Owning process; always 0 without `--collector.connections.owner`.
+    pub owner: OwnerId,
     /// Connections waiting to be accepted.
     pub queue_length: u32,
     /// Backlog limit; meaningful only where [`Snapshot::queue_limits`] is true.
@@ -176,13 +181,26 @@ pub struct Part<'a> {
     pub counts: &'a StateCounts,
     /// Whether listeners' backlog limits are known.
     pub queue_limits: bool,
+    /// Socket owners, with `--collector.connections.owner`.
+    pub owners: Option<&'a OwnerTable>,
 }
 
 impl Part<'_> {
-    /// A sample's labels with the namespace's added, when there is one.
-    pub fn labels<'a>(&'a self, mut labels: Vec<(&'a str, Value<'a>)>) -> Vec<(&'a str, Value<'a>)> {
+    /// Whether samples get labels beyond the family's own.
+    pub fn extra_labels(&self) -> bool {
+        self.ns.is_some() || self.owners.is_some()
+    }
+
+    /// A sample's labels with the namespace's and the owner's added where they apply,
+    /// in name order.
+    pub fn labels<'a>(&'a self, mut labels: Vec<(&'a str, Value<'a>)>, owner: OwnerId) -> Vec<(&'a str, Value<'a>)> {
         if let Some(ns) = self.ns {
             ns.extend(&mut labels);
+        }
+        if let Some(owners) = self.owners {
+            labels.push(("process", Value::Str(owners.process(owner))));
+            labels.push(("systemd_unit", Value::Str(owners.unit(owner))));
+            labels.sort_by_key(|l| l.0);
         }
         labels
     }
@@ -209,6 +227,8 @@ pub struct Snapshot {
     /// In `all` mode, every namespace (the fields above are then unused); empty in
     /// `host` mode.
     pub spaces: Vec<Space>,
+    /// Socket owners, with `--collector.connections.owner`.
+    pub owners: Option<std::sync::Arc<OwnerTable>>,
 }
 
 impl Snapshot {
@@ -225,6 +245,7 @@ impl Snapshot {
             ok: false,
             read_time: Duration::ZERO,
             spaces: Vec::new(),
+            owners: None,
         }
     }
 
@@ -238,6 +259,7 @@ impl Snapshot {
                 listeners: &self.listeners,
                 counts: &self.counts,
                 queue_limits: self.queue_limits,
+                owners: self.owners.as_deref(),
             }];
         }
         self.spaces
@@ -249,6 +271,7 @@ impl Snapshot {
                 listeners: &s.listeners,
                 counts: &s.counts,
                 queue_limits: s.queue_limits,
+                owners: self.owners.as_deref(),
             })
             .collect()
     }

@@ -62,13 +62,14 @@ impl Connections {
                     ("source_port", Value::Int(u64::from(k.local.port))),
                     ("state", Value::Str(k.state.label())),
                 ];
-                match part.ns {
-                    None => enc.sample("network_connections_info", &labels, Number::Int(run.len() as u64))?,
-                    Some(_) => enc.sample(
+                if part.extra_labels() {
+                    enc.sample(
                         "network_connections_info",
-                        &part.labels(labels.to_vec()),
+                        &part.labels(labels.to_vec(), k.owner),
                         Number::Int(run.len() as u64),
-                    )?,
+                    )?
+                } else {
+                    enc.sample("network_connections_info", &labels, Number::Int(run.len() as u64))?
                 }
             }
         }

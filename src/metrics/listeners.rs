@@ -43,7 +43,7 @@ pub fn write<W: Write>(enc: &mut Encoder<W>, snap: &Snapshot) -> io::Result<()> 
                     ("source_address", Value::Ip(l.local.ip)),
                     ("source_port", Value::Int(u64::from(l.local.port))),
                 ];
-                enc.sample(name, &part.labels(labels), Number::Int(u64::from(value(l))))?;
+                enc.sample(name, &part.labels(labels, l.owner), Number::Int(u64::from(value(l))))?;
             }
         }
     }
@@ -55,7 +55,7 @@ fn merge(sorted: &[ListenerRecord]) -> Vec<ListenerRecord> {
     let mut out: Vec<ListenerRecord> = Vec::with_capacity(sorted.len());
     for l in sorted {
         match out.last_mut() {
-            Some(last) if last.local == l.local && last.iface == l.iface => {
+            Some(last) if last.local == l.local && last.iface == l.iface && last.owner == l.owner => {
                 last.queue_length = last.queue_length.saturating_add(l.queue_length);
                 last.queue_limit = last.queue_limit.saturating_add(l.queue_limit);
             }
@@ -76,6 +76,7 @@ mod tests {
         let l = |port, q, lim| ListenerRecord {
             local: Endpoint::new("127.0.0.1".parse().unwrap(), port),
             iface: IfaceId::LOOPBACK,
+            owner: crate::owners::OwnerId::default(),
             queue_length: q,
             queue_limit: lim,
         };

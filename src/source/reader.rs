@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::sock_diag::SockDiag;
@@ -11,6 +12,7 @@ use crate::iface::InterfaceTable;
 use crate::logging::RateLimit;
 use crate::model::{Connection, Family, TcpState};
 use crate::netns::{NamespaceMode, Namespaces};
+use crate::owners::{OwnerId, OwnerTable, Owners};
 use crate::snapshot::{ListenerRecord, NsLabels, SeriesKey, Snapshot, Space, StateCounts};
 
 /// Where sockets are read from (`--collector.connections.source`).
@@ -50,11 +52,14 @@ pub struct Reader {
     warn_limits: [RateLimit; 5],
     /// Every network namespace's threads, in `--collector.namespaces=all` mode.
     namespaces: Option<Namespaces>,
+    /// The socket owner walk, with `--collector.connections.owner`.
+    owners: Option<Owners>,
 }
 
 /// What a read fills in, so that a fallback can start it over.
 struct Fill<'a> {
     table: &'a InterfaceTable,
+    owners: Option<&'a OwnerTable>,
     counts: StateCounts,
     keys: Vec<SeriesKey>,
     listeners: Vec<ListenerRecord>,
@@ -64,17 +69,19 @@ struct Fill<'a> {
 impl Fill<'_> {
     fn add(&mut self, c: Connection) {
         let iface = self.table.resolve(&c.local, c.if_index);
+        let owner = self.owners.map_or(OwnerId::default(), |o| o.owner(u64::from(c.inode)));
         self.counts.add(c.family(), iface, c.state);
         if c.state == TcpState::Listen {
             self.listeners.push(ListenerRecord {
                 local: c.local,
                 iface,
+                owner,
                 queue_length: c.recv_queue,
                 queue_limit: c.send_queue,
             });
         }
         if self.want_keys {
-            self.keys.push(SeriesKey { local: c.local, remote: c.remote, state: c.state, iface });
+            self.keys.push(SeriesKey { local: c.local, remote: c.remote, state: c.state, iface, owner });
         }
     }
 
@@ -87,10 +94,16 @@ impl Fill<'_> {
 
 /// Reads the namespace the calling thread is in, over netlink only (a namespace's
 /// thread has no procfs of its own to fall back to). The labels are the caller's.
-fn dump_namespace(want_keys: bool) -> Result<Space, SourceError> {
+fn dump_namespace(want_keys: bool, owners: Option<&OwnerTable>) -> Result<Space, SourceError> {
     let table = interfaces::read_live()?;
-    let mut fill =
-        Fill { table: &table, counts: StateCounts::new(&table), keys: Vec::new(), listeners: Vec::new(), want_keys };
+    let mut fill = Fill {
+        table: &table,
+        owners,
+        counts: StateCounts::new(&table),
+        keys: Vec::new(),
+        listeners: Vec::new(),
+        want_keys,
+    };
     let diag = SockDiag::open()?;
     for result in diag.dump_all(&mut |c| fill.add(c)) {
         result?;
@@ -131,7 +144,15 @@ impl Reader {
             last_socket_count: AtomicUsize::new(0),
             warn_limits: std::array::from_fn(|_| RateLimit::new(Duration::from_secs(60))),
             namespaces: None,
+            owners: None,
         }
+    }
+
+    /// Labels sockets with their owning process (`--collector.connections.owner`), the
+    /// descriptor walk of one read bounded by `budget`.
+    pub fn with_owners(mut self, on: bool, budget: Duration) -> Reader {
+        self.owners = on.then(|| Owners::new(self.procfs.clone(), budget));
+        self
     }
 
     /// Reads every network namespace (`all`) or the own one only (`host`). In `all` mode
@@ -211,21 +232,29 @@ impl Reader {
     /// Reads interfaces and sockets: of the own namespace, or in `all` mode of every
     /// namespace, each on its own thread while the own one is read here.
     pub fn read(&self, want_keys: bool) -> Snapshot {
-        match &self.namespaces {
-            None => self.read_own(want_keys),
-            Some(namespaces) => self.read_all(namespaces, want_keys),
-        }
+        let start = Instant::now();
+        let owners = self.owners.as_ref().map(|o| Arc::new(o.table()));
+        let mut snap = match &self.namespaces {
+            None => self.read_own(want_keys, owners.as_deref()),
+            Some(namespaces) => self.read_all(namespaces, want_keys, owners.as_ref()),
+        };
+        snap.owners = owners;
+        snap.read_time = start.elapsed();
+        snap
     }
 
-    fn read_all(&self, namespaces: &Namespaces, want_keys: bool) -> Snapshot {
+    fn read_all(&self, namespaces: &Namespaces, want_keys: bool, owners: Option<&Arc<OwnerTable>>) -> Snapshot {
         let start = Instant::now();
         let found = namespaces.discover();
         let pending: Vec<_> = found
             .iter()
             .filter(|f| !f.own)
-            .map(|f| (f, namespaces.run(f, move || dump_namespace(want_keys))))
+            .map(|f| {
+                let owners = owners.cloned();
+                (f, namespaces.run(f, move || dump_namespace(want_keys, owners.as_deref())))
+            })
             .collect();
-        let own = self.read_own(want_keys);
+        let own = self.read_own(want_keys, owners.map(|o| &**o));
         let mut ok = own.ok;
         let labels = |f: &crate::netns::Found| NsLabels {
             netns: f.name.clone(),
@@ -268,16 +297,18 @@ impl Reader {
             ok,
             read_time: start.elapsed(),
             spaces,
+            owners: None,
         }
     }
 
     /// Reads interfaces and sockets. Per socket: resolve the interface, count, keep
     /// listeners, and (when `want_keys`) a 44-byte key; nothing else is allocated.
-    fn read_own(&self, want_keys: bool) -> Snapshot {
+    fn read_own(&self, want_keys: bool, owners: Option<&OwnerTable>) -> Snapshot {
         let start = Instant::now();
         let (table, table_ok) = self.read_interfaces();
         let mut fill = Fill {
             table: &table,
+            owners,
             counts: StateCounts::new(&table),
             keys: Vec::new(),
             listeners: Vec::new(),
@@ -302,6 +333,7 @@ impl Reader {
             ok: table_ok && sockets_ok,
             read_time: start.elapsed(),
             spaces: Vec::new(),
+            owners: None,
         }
     }
 

@@ -10,6 +10,7 @@ mod hostile;
 mod live;
 mod namespaces;
 mod ns;
+mod owners;
 mod peers;
 mod prometheus;
 mod robustness;
