@@ -149,3 +149,42 @@ fn all_mode_labels_every_socket_of_twenty_namespaces_with_its_namespace_and_inte
         assert_eq!(listening.len(), 2, "{name}: two listeners: {listening:?}");
     }
 }
+
+#[test]
+fn without_the_capabilities_all_mode_says_which_is_missing_and_serves_its_own_namespace() {
+    let root = Netns::new("cxcap-root");
+    let other = Netns::new("cxcap-other");
+    let script = repo().join("tests/scenarios/netns_states.py");
+    root.exec(&["ip", "addr", "add", "10.212.0.2/24", "dev", "lo"]);
+    other.exec(&["ip", "addr", "add", "10.212.1.2/24", "dev", "lo"]);
+    let (_held, _) = other.hold(script.to_str().unwrap(), &["10.212.1.2", "10.212.1.3"]);
+    // Root without CAP_SYS_ADMIN and CAP_SYS_PTRACE (gone from the bounding set before
+    // exec, so neither is permitted).
+    let e = crate::util::Exporter::start_with(
+        &[
+            "ip",
+            "netns",
+            "exec",
+            &root.0,
+            "setpriv",
+            "--bounding-set=-sys_admin,-sys_ptrace",
+            "--inh-caps=-sys_admin,-sys_ptrace",
+            crate::util::binary(),
+        ],
+        &["--collector.namespaces=all"],
+    );
+    let said = e.wait_log("missing CAP_SYS_ADMIN and CAP_SYS_PTRACE");
+    assert!(said.contains("--collector.namespaces=all"), "{said}");
+    let text = root.scrape(&e, "");
+    for (l, v) in samples(&text, "conn_exporter_scrape_collector_success") {
+        assert_eq!(v, 0.0, "{l:?}: a namespace could not be entered\n{text}");
+    }
+    let conns = samples(&text, "network_connections_info");
+    let port = e.addr.port().to_string();
+    assert!(
+        conns.iter().any(|(l, _)| l["netns"] == "host" && l["source_port"] == port && l["state"] == "LISTEN"),
+        "its own namespace is still served:\n{text}"
+    );
+    assert!(!conns.iter().any(|(l, _)| l["netns"] == other.0), "no namespace it could not enter:\n{text}");
+    e.wait_log("needs CAP_SYS_ADMIN");
+}
