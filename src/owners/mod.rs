@@ -70,6 +70,24 @@ pub fn unit_of(cgroup_text: &str) -> String {
     path.split('/').rfind(|c| c.ends_with(".service") || c.ends_with(".scope")).unwrap_or("").to_owned()
 }
 
+/// Capabilities the owner walk needs for other users' processes and this process
+/// lacks: CAP_DAC_READ_SEARCH (bit 2) to list their `fd` directories, CAP_SYS_PTRACE
+/// (bit 19) to read the links in them. Root owns most processes and needs neither for
+/// its own.
+pub fn missing_capabilities(procfs: &Path) -> Vec<&'static str> {
+    let status = std::fs::read_to_string(procfs.join("self/status")).unwrap_or_default();
+    let effective = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .unwrap_or(0);
+    [(2, "CAP_DAC_READ_SEARCH"), (19, "CAP_SYS_PTRACE")]
+        .into_iter()
+        .filter(|(bit, _)| effective & (1u64 << bit) == 0)
+        .map(|(_, name)| name)
+        .collect()
+}
+
 /// The inode in a descriptor link's text, `socket:[12345]`.
 pub fn socket_inode(link: &str) -> Option<u64> {
     link.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()

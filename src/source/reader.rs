@@ -151,6 +151,15 @@ impl Reader {
     /// Labels sockets with their owning process (`--collector.connections.owner`), the
     /// descriptor walk of one read bounded by `budget`.
     pub fn with_owners(mut self, on: bool, budget: Duration) -> Reader {
+        if on {
+            let missing = crate::owners::missing_capabilities(&self.procfs);
+            if !missing.is_empty() {
+                log::warn!(
+                    "--collector.connections.owner: missing {}; sockets of other users' processes get process=\"\"",
+                    missing.join(" and ")
+                );
+            }
+        }
         self.owners = on.then(|| Owners::new(self.procfs.clone(), budget));
         self
     }
