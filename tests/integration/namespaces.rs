@@ -97,6 +97,7 @@ fn all_mode_labels_every_socket_of_twenty_namespaces_with_its_namespace_and_inte
     let conns = samples(&text, "network_connections_info");
     let states = samples(&text, "network_connection_states");
     let listeners = samples(&text, "network_listen_queue_length");
+    let peers = samples(&text, "network_connection_peers");
     for s in samples(&text, "conn_exporter_scrape_collector_success") {
         assert_eq!(s.1, 1.0, "{s:?}\n{text}");
     }
@@ -145,6 +146,17 @@ fn all_mode_labels_every_socket_of_twenty_namespaces_with_its_namespace_and_inte
             want.iter().filter(|(k, _)| k.0 == "ESTABLISHED" && k.1 == *addr).map(|(_, n)| n).sum();
         assert!(ss_eth0_estab > 0, "{name}: the script's ESTABLISHED pair is on eth0: {want:?}");
         assert_eq!(eth0_estab as u64, ss_eth0_estab, "{name}: ESTABLISHED on eth0 against ss");
+        // Peers: this namespace's non-listening sockets, classified against its listeners.
+        let peer_sum: f64 = peers.iter().filter(|(l, _)| &l["netns"] == name).map(|(_, v)| v).sum();
+        let non_listening: u64 = want.iter().filter(|(k, _)| k.0 != "LISTEN").map(|(_, n)| n).sum();
+        assert_eq!(peer_sum as u64, non_listening, "{name}: network_connection_peers against ss");
+        assert!(
+            peers.iter().any(|(l, _)| &l["netns"] == name
+                && l["direction"] == "inbound"
+                && l.get("source_port").map(String::as_str) == Some("8080")
+                && l["interface"] == "eth0"),
+            "{name}: the inbound peers of its own listener on eth0"
+        );
         let listening: Vec<_> = listeners.iter().filter(|(l, _)| &l["netns"] == name).collect();
         assert_eq!(listening.len(), 2, "{name}: two listeners: {listening:?}");
     }
