@@ -14,6 +14,7 @@ For each size N (plus an empty host first), the runner:
        (c) ss -tanH > /dev/null
        (d) cat /proc/net/tcp /proc/net/tcp6 > /dev/null
        (e) GET node_exporter /metrics                  (tcpstat only)
+       (f) GET conn-exporter /metrics?collect[]=peers  (network_connection_peers only)
      rotating which measure starts each round so none always follows the same neighbour;
   5. reads the exporter's peak RSS (VmHWM) and, --settle seconds after the last scrape, its
      settled RSS (VmRSS); stops everything and waits for the sockets to go away.
@@ -25,8 +26,9 @@ mean over the rounds is reported) and from RUSAGE_CHILDREN around each command. 
 gives both, and both ratios: the exporter works on several threads (decoding, encoding,
 gzip) where ss works on one, so wall time alone flatters it on a multi-core host.
 
---smoke (N=2000, 3 rounds) exits non-zero if a scrape failed or the exporter's
-ESTABLISHED series do not match `ss` within the tolerance; CI runs it.
+--smoke (N=2000, 3 rounds) exits non-zero if a scrape failed, if the exporter's
+ESTABLISHED series (per-connection, states or peers) do not match `ss` within the
+tolerance, or if the peers scrape has per-connection series; CI runs it.
 
 Python 3.11 standard library only. Needs root only if loadgen must raise sysctls.
 """
@@ -66,6 +68,7 @@ MEASURES = [
     ("c", "ss -tanH"),
     ("d", "cat /proc/net/tcp*"),
     ("e", "node_exporter tcpstat"),
+    ("f", "conn-exporter peers"),
 ]
 
 
@@ -248,6 +251,8 @@ class SizeResult:
     series_established: int = 0
     series_duplicates: int = 0
     states_established: float | None = None
+    peers_established: float | None = None
+    peers_has_info: bool = False
     node_established: float | None = None
     rss_idle_kib: int = 0
     rss_peak_kib: int = 0
@@ -326,12 +331,13 @@ def run_size(n: int, args, procs: Processes, tmp: str) -> SizeResult:
             "a": (exp_port, "/metrics"),
             "b": (exp_port, "/metrics?collect%5B%5D=states"),
             "e": (node_port, "/metrics"),
+            "f": (exp_port, "/metrics?collect%5B%5D=peers"),
         }
         active = [k for k, _ in MEASURES if k in "cde" or exporter]
 
         # First scrape of each endpoint: untimed in the statistics, parsed and checked.
         ss_before = ss_established()
-        for k in [x for x in ("a", "b", "e") if x in active]:
+        for k in [x for x in ("a", "b", "e", "f") if x in active]:
             port, path = targets[k]
             r = http_get(port, path, hdrs, True, timeout)
             res.first[k] = r.seconds
@@ -345,6 +351,9 @@ def run_size(n: int, args, procs: Processes, tmp: str) -> SizeResult:
                     count_series(r.body, args.series_metric)
             elif k == "b":
                 res.states_established = established_value(r.body, args.states_metric)
+            elif k == "f":
+                res.peers_established = established_value(r.body, "network_connection_peers")
+                res.peers_has_info = any(True for _ in parse_samples(r.body, {args.series_metric}))
             else:
                 res.node_established = established_value(r.body, "node_tcp_connection_states")
         ss_after = ss_established()
@@ -360,7 +369,7 @@ def run_size(n: int, args, procs: Processes, tmp: str) -> SizeResult:
             order = active[rnd % len(active):] + active[:rnd % len(active)]
             for k in order:
                 if k in targets:
-                    pid = exporter.pid if k in "ab" else node.pid
+                    pid = exporter.pid if k in "abf" else node.pid
                     c0 = proc_cpu_seconds(pid)
                     r = http_get(*targets[k], hdrs, False, timeout)
                     cpu = proc_cpu_seconds(pid) - c0
@@ -430,6 +439,15 @@ def check_counts(res: SizeResult, ss_before: int, ss_after: int, args) -> None:
         elif not within(res.states_established):
             res.failures.append(f"{args.states_metric} established = {res.states_established:.0f}, "
                                 f"ss saw {lo}..{hi}")
+    if args.exporter_bin and "f" in res.first and not any("(f)" in f for f in res.failures):
+        # Every ESTABLISHED socket is a peer (inbound or outbound), counted once.
+        if res.peers_established is None:
+            res.failures.append("network_connection_peers{state=ESTABLISHED} missing in peers scrape")
+        elif not within(res.peers_established):
+            res.failures.append(f"network_connection_peers established = {res.peers_established:.0f}, "
+                                f"ss saw {lo}..{hi}")
+        if res.peers_has_info:
+            res.failures.append(f"the collect[]=peers scrape has {args.series_metric} series")
     if res.node_established is not None and not within(res.node_established):
         # node_exporter is the reference, not the subject: report, do not fail.
         log(f"note: node_exporter says {res.node_established:.0f} established, ss {lo}..{hi}")
@@ -489,7 +507,8 @@ def print_size(res: SizeResult, args) -> None:
         first = f"{res.first[k] * 1000:.1f}" if k in res.first else ""
         print(f"  ({k}) {label:<24} {fmt_ms(res.times[k]):>28} {fmt_cpu(res, k):>28} {first:>9}")
     print(f"  ratios: (a)/(c) wall {ratio(res, 'a', 'c')}, CPU {cpu_ratio(res, 'a', 'c')}; "
-          f"(b)/(e) wall {ratio(res, 'b', 'e')}, CPU {cpu_ratio(res, 'b', 'e')}")
+          f"(b)/(e) wall {ratio(res, 'b', 'e')}, CPU {cpu_ratio(res, 'b', 'e')}; "
+          f"(f)/(b) wall {ratio(res, 'f', 'b')}, CPU {cpu_ratio(res, 'f', 'b')}")
     if args.exporter_bin:
         print(f"  conn-exporter RSS MiB: idle {mib(res.rss_idle_kib)}, peak (VmHWM) "
               f"{mib(res.rss_peak_kib)}, settled (VmRSS {args.settle:.0f} s after) "
@@ -497,7 +516,8 @@ def print_size(res: SizeResult, args) -> None:
         print(f"  conn-exporter body: {res.body_bytes} bytes decoded, {res.wire_bytes.get('a', 0)} "
               f"on the wire; {res.series_total} series, {res.series_established} ESTABLISHED, "
               f"{res.series_duplicates} duplicates; states says "
-              f"{res.states_established if res.states_established is not None else 'n/a'} established")
+              f"{res.states_established if res.states_established is not None else 'n/a'} established, "
+              f"peers says {res.peers_established if res.peers_established is not None else 'n/a'}")
     print(f"  node_exporter: peak RSS {mib(res.node_rss_peak_kib)} MiB, says "
           f"{res.node_established if res.node_established is not None else 'n/a'} established")
     for f in res.failures:
@@ -511,9 +531,9 @@ def markdown(results: list[SizeResult], args) -> str:
         f"source `{args.source or 'default'}`. Ratios: wall of the medians, CPU of the means.",
         "",
         "| Connections | ESTABLISHED sockets | (a) full scrape | (b) states scrape | (c) `ss -tanH` "
-        "| (d) `cat /proc/net/tcp*` | (e) node_exporter | (a)/(c) wall | (a)/(c) CPU "
-        "| (b)/(e) wall | (b)/(e) CPU |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| (d) `cat /proc/net/tcp*` | (e) node_exporter | (f) peers scrape | (a)/(c) wall "
+        "| (a)/(c) CPU | (b)/(e) wall | (b)/(e) CPU | (f)/(b) wall | (f)/(b) CPU |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
 
     def cell(r: SizeResult, k: str) -> str:
@@ -525,7 +545,7 @@ def markdown(results: list[SizeResult], args) -> str:
         lines.append(
             f"| {r.n:,} | {r.ss_established:,} | " + " | ".join(cell(r, k) for k, _ in MEASURES)
             + f" | {ratio(r, 'a', 'c')} | {cpu_ratio(r, 'a', 'c')} | {ratio(r, 'b', 'e')} "
-            f"| {cpu_ratio(r, 'b', 'e')} |")
+            f"| {cpu_ratio(r, 'b', 'e')} | {ratio(r, 'f', 'b')} | {cpu_ratio(r, 'f', 'b')} |")
     lines += [
         "",
         "| Connections | RSS idle MiB | RSS peak (VmHWM) MiB | RSS settled MiB "

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Every test of conn-exporter, from a bare Debian machine: installs what the tests need,
 # then formatting, lints, unit and integration tests (real sockets, ss, promtool, a real
-# Prometheus), the operations kit's tests, the fuzz corpora replay, and the benchmark's
-# and load test's quick runs. Needs root.
+# Prometheus), the operations kit's tests, the fuzz corpora replay, and the benchmark's,
+# load test's and series churn benchmark's quick runs. Needs root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 step() { printf '\n==> %s\n' "$*"; }
@@ -35,6 +35,9 @@ scripts/fuzz.sh --replay
 
 step "benchmark smoke run"
 python3 bench/run.py --smoke --exporter "$CONN_EXPORTER_BIN"
+
+step "series churn, quick run (network_connection_peers creates at most 30 series)"
+python3 bench/churn.py --quick --exporter "$CONN_EXPORTER_BIN"
 
 step "load test, quick run"
 python3 bench/load.py --quick --exporter "$CONN_EXPORTER_BIN"

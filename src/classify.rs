@@ -3,6 +3,7 @@
 //! addresses into `other`. No kernel access: listeners and sockets in, keys out.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::iface::IfaceId;
@@ -182,6 +183,50 @@ impl PeerKey {
     }
 }
 
+/// A multiply-rotate hasher for peer keys: the counting map is fed one key per socket
+/// (hundreds of thousands per scrape), where SipHash's resistance to chosen keys buys
+/// nothing (keys come from the kernel's socket table, and a collision costs time, not
+/// correctness) and costs about twice the whole map.
+#[derive(Default, Clone, Copy)]
+pub struct PeerHasher(u64);
+
+impl Hasher for PeerHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.write_u64(u64::from_le_bytes(word));
+        }
+    }
+
+    fn write_u8(&mut self, n: u8) {
+        self.write_u64(u64::from(n));
+    }
+
+    fn write_u16(&mut self, n: u16) {
+        self.write_u64(u64::from(n));
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(u64::from(n));
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// A map keyed by peers, hashed with [`PeerHasher`].
+pub type PeerMap<V> = HashMap<PeerKey, V, BuildHasherDefault<PeerHasher>>;
+
 /// Peers counted, and bounded.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BoundedPeers {
@@ -201,7 +246,7 @@ pub struct BoundedPeers {
 /// need more than half the bound (a host talking to thousands of remote ports), its
 /// service port is folded too, then its local address.
 pub fn count_bounded(peers: impl IntoIterator<Item = PeerKey>, max_series: usize) -> BoundedPeers {
-    let mut counts: HashMap<PeerKey, u64> = HashMap::new();
+    let mut counts: PeerMap<u64> = PeerMap::default();
     for p in peers {
         *counts.entry(p).or_insert(0) += 1;
     }
@@ -209,7 +254,7 @@ pub fn count_bounded(peers: impl IntoIterator<Item = PeerKey>, max_series: usize
 }
 
 /// [`count_bounded`] for counts already made (the lifecycle counters fold their own).
-pub fn bound(counts: HashMap<PeerKey, u64>, max_series: usize) -> BoundedPeers {
+pub fn bound<S: std::hash::BuildHasher>(counts: HashMap<PeerKey, u64, S>, max_series: usize) -> BoundedPeers {
     let mut series: Vec<(PeerKey, u64)> = counts.into_iter().collect();
     series.sort_unstable();
     if max_series == 0 || series.len() <= max_series {
@@ -254,7 +299,8 @@ pub fn bound(counts: HashMap<PeerKey, u64>, max_series: usize) -> BoundedPeers {
         kept.insert(remote, ());
     }
     let mut merged = 0u64;
-    let mut out: HashMap<PeerKey, u64> = HashMap::with_capacity(used + reserved);
+    let mut out: PeerMap<u64> = PeerMap::default();
+    out.reserve(used + reserved);
     for (k, n) in series {
         let key = if kept.contains_key(&k.remote) {
             k

@@ -120,7 +120,9 @@ impl Exporter {
     /// failed, empty snapshot: those collectors report success 0, the scrape goes on.
     fn snapshot(&self, wanted: CollectorSet) -> Arc<Snapshot> {
         let keys = wanted.needs_sockets();
-        match self.reads.get(usize::from(keys), || self.reader.read(keys)) {
+        let sorted = wanted.contains(CollectorName::Connections);
+        let slot = usize::from(keys) + usize::from(sorted);
+        match self.reads.get(slot, || self.reader.read_with(keys, sorted)) {
             Ok(s) => s,
             Err(e) => {
                 log::warn!("{e}");

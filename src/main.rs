@@ -151,9 +151,12 @@ fn read_password() -> Result<Vec<u8>> {
 fn run(config: Config, web: Option<WebConfigFile>) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
-        // A gzip scrape holds two blocking threads (encoder and compressor): enough for
-        // every scrape --web.max-requests lets in, plus the netlink readers.
-        .max_blocking_threads(if config.max_requests == 0 { 512 } else { config.max_requests.saturating_mul(2) + 16 })
+        // A gzip scrape holds two blocking threads (encoder and compressor), and at most two
+        // bcrypt checks run at once. With the main thread, two workers, the two netlink
+        // receivers of each of the two kinds of shared read and jemalloc's purger, a
+        // process needs at most 2 x --web.max-requests + 11 threads (91 at the default
+        // 40): the shipped unit's TasksMax=128 holds that.
+        .max_blocking_threads(if config.max_requests == 0 { 512 } else { config.max_requests.saturating_mul(2) + 2 })
         .enable_all()
         .build()
         .context("starting the runtime")?;

@@ -211,7 +211,8 @@ impl Part<'_> {
 pub struct Snapshot {
     /// Interfaces at the time of the read.
     pub table: InterfaceTable,
-    /// Every socket, sorted; empty unless a family that needs them was wanted.
+    /// Every socket (sorted when the per-connection family was wanted); empty unless a
+    /// family that needs them was wanted.
     pub keys: Vec<SeriesKey>,
     /// Listening sockets with their queues, sorted.
     pub listeners: Vec<ListenerRecord>,
@@ -304,7 +305,7 @@ struct Flight {
 /// Reads in progress, one slot per kind of read: concurrent scrapes that want the same
 /// kind wait for one read of the kernel instead of each making their own.
 pub struct SharedReads {
-    flights: Mutex<[Option<Arc<Flight>>; 2]>,
+    flights: Mutex<[Option<Arc<Flight>>; 3]>,
     max_wait: Duration,
 }
 
@@ -320,12 +321,13 @@ struct Leader<'a> {
     reads: &'a SharedReads,
     slot: usize,
     flight: Arc<Flight>,
+    finished: bool,
 }
 
 impl Leader<'_> {
-    fn finish(self, state: FlightState) {
+    fn finish(mut self, state: FlightState) {
         self.release(state);
-        std::mem::forget(self);
+        self.finished = true;
     }
 
     fn release(&self, state: FlightState) {
@@ -341,7 +343,9 @@ impl Leader<'_> {
 
 impl Drop for Leader<'_> {
     fn drop(&mut self) {
-        self.release(FlightState::Abandoned);
+        if !self.finished {
+            self.release(FlightState::Abandoned);
+        }
     }
 }
 
@@ -351,10 +355,10 @@ impl SharedReads {
         SharedReads { flights: Mutex::new(Default::default()), max_wait }
     }
 
-    /// The snapshot of kind `slot` (0 or 1): made by `read` here, or the one another
+    /// The snapshot of kind `slot` (0 to 2): made by `read` here, or the one another
     /// scrape is making.
     pub fn get(&self, slot: usize, read: impl FnOnce() -> Snapshot) -> Result<Arc<Snapshot>, SharedReadError> {
-        let slot = slot.min(1);
+        let slot = slot.min(2);
         let (flight, leader) = {
             let mut flights = lock(&self.flights);
             match &flights[slot] {
@@ -367,7 +371,7 @@ impl SharedReads {
             }
         };
         if leader {
-            let guard = Leader { reads: self, slot, flight };
+            let guard = Leader { reads: self, slot, flight, finished: false };
             let snapshot = Arc::new(read());
             guard.finish(FlightState::Done(Arc::clone(&snapshot)));
             return Ok(snapshot);
@@ -421,8 +425,19 @@ mod tests {
             let a = leader.join().unwrap().unwrap();
             let b = waiter.join().unwrap().unwrap();
             assert!(Arc::ptr_eq(&a, &b));
+            // Nothing but the two scrapes holds the snapshot: it goes when they are done.
+            assert_eq!(Arc::strong_count(&a), 2);
         });
         assert_eq!(made.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn a_finished_read_is_held_by_its_scrape_alone() {
+        // Regression: the leader's guard was forgotten with its flight, and so with the
+        // snapshot in it: every scrape leaked its copy of the socket table.
+        let reads = SharedReads::new(Duration::from_secs(30));
+        let s = reads.get(2, Snapshot::failed).unwrap();
+        assert_eq!(Arc::strong_count(&s), 1);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 (import 'config.libsonnet') +
 (import 'alerts/connections.libsonnet') +
 (import 'alerts/health.libsonnet') +
+(import 'alerts/peers.libsonnet') +
 (import 'rules/totals.libsonnet') +
 (import 'dashboards/single-host.libsonnet') +
 (import 'dashboards/multi-host.libsonnet')

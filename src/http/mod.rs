@@ -219,17 +219,7 @@ impl App {
         // encoder's end marker: a failed scrape must not look like a short, whole one.
         let (raw_tx, raw_rx) = std::sync::mpsc::sync_channel::<Chunk>(CHUNKS_IN_FLIGHT);
         spawn_blocking(move || {
-            let mut gz = GzEncoder::new(ChunkWriter::new(to_body), Compression::fast());
-            let result = (|| {
-                for chunk in raw_rx.iter() {
-                    match chunk {
-                        Chunk::Data(data) => gz.write_all(&data)?,
-                        Chunk::End => return gz.finish().and_then(ChunkWriter::finish),
-                    }
-                }
-                Err(io::Error::other("the scrape stopped before it was complete"))
-            })();
-            if let Err(e) = result {
+            if let Err(e) = compress(raw_rx.iter(), to_body) {
                 log::debug!("scrape not delivered: {e}");
             }
         })?;
@@ -246,6 +236,19 @@ impl App {
         })?;
         Ok(Body::stream(rx))
     }
+}
+
+/// Gzips `chunks` into `to_body`; closes the gzip stream and sends the end marker only on
+/// the encoder's own end marker.
+fn compress(chunks: impl Iterator<Item = Chunk>, to_body: impl FnMut(Chunk) -> io::Result<()>) -> io::Result<()> {
+    let mut gz = GzEncoder::new(ChunkWriter::new(to_body), Compression::fast());
+    for chunk in chunks {
+        match chunk {
+            Chunk::Data(data) => gz.write_all(&data)?,
+            Chunk::End => return gz.finish().and_then(ChunkWriter::finish),
+        }
+    }
+    Err(io::Error::other("the scrape stopped before it was complete"))
 }
 
 /// The runtime could not start a thread for a scrape.
@@ -500,5 +503,40 @@ mod tests {
         assert_eq!(classify(b"SSH-2.0-"), FirstBytes::Other);
         assert_eq!(classify(b"get /"), FirstBytes::Other);
         assert_eq!(classify(b""), FirstBytes::Other);
+    }
+}
+
+#[cfg(test)]
+mod stream_tests {
+    use super::*;
+
+    fn compressed(chunks: Vec<Chunk>) -> (io::Result<()>, Vec<Chunk>) {
+        let mut sent = Vec::new();
+        let result = compress(chunks.into_iter(), |c| {
+            sent.push(c);
+            Ok(())
+        });
+        (result, sent)
+    }
+
+    #[test]
+    fn gzip_ends_the_body_only_after_the_encoders_end_marker() {
+        let data = || Chunk::Data(Bytes::from_static(b"network_connection_states 1\n"));
+        let (result, sent) = compressed(vec![data(), Chunk::End]);
+        assert!(result.is_ok());
+        assert!(matches!(sent.last(), Some(Chunk::End)));
+        let gz: Vec<u8> = sent
+            .iter()
+            .filter_map(|c| if let Chunk::Data(d) = c { Some(d.to_vec()) } else { None })
+            .flatten()
+            .collect();
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&gz[..]), &mut text).unwrap();
+        assert_eq!(text, "network_connection_states 1\n");
+
+        // The encoder stopped without its marker (failed or panicked): no end, an error.
+        let (result, sent) = compressed(vec![data()]);
+        assert!(result.is_err());
+        assert!(!sent.iter().any(|c| matches!(c, Chunk::End)), "a cut scrape must not end cleanly");
     }
 }

@@ -44,7 +44,7 @@ impl StallReport {
         if self.log_limit.allow() {
             let since = total - self.logged.swap(total, Ordering::Relaxed);
             log::warn!(
-                "aborted {since} response(s) whose client took no data for {:?} (--web.write-timeout); {total} since start",
+                "aborting responses whose client takes no data for {:?} (--web.write-timeout), which frees their scrape slots and memory: {since} now, {total} since start; more within a minute are counted, not logged",
                 self.limit
             );
         }

@@ -94,7 +94,7 @@ impl Fill<'_> {
 
 /// Reads the namespace the calling thread is in, over netlink only (a namespace's
 /// thread has no procfs of its own to fall back to). The labels are the caller's.
-fn dump_namespace(want_keys: bool, owners: Option<&OwnerTable>) -> Result<Space, SourceError> {
+fn dump_namespace(want_keys: bool, sort: bool, owners: Option<&OwnerTable>) -> Result<Space, SourceError> {
     let table = interfaces::read_live()?;
     let mut fill = Fill {
         table: &table,
@@ -109,7 +109,9 @@ fn dump_namespace(want_keys: bool, owners: Option<&OwnerTable>) -> Result<Space,
         result?;
     }
     let Fill { counts, mut keys, mut listeners, .. } = fill;
-    keys.sort_unstable();
+    if sort {
+        keys.sort_unstable();
+    }
     listeners.sort_unstable();
     let labels = NsLabels { netns: String::new(), container_id: String::new(), pod_uid: String::new() };
     Ok(Space { labels, table, keys, listeners, counts, queue_limits: true })
@@ -241,18 +243,31 @@ impl Reader {
     /// Reads interfaces and sockets: of the own namespace, or in `all` mode of every
     /// namespace, each on its own thread while the own one is read here.
     pub fn read(&self, want_keys: bool) -> Snapshot {
+        self.read_with(want_keys, true)
+    }
+
+    /// [`read`](Self::read), sorting the keys only when `sort` (the per-connection family
+    /// merges equal keys by sorting; the peers family counts them in a map and needs no
+    /// order, which saves a sort of every socket on a peers-only scrape).
+    pub fn read_with(&self, want_keys: bool, sort: bool) -> Snapshot {
         let start = Instant::now();
         let owners = self.owners.as_ref().map(|o| Arc::new(o.table()));
         let mut snap = match &self.namespaces {
-            None => self.read_own(want_keys, owners.as_deref()),
-            Some(namespaces) => self.read_all(namespaces, want_keys, owners.as_ref()),
+            None => self.read_own(want_keys, sort, owners.as_deref()),
+            Some(namespaces) => self.read_all(namespaces, want_keys, sort, owners.as_ref()),
         };
         snap.owners = owners;
         snap.read_time = start.elapsed();
         snap
     }
 
-    fn read_all(&self, namespaces: &Namespaces, want_keys: bool, owners: Option<&Arc<OwnerTable>>) -> Snapshot {
+    fn read_all(
+        &self,
+        namespaces: &Namespaces,
+        want_keys: bool,
+        sort: bool,
+        owners: Option<&Arc<OwnerTable>>,
+    ) -> Snapshot {
         let start = Instant::now();
         let found = namespaces.discover();
         let pending: Vec<_> = found
@@ -260,10 +275,10 @@ impl Reader {
             .filter(|f| !f.own)
             .map(|f| {
                 let owners = owners.cloned();
-                (f, namespaces.run(f, move || dump_namespace(want_keys, owners.as_deref())))
+                (f, namespaces.run(f, move || dump_namespace(want_keys, sort, owners.as_deref())))
             })
             .collect();
-        let own = self.read_own(want_keys, owners.map(|o| &**o));
+        let own = self.read_own(want_keys, sort, owners.map(|o| &**o));
         let mut ok = own.ok;
         let labels = |f: &crate::netns::Found| NsLabels {
             netns: f.name.clone(),
@@ -312,7 +327,7 @@ impl Reader {
 
     /// Reads interfaces and sockets. Per socket: resolve the interface, count, keep
     /// listeners, and (when `want_keys`) a 44-byte key; nothing else is allocated.
-    fn read_own(&self, want_keys: bool, owners: Option<&OwnerTable>) -> Snapshot {
+    fn read_own(&self, want_keys: bool, sort: bool, owners: Option<&OwnerTable>) -> Snapshot {
         let start = Instant::now();
         let (table, table_ok) = self.read_interfaces();
         let mut fill = Fill {
@@ -330,7 +345,9 @@ impl Reader {
         let Fill { counts, mut keys, mut listeners, .. } = fill;
         if want_keys {
             self.last_socket_count.store(keys.len(), Ordering::Relaxed);
-            keys.sort_unstable();
+            if sort {
+                keys.sort_unstable();
+            }
         }
         listeners.sort_unstable();
         Snapshot {

@@ -29,7 +29,12 @@ fn bad_flags_and_values_exit_2_naming_the_flag() {
         (vec!["--web.listen-address", "nowhere"], "listen-address"),
         (vec!["--web.telemetry-path", "metrics"], "telemetry-path"),
         (
-            vec!["--no-collector.connections", "--no-collector.states", "--no-collector.peers", "--no-collector.listeners"],
+            vec![
+                "--no-collector.connections",
+                "--no-collector.states",
+                "--no-collector.peers",
+                "--no-collector.listeners",
+            ],
             "every collector is disabled",
         ),
     ] {

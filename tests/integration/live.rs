@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use socket2::{Domain, Socket, Type};
 
+use crate::ns::Netns;
 use crate::util::{binary, require_tool, run, samples, serial, Exporter};
 
 type Tuple = (String, SocketAddr, SocketAddr);
@@ -254,32 +255,6 @@ fn netlink_and_procfs_give_the_same_series() {
     }
     assert!(stable.len() >= 2 * 25 + 2, "our sockets are in: {}", stable.len());
     drop((pairs, pairs6));
-}
-
-struct Netns(String);
-
-impl Netns {
-    fn new(name: &str) -> Netns {
-        let ip = require_tool("ip");
-        let _ = run(Command::new(&ip).args(["netns", "del", name]));
-        let (code, _, err) = run(Command::new(&ip).args(["netns", "add", name]));
-        assert_eq!(code, 0, "ip netns add: {err}");
-        let ns = Netns(name.to_owned());
-        ns.exec(&["ip", "link", "set", "lo", "up"]);
-        ns
-    }
-
-    fn exec(&self, args: &[&str]) -> String {
-        let (code, out, err) = run(Command::new("ip").args(["netns", "exec", &self.0]).args(args));
-        assert_eq!(code, 0, "{args:?}: {err}");
-        out
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = run(Command::new("ip").args(["netns", "del", &self.0]));
-    }
 }
 
 #[test]

@@ -49,7 +49,8 @@ impl Prometheus {
         prom
     }
 
-    fn query(&self, expr: &str, time: f64) -> Vec<(serde_json::Value, f64)> {
+    /// The result vector of an instant query at `time`.
+    fn result(&self, expr: &str, time: f64) -> Vec<serde_json::Value> {
         let q: String = form_urlencoded::Serializer::new(String::new())
             .append_pair("query", expr)
             .append_pair("time", &time.to_string())
@@ -58,9 +59,11 @@ impl Prometheus {
         let v: serde_json::Value =
             serde_json::from_slice(&r.body).unwrap_or_else(|e| panic!("{expr}: {e}: {}", r.text()));
         assert_eq!(v["status"], "success", "{expr}: {v}");
-        v["data"]["result"]
-            .as_array()
-            .unwrap()
+        v["data"]["result"].as_array().unwrap().clone()
+    }
+
+    fn query(&self, expr: &str, time: f64) -> Vec<(serde_json::Value, f64)> {
+        self.result(expr, time)
             .iter()
             .map(|s| (s["metric"].clone(), s["value"][1].as_str().unwrap().parse().unwrap()))
             .collect()
@@ -68,17 +71,7 @@ impl Prometheus {
 
     /// A range selector's points per series: (labels, [(timestamp s, value)]).
     fn range(&self, expr: &str, time: f64) -> Vec<(serde_json::Value, Vec<(f64, f64)>)> {
-        let q: String = form_urlencoded::Serializer::new(String::new())
-            .append_pair("query", expr)
-            .append_pair("time", &time.to_string())
-            .finish();
-        let r = http_get(self.addr, &format!("/api/v1/query?{q}"), &[]);
-        let v: serde_json::Value =
-            serde_json::from_slice(&r.body).unwrap_or_else(|e| panic!("{expr}: {e}: {}", r.text()));
-        assert_eq!(v["status"], "success", "{expr}: {v}");
-        v["data"]["result"]
-            .as_array()
-            .unwrap()
+        self.result(expr, time)
             .iter()
             .map(|s| {
                 let points = s["values"]

@@ -49,7 +49,7 @@ fn clients_that_never_read_lose_their_slot_after_the_write_timeout() {
     assert!(refused > 0, "the stuck clients held the slots at first (else this test proves nothing)");
     assert!(start.elapsed() >= Duration::from_secs(2), "slots freed by the timeout, not before");
     let log = e.wait_log("--web.write-timeout");
-    assert_eq!(log.matches("aborted").count(), 1, "one log line for the burst:\n{log}");
+    assert_eq!(log.matches("aborting responses").count(), 1, "one log line for the burst:\n{log}");
     // The stuck responses' memory is given back.
     wait_for(Duration::from_secs(10), "RSS back near idle", || (rss_kib(pid) < idle + 20 * 1024).then_some(()));
 }

@@ -33,6 +33,7 @@ MACHINE=cxt-booted-$$
 WORK=$(mktemp -d /var/tmp/conn-exporter-ops-booted.XXXXXX)
 NSPAWN_PID=""
 MARKER_PID=""
+LOADGEN_PID=""
 MOUNTED_NSPAWN_RUN=0
 
 cleanup() {
@@ -48,6 +49,7 @@ cleanup() {
         wait "$NSPAWN_PID" 2>/dev/null
     fi
     [[ -n $MARKER_PID ]] && kill "$MARKER_PID" 2>/dev/null
+    [[ -n $LOADGEN_PID ]] && kill "$LOADGEN_PID" 2>/dev/null && wait "$LOADGEN_PID" 2>/dev/null
     if ((rc != 0)); then
         echo "--- nspawn log (tail)"
         tail -n 30 "$WORK/nspawn.log" 2>/dev/null
@@ -227,6 +229,34 @@ grep_metrics conn_exporter_scrape_collector_success collector=states <<<"$body" 
     fail "states collector failed under the hardened unit"
 score=$(cexec systemd-analyze security conn-exporter.service --no-pager 2>/dev/null | grep -o 'exposure level for conn-exporter.service: [0-9.]*' | awk '{print $NF}')
 ok "scrape from inside: listening ports match ss ($metric_ports), probe :$PROBE_PORT present, host's :$MARKER_PORT absent; collectors succeed; live exposure ${score:-?}"
+
+# --- 40 concurrent gzip scrapes of 20k sockets stay within the unit's TasksMax ---------------
+# 10k loopback connections (20k sockets) in the container's network namespace, made by the
+# host's python3; the exporter reads them as the hardened service.
+nsenter --target "$LEADER" --net python3 "$REPO/bench/loadgen.py" -n 10000 --force >"$WORK/loadgen.out" 2>"$WORK/loadgen.err" &
+LOADGEN_PID=$!
+loadgen_ready() { grep -q '^READY' "$WORK/loadgen.out"; }
+wait_until 120 "10k connections in the container" loadgen_ready
+established=$(cexec ss -Htan state established | wc -l)
+((established >= 20000)) || fail "the container holds $established established sockets, want 20000"
+pid=$(cexec systemctl show -p MainPID --value conn-exporter)
+tasks_max=$(cexec systemctl show -p TasksMax --value conn-exporter)
+[[ $tasks_max =~ ^[0-9]+$ ]] || fail "TasksMax of the unit: '$tasks_max'"
+# Sample the exporter's thread count while the scrapes run; keep the peak.
+cexec bash -c "peak=0; while [[ ! -e /run/cx-scrapes-done ]]; do n=\$(ls /proc/$pid/task | wc -l); ((n > peak)) && peak=\$n; sleep 0.02; done; echo \$peak" >"$WORK/peak" &
+SAMPLER=$!
+# shellcheck disable=SC2016 # expanded by the container's bash
+codes=$(cexec bash -c 'for i in $(seq 40); do curl -s --compressed --max-time 60 -o /dev/null -w "%{http_code}\n" http://127.0.0.1:9100/metrics & done; wait')
+cexec touch /run/cx-scrapes-done
+wait "$SAMPLER"
+peak=$(cat "$WORK/peak")
+ok_count=$(grep -c '^200$' <<<"$codes" || true)
+((ok_count == 40)) || fail "40 concurrent scrapes: $ok_count answered 200 ($(sort <<<"$codes" | uniq -c | tr '\n' ' '))"
+[[ $(cexec systemctl is-active conn-exporter) == active ]] || fail "the service died under 40 concurrent scrapes"
+((peak > 40 && peak <= tasks_max)) || fail "peak threads $peak against TasksMax $tasks_max (want more than 40: the scrapes overlapped)"
+kill "$LOADGEN_PID" && wait "$LOADGEN_PID" 2>/dev/null
+LOADGEN_PID=""
+ok "40 concurrent gzip scrapes of $established sockets: all 200, service active, peak $peak threads within TasksMax $tasks_max"
 
 # --- TLS keys and the dynamic user ----------------------------------------------------------------
 mkdir -p "$WORK/bin/tls"

@@ -81,7 +81,8 @@ for t in tests["tests"]:
     for a in t.get("alert_rule_test", []):
         (fires if a.get("exp_alerts") else silent).add(a["alertname"])
 required = {"TooManyConnections", "NoListeningSSH", "ConnExporterDown", "ConnExporterSeriesTruncated",
-            "ConnExporterCollectorFailing", "CloseWaitPileUp", "TimeWaitPileUp"}
+            "ConnExporterCollectorFailing", "CloseWaitPileUp", "TimeWaitPileUp", "ListenQueueFilling",
+            "ConnectFailures"}
 bad = []
 if required - alerts:
     bad.append(f"missing alerts: {sorted(required - alerts)}")

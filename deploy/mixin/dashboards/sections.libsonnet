@@ -98,6 +98,113 @@ local wildcardPeer = @'0\\.0\\.0\\.0|::|::ffff:0\\.0\\.0\\.0';
                       'network_connections_info{' + all + '}'), 24, 12),
     ],
 
+  // network_connection_peers and the listen queues: bounded families, exact totals,
+  // the ephemeral port folded away (see docs/promql-queries.md).
+  peers(multiHost)::
+    local by = if multiHost then 'instance, ' else '';
+    local who = if multiHost then '{{instance}} ' else '';
+    [
+      g.row('Services and dependencies'),
+      g.panel(g.bars('Top services (inbound)', 'The 10 local service ports with most inbound ' +
+                                               'connections (network_connection_peers: exact, bounded, ' +
+                                               'never truncated).',
+                     'topk(10, sum by (' + by + 'source_port) (network_connection_peers{' + all + ',direction="inbound"}))',
+                     who + 'port {{source_port}}'), 8, 9),
+      g.panel(g.bars('Top dependencies (outbound)', 'The 10 remote services (address and port) this ' +
+                                                    'host has most connections to.',
+                     'topk(10, sum by (' + by + 'destination_address, destination_port) ' +
+                     '(network_connection_peers{' + all + ',direction="outbound"}))',
+                     who + '{{destination_address}}:{{destination_port}}'), 8, 9),
+      g.panel(g.bars('Top remote addresses (peers)', 'The 10 remote addresses with most connections, ' +
+                                                     'both directions; "other" collects the remotes merged ' +
+                                                     'by --collector.peers.max-series.',
+                     'topk(10, sum by (' + by + 'destination_address) (network_connection_peers{' + all + '}))',
+                     who + '{{destination_address}}'), 8, 9),
+      g.panel(g.timeseries('Listen queues', 'Connections waiting to be accepted per listener (left axis) ' +
+                                            'and the same as a share of its backlog limit (right axis; ' +
+                                            'the limit needs the netlink source). At 100% the kernel ' +
+                                            'drops new connections.',
+                           [
+                             g.target('sum by (' + by + 'source_address, source_port) ' +
+                                      '(network_listen_queue_length{' + iface + '})',
+                                      who + '{{source_address}}:{{source_port}} queued'),
+                             g.target('max by (' + by + 'source_address, source_port) ' +
+                                      '(network_listen_queue_length{' + iface + '} / network_listen_queue_limit{' + iface + '})',
+                                      who + '{{source_address}}:{{source_port}} of limit', ref='B'),
+                           ]) + g.rightAxis('percentunit'), 16, 8),
+      g.panel(g.stat('Merged peer series', 'Peer label sets merged into destination_address="other" by ' +
+                                           '--collector.peers.max-series (counts are kept, only the ' +
+                                           'remote address is lost).',
+                     'sum(conn_exporter_peers_merged_series{' + host + '})', thresholds=g.redAbove0), 8, 8),
+    ],
+
+  // The lifecycle collector's counters: every connection that ended, even between
+  // two scrapes, from the kernel's socket-destroy notifications.
+  lifecycle(multiHost)::
+    local by = if multiHost then 'instance, ' else '';
+    local who = if multiHost then '{{instance}} ' else '';
+    local rate(metric, sel) = 'rate(' + metric + '{' + sel + '}[$__rate_interval])';
+    [
+      g.row('Connection lifecycle'),
+      g.panel(g.timeseries('Connections per second by service (inbound)',
+                           'Inbound connections that ended, per second, by local service port ' +
+                           '(network_connections_closed_total: also those that lived between two scrapes).',
+                           [g.target('sum by (' + by + 'source_port) (' +
+                                     rate('network_connections_closed_total', iface + ',direction="inbound"') + ')',
+                                     who + 'port {{source_port}}')],
+                           unit='cps'), 12, 8),
+      g.panel(g.timeseries('Connections per second by remote service (outbound)',
+                           'Outbound connections that ended, per second, by remote address and port.',
+                           [g.target('topk(10, sum by (' + by + 'destination_address, destination_port) (' +
+                                     rate('network_connections_closed_total', iface + ',direction="outbound"') + '))',
+                                     who + '{{destination_address}}:{{destination_port}}')],
+                           unit='cps'), 12, 8),
+      g.panel(g.timeseries('Failed connects per second by remote address',
+                           'Outbound connects that never reached ESTABLISHED (refused, timed out, reset in ' +
+                           'the handshake), per second. The kernel has dropped the port by then: failures ' +
+                           'carry the remote address only.',
+                           [g.target('sum by (' + by + 'destination_address) (' +
+                                     rate('network_connections_failed_total', iface) + ')',
+                                     who + '{{destination_address}}')],
+                           unit='cps'), 12, 8),
+      g.panel(g.timeseries('Failed connect ratio by remote address',
+                           'Failed connects as a share of all connects that ended (failed + closed ' +
+                           'outbound), per remote address: what the ConnectFailures alert watches.',
+                           [g.target('sum by (' + by + 'destination_address) (' +
+                                     rate('network_connections_failed_total', iface) + ') / (sum by (' + by +
+                                     'destination_address) (' + rate('network_connections_failed_total', iface) +
+                                     ') + (sum by (' + by + 'destination_address) (' +
+                                     rate('network_connections_closed_total', iface + ',direction="outbound"') +
+                                     ') or sum by (' + by + 'destination_address) (' +
+                                     rate('network_connections_failed_total', iface) + ') * 0))',
+                                     who + '{{destination_address}}')],
+                           unit='percentunit'), 12, 8),
+      g.panel(g.timeseries('Bytes per second by remote address',
+                           'Payload bytes of the connections that ended, sent (positive) and received ' +
+                           '(negative), top 10 remote addresses; counted when a connection closes.',
+                           [
+                             g.target('topk(10, sum by (' + by + 'destination_address) (' +
+                                      rate('network_connection_sent_bytes_total', iface) + '))',
+                                      who + '{{destination_address}} sent'),
+                             g.target('-topk(10, sum by (' + by + 'destination_address) (' +
+                                      rate('network_connection_received_bytes_total', iface) + '))',
+                                      who + '{{destination_address}} received', ref='B'),
+                           ],
+                           unit='Bps'), 12, 8),
+      g.panel(g.timeseries('Retransmits per second by remote address',
+                           'TCP segments retransmitted on the connections that ended, per second, top 10 ' +
+                           'remote addresses.',
+                           [g.target('topk(10, sum by (' + by + 'destination_address) (' +
+                                     rate('network_connection_retransmits_total', iface) + '))',
+                                     who + '{{destination_address}}')],
+                           unit='cps'), 8, 8),
+      g.panel(g.stat('Lost destroy events', 'Kernel notifications the exporter could not read in time ' +
+                                            '(receive buffer overrun), over $__rate_interval. Above 0, the ' +
+                                            'lifecycle counters are lower bounds.',
+                     'sum(increase(conn_exporter_lifecycle_overruns_total{' + host + '}[$__rate_interval])) or vector(0)',
+                     thresholds=g.redAbove0), 4, 8),
+    ],
+
   health(multiHost)::
     local inst = if multiHost then 'instance, ' else '';
     [

@@ -5,7 +5,9 @@
 
 Listens on each --listen address (accepting and keeping connections), then
 connects to each --connect address, retrying until it succeeds, and keeps
-every connection open. Prints "ready" once all listeners are bound.
+every connection open. An accepted connection is read (and what it sends
+dropped) and closed once its client closes it, so short client connections
+end on both sides. Prints "ready" once all listeners are bound.
 """
 import argparse
 import select
@@ -24,7 +26,7 @@ def main():
     ap.add_argument("--listen", action="append", default=[], type=addr)
     ap.add_argument("--connect", action="append", default=[], type=addr)
     args = ap.parse_args()
-    listeners, kept = [], []
+    listeners, kept, accepted = [], [], []
     for host, port in args.listen:
         s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -43,10 +45,19 @@ def main():
                 if time.time() > deadline:
                     print(f"cannot connect to {target}", file=sys.stderr)
                     pending.remove(target)
-        readable, _, _ = select.select(listeners, [], [], 0.5)
+        readable, _, _ = select.select(listeners + accepted, [], [], 0.5)
         for s in readable:
-            conn, _ = s.accept()
-            kept.append(conn)
+            if s in listeners:
+                conn, _ = s.accept()
+                accepted.append(conn)
+                continue
+            try:
+                data = s.recv(65536)
+            except OSError:
+                data = b""
+            if not data:
+                accepted.remove(s)
+                s.close()
 
 
 if __name__ == "__main__":

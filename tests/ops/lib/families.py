@@ -1,0 +1,40 @@
+"""Which metric families an exporter serves, for queries that need families not yet built.
+
+The lifecycle collector (issue 10) is built on its own branch; until it is merged the
+exporter has none of its families, and the queries over them return nothing. A query that
+names one of LIFECYCLE is skipped then, and only then: the decision comes from the
+exporter's own /metrics (its `# TYPE` lines), not from the query's result, so a family
+the exporter serves but Prometheus lacks, or a misspelt name, still fails.
+"""
+
+import re
+import urllib.request
+
+LIFECYCLE = (
+    "network_connections_closed_total",
+    "network_connections_failed_total",
+    "network_connection_sent_bytes_total",
+    "network_connection_received_bytes_total",
+    "network_connection_retransmits_total",
+    "conn_exporter_lifecycle_overruns_total",
+)
+
+
+def served(url):
+    """The families named by `# TYPE` lines of the exporter's text exposition."""
+    req = urllib.request.Request(url, headers={"Accept": "text/plain;version=0.0.4"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        text = r.read().decode("utf-8", "replace")
+    names = set()
+    for m in re.finditer(r"^# TYPE ([a-zA-Z_:][a-zA-Z0-9_:]*) (\w+)", text, re.M):
+        names.add(m.group(1))
+        if m.group(2) == "counter" and not m.group(1).endswith("_total"):
+            names.add(m.group(1) + "_total")  # OpenMetrics names counter families without it
+    if not names:
+        raise RuntimeError(f"{url}: no # TYPE lines: not an exporter's /metrics?")
+    return names
+
+
+def lacking(expr, families):
+    """The lifecycle families the expression uses that the exporter does not serve."""
+    return sorted(n for n in LIFECYCLE if re.search(r"\b" + n + r"\b", expr) and n not in families)
