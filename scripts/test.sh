@@ -42,4 +42,7 @@ python3 bench/churn.py --quick --exporter "$CONN_EXPORTER_BIN"
 step "load test, quick run"
 python3 bench/load.py --quick --exporter "$CONN_EXPORTER_BIN"
 
+step "lifecycle benchmark, quick run"
+python3 bench/lifecycle.py --quick --exporter "$CONN_EXPORTER_BIN"
+
 step "all tests passed"

@@ -115,6 +115,19 @@ pub struct Args {
     #[arg(long = "no-collector.listeners", overrides_with = "listeners")]
     pub no_listeners: bool,
 
+    /// Enable the lifecycle collector (closed and failed connections, bytes and retransmits from the kernel's socket-destroy notifications; default on).
+    #[arg(long = "collector.lifecycle", overrides_with = "no_lifecycle")]
+    pub lifecycle: bool,
+    /// Disable the lifecycle collector.
+    #[arg(long = "no-collector.lifecycle", overrides_with = "lifecycle")]
+    pub no_lifecycle: bool,
+
+    /// Most label sets of each lifecycle counter; past it new remote addresses are
+    /// counted in destination_address="other" (counts kept, series never decrease).
+    /// 0 means no limit.
+    #[arg(long = "collector.lifecycle.max-series", value_name = "N", default_value_t = 5000)]
+    pub lifecycle_max_series: usize,
+
     /// Most network_connection_peers label sets in a scrape; past it the remote addresses
     /// with the fewest sockets are merged into destination_address="other" (counts kept).
     /// 0 means no limit.
@@ -192,7 +205,7 @@ pub enum ConfigError {
     #[error("--web.telemetry-path {0:?}: {1}")]
     TelemetryPath(String, &'static str),
     /// Every collector switched off.
-    #[error("every collector is disabled: enable at least one of --collector.connections, --collector.states, --collector.peers, --collector.listeners")]
+    #[error("every collector is disabled: enable at least one of --collector.connections, --collector.states, --collector.peers, --collector.listeners, --collector.lifecycle")]
     NoCollectors,
 }
 
@@ -274,6 +287,7 @@ impl Config {
         collectors.set(CollectorName::States, !args.no_states);
         collectors.set(CollectorName::Peers, !args.no_peers);
         collectors.set(CollectorName::Listeners, !args.no_listeners);
+        collectors.set(CollectorName::Lifecycle, !args.no_lifecycle);
         if collectors.is_empty() {
             return Err(ConfigError::NoCollectors);
         }
@@ -288,6 +302,7 @@ impl Config {
                 collectors,
                 max_series: args.max_series,
                 peers_max_series: args.peers_max_series,
+                lifecycle_max_series: args.lifecycle_max_series,
                 peers_folding: Folding { ipv4_prefix: args.peers_prefix_v4, ipv6_prefix: args.peers_prefix_v6 },
                 exporter_metrics: !args.disable_exporter_metrics,
                 source: args.source,
@@ -355,7 +370,12 @@ mod tests {
         let c = parse(&["--no-collector.connections"]).unwrap();
         assert_eq!(
             c.exporter.collectors,
-            CollectorSet::of([CollectorName::States, CollectorName::Peers, CollectorName::Listeners])
+            CollectorSet::of([
+                CollectorName::States,
+                CollectorName::Peers,
+                CollectorName::Listeners,
+                CollectorName::Lifecycle
+            ])
         );
         let c = parse(&["--no-collector.states", "--collector.states"]).unwrap();
         assert_eq!(c.exporter.collectors, CollectorSet::ALL);
@@ -363,7 +383,8 @@ mod tests {
             "--no-collector.states",
             "--no-collector.connections",
             "--no-collector.peers",
-            "--no-collector.listeners"
+            "--no-collector.listeners",
+            "--no-collector.lifecycle"
         ])
         .unwrap_err()
         .contains("every collector"));

@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 
 use crate::classify::Folding;
 use crate::exposition::Encoder;
+use crate::lifecycle::Lifecycle;
 use crate::metrics::connections::Connections;
 use crate::metrics::peers::Peers;
-use crate::metrics::{listeners, self_metrics, states, CollectorName, CollectorSet};
+use crate::metrics::{lifecycle, listeners, self_metrics, states, CollectorName, CollectorSet};
 use crate::netns::NamespaceMode;
 use crate::snapshot::{SharedReads, Snapshot};
 use crate::source::reader::{Reader, SourceChoice};
@@ -29,8 +30,10 @@ pub struct ExporterConfig {
     pub max_series: usize,
     /// Most peer label sets in one scrape; 0 for no limit.
     pub peers_max_series: usize,
-    /// How peers' remote addresses are aggregated.
+    /// How peers' remote addresses are aggregated (the lifecycle counters' too).
     pub peers_folding: Folding,
+    /// Most label sets of each lifecycle counter; 0 for no limit.
+    pub lifecycle_max_series: usize,
     /// Whether to add build, scrape and process metrics.
     pub exporter_metrics: bool,
     /// Where sockets come from.
@@ -67,6 +70,7 @@ pub struct Exporter {
     reads: SharedReads,
     connections: Connections,
     peers: Peers,
+    lifecycle: Arc<Lifecycle>,
     web_config: Option<Arc<ReloadStatus>>,
 }
 
@@ -80,6 +84,7 @@ impl Exporter {
             reads: SharedReads::new(SHARED_READ_WAIT),
             connections: Connections::new(config.max_series),
             peers: Peers::new(config.peers_max_series, config.peers_folding),
+            lifecycle: Arc::new(Lifecycle::new(config.lifecycle_max_series, config.peers_folding)),
             web_config: None,
             config,
         }
@@ -88,6 +93,11 @@ impl Exporter {
     /// Adds the web configuration's reload metrics to the exporter's own.
     pub fn set_web_config_status(&mut self, status: Arc<ReloadStatus>) {
         self.web_config = Some(status);
+    }
+
+    /// The lifecycle counters, for the thread that feeds them (`lifecycle::subscription::start`).
+    pub fn lifecycle(&self) -> Arc<Lifecycle> {
+        Arc::clone(&self.lifecycle)
     }
 
     /// The configuration.
@@ -135,9 +145,17 @@ impl Exporter {
     pub fn collect<W: Write>(&self, wanted: CollectorSet, enc: &mut Encoder<W>) -> io::Result<()> {
         let mut durations: Vec<(CollectorName, Duration, bool)> = Vec::with_capacity(CollectorName::ALL.len());
         if !wanted.is_empty() {
-            let snap = self.snapshot(wanted);
+            // The lifecycle counters need no read of the tables.
+            let mut reads = wanted;
+            reads.set(CollectorName::Lifecycle, false);
+            let snap = if reads.is_empty() { Arc::new(Snapshot::failed()) } else { self.snapshot(reads) };
             for c in wanted.iter() {
                 let t = Instant::now();
+                if c == CollectorName::Lifecycle {
+                    let ok = lifecycle::write(enc, &self.lifecycle)?;
+                    durations.push((c, t.elapsed(), ok));
+                    continue;
+                }
                 self.write_family(c, enc, &snap)?;
                 durations.push((c, snap.read_time + t.elapsed(), snap.ok));
             }
@@ -155,6 +173,8 @@ impl Exporter {
             CollectorName::States => states::write(enc, snap),
             CollectorName::Peers => self.peers.write(enc, snap),
             CollectorName::Listeners => listeners::write(enc, snap),
+            // Written by `collect`, which reports its own success.
+            CollectorName::Lifecycle => Ok(()),
         }
     }
 }

@@ -17,6 +17,7 @@ pub mod exporter;
 pub mod exposition;
 pub mod http;
 pub mod iface;
+pub mod lifecycle;
 pub mod logging;
 pub mod metrics;
 pub mod model;

@@ -18,6 +18,7 @@ use conn_exporter::config::{version_line, Args, Config, HashPasswordArgs, Listen
 use conn_exporter::exporter::Exporter;
 use conn_exporter::http::{self, App};
 use conn_exporter::logging;
+use conn_exporter::metrics::CollectorName;
 use conn_exporter::webconfig::WebConfigFile;
 
 /// glibc keeps a big scrape's memory in per-thread arenas for good (settled RSS stayed at
@@ -153,9 +154,9 @@ fn run(config: Config, web: Option<WebConfigFile>) -> Result<()> {
         .worker_threads(2)
         // A gzip scrape holds two blocking threads (encoder and compressor), and at most two
         // bcrypt checks run at once. With the main thread, two workers, the two netlink
-        // receivers of each of the two kinds of shared read and jemalloc's purger, a
-        // process needs at most 2 x --web.max-requests + 11 threads (91 at the default
-        // 40): the shipped unit's TasksMax=128 holds that.
+        // receivers of each of the three kinds of shared read, the lifecycle listener and
+        // jemalloc's purger, a process needs at most 2 x --web.max-requests + 13 threads
+        // (93 at the default 40): the shipped unit's TasksMax=128 holds that.
         .max_blocking_threads(if config.max_requests == 0 { 512 } else { config.max_requests.saturating_mul(2) + 2 })
         .enable_all()
         .build()
@@ -175,6 +176,10 @@ fn run(config: Config, web: Option<WebConfigFile>) -> Result<()> {
             config.exporter.procfs.display(),
             config.exporter.collectors.names().collect::<Vec<_>>().join(",")
         );
+        if config.exporter.collectors.contains(CollectorName::Lifecycle) {
+            conn_exporter::lifecycle::subscription::start(exporter.lifecycle(), &config.exporter.procfs);
+        }
+
         let mut listeners = Vec::new();
         for (flag, listen) in &config.listen {
             for listener in bind(flag, listen)? {

@@ -5,6 +5,7 @@
 //! a variant of [`CollectorName`], and its arm in `Exporter::write_family`.
 
 pub mod connections;
+pub mod lifecycle;
 pub mod listeners;
 pub mod peers;
 pub mod self_metrics;
@@ -21,12 +22,19 @@ pub enum CollectorName {
     Peers,
     /// `network_listen_queue_length` and `_limit`, per listening socket.
     Listeners,
+    /// `network_connections_closed_total` and the other counters of destroyed sockets.
+    Lifecycle,
 }
 
 impl CollectorName {
     /// Every collector, in the order their families are written.
-    pub const ALL: [CollectorName; 4] =
-        [CollectorName::Connections, CollectorName::States, CollectorName::Peers, CollectorName::Listeners];
+    pub const ALL: [CollectorName; 5] = [
+        CollectorName::Connections,
+        CollectorName::States,
+        CollectorName::Peers,
+        CollectorName::Listeners,
+        CollectorName::Lifecycle,
+    ];
 
     /// The name used in flags, `collect[]` and the `collector` label.
     pub fn as_str(self) -> &'static str {
@@ -35,6 +43,7 @@ impl CollectorName {
             CollectorName::States => "states",
             CollectorName::Peers => "peers",
             CollectorName::Listeners => "listeners",
+            CollectorName::Lifecycle => "lifecycle",
         }
     }
 

@@ -4,4 +4,5 @@ pub mod hex;
 pub mod proc_net;
 pub mod process;
 pub mod route;
+pub mod sock_destroy;
 pub mod sock_diag;

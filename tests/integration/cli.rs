@@ -34,6 +34,7 @@ fn bad_flags_and_values_exit_2_naming_the_flag() {
                 "--no-collector.states",
                 "--no-collector.peers",
                 "--no-collector.listeners",
+                "--no-collector.lifecycle",
             ],
             "every collector is disabled",
         ),

@@ -7,6 +7,7 @@ mod formats;
 mod golden;
 mod hash_password;
 mod hostile;
+mod lifecycle;
 mod live;
 mod namespaces;
 mod ns;

@@ -227,8 +227,17 @@ grep_metrics conn_exporter_scrape_collector_success collector=connections <<<"$b
     fail "connections collector failed under the hardened unit"
 grep_metrics conn_exporter_scrape_collector_success collector=states <<<"$body" | grep -q '"__value__": "1"' ||
     fail "states collector failed under the hardened unit"
+# The service user receives the kernel's socket-destroy notifications: the scrapes above
+# were connections to :9100, closed since, so later scrapes count them (issue 10).
+lifecycle_counts() {
+    local b
+    b=$(scrape)
+    grep_metrics conn_exporter_scrape_collector_success collector=lifecycle <<<"$b" | grep -q '"__value__": "1"' &&
+        grep_metrics network_connections_closed_total direction=inbound source_port=9100 <<<"$b" | grep -q '"__value__"'
+}
+wait_until 10 "lifecycle collector counting closed scrapes under the hardened unit" lifecycle_counts
 score=$(cexec systemd-analyze security conn-exporter.service --no-pager 2>/dev/null | grep -o 'exposure level for conn-exporter.service: [0-9.]*' | awk '{print $NF}')
-ok "scrape from inside: listening ports match ss ($metric_ports), probe :$PROBE_PORT present, host's :$MARKER_PORT absent; collectors succeed; live exposure ${score:-?}"
+ok "scrape from inside: listening ports match ss ($metric_ports), probe :$PROBE_PORT present, host's :$MARKER_PORT absent; collectors succeed, closed connections counted; live exposure ${score:-?}"
 
 # --- 40 concurrent gzip scrapes of 20k sockets stay within the unit's TasksMax ---------------
 # 10k loopback connections (20k sockets) in the container's network namespace, made by the

@@ -1,0 +1,259 @@
+#!/usr/bin/env python3
+"""Rate and cost of the lifecycle collector (issue 10): loopback connections at offered
+rates, with the collector on and off in alternating runs.
+
+Each run starts a fresh exporter (collector on: default flags; off:
+--no-collector.lifecycle), then this process opens and closes connections to a listener
+of its own for --duration seconds at the offered rate (or as fast as one thread can:
+`max`). Each connection: connect, accept, the server side closes with RST (SO_LINGER 0,
+so no TIME_WAIT piles up and both ends keep their ports), the client closes. Reported
+per run:
+
+  * connections made and the rate achieved;
+  * with the collector on, closed connections counted by the exporter for this listener
+    (inbound plus outbound, so 2 per connection) against 2 x connections made, and
+    conn_exporter_lifecycle_overruns_total;
+  * the exporter's CPU (user+sys from /proc/PID/stat) per 1,000 connections and as a
+    share of one core;
+  * the host's busy CPU (all cores, /proc/stat) per connection and as a share of the
+    machine.
+
+Run inside a network namespace of your own, as root, with a release build:
+    ip netns add bench; ip netns exec bench ip link set lo up
+    ip netns exec bench python3 bench/lifecycle.py --exporter target/release/conn-exporter
+--quick (a few seconds, 1k/s, one round of each) checks only that the counts are exact
+and nothing overran, and exits 1 otherwise: scripts/test.sh runs it.
+Python 3.11 standard library only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import time
+import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchlib import CLK_TCK, Processes, free_port, proc_cpu_seconds, proc_status, wait_port  # noqa: E402
+
+LINGER_RST = struct.pack("ii", 1, 0)
+
+
+def host_cpu() -> tuple[float, float]:
+    """(busy, total) seconds over all cores since boot, from /proc/stat."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    total = sum(fields[:8])
+    return (total - idle) / CLK_TCK, total / CLK_TCK
+
+
+def kworker_cpu() -> float:
+    """CPU seconds of every kernel worker thread: the destroy notifications are built and
+    sent from a work queue, so the difference on - off is the kernel's cost of them
+    (other kernel work the host does meanwhile is noise in both)."""
+    total = 0.0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                head, rest = f.read().rsplit(")", 1)
+        except OSError:
+            continue
+        if "(kworker" in head:
+            fields = rest.split()
+            total += (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return total
+
+
+def scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as r:
+        return r.read().decode()
+
+
+def closed_for(text: str, port: int) -> int:
+    """Closed connections counted for the bench listener's port, both directions."""
+    total = 0
+    for line in text.splitlines():
+        if line.startswith("network_connections_closed_total{") and (
+                f'source_port="{port}"' in line or f'destination_port="{port}"' in line):
+            total += int(float(line.rsplit(" ", 1)[1]))
+    return total
+
+
+def value(text: str, name: str) -> float:
+    m = re.search(rf"^{name} (\S+)$", text, re.M)
+    return float(m.group(1)) if m else float("nan")
+
+
+def drive(listener: socket.socket, rate: float | None, duration: float, spread: bool = False,
+          rss_of: int | None = None, rss: list | None = None) -> int:
+    """Opens and closes connections for `duration` s at `rate` per second (None: max).
+    `spread`: each client from another source address of 127.0.0.0/8, so that the
+    exporter sees an ever-growing set of remote addresses; `rss` then gets the
+    exporter's VmRSS every 10 s."""
+    addr = listener.getsockname()
+    made = 0
+    start = time.monotonic()
+    end = start + duration
+    while True:
+        now = time.monotonic()
+        if now >= end:
+            break
+        if rate is not None:
+            due = int((now - start) * rate)
+            if made >= due:
+                time.sleep(min(0.001, end - now))
+                continue
+        c = socket.socket()
+        if spread:
+            n = made + 1
+            c.bind((f"127.{(n >> 16) & 255}.{(n >> 8) & 255}.{n & 255}", 0))
+            if rss is not None and made % (10 * int(rate or 1000)) == 0:
+                rss.append(proc_status(rss_of).get("VmRSS", 0))
+        c.connect(addr)
+        s, _ = listener.accept()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RST)
+        s.close()
+        c.close()
+        made += 1
+    return made
+
+
+def run_once(exporter: str, collector: bool, rate: float | None, duration: float,
+             procs: Processes, spread: bool = False, extra: list[str] | None = None) -> dict:
+    port = free_port(19400)
+    args = [exporter, f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn", *(extra or [])]
+    if not collector:
+        args.append("--no-collector.lifecycle")
+    p = procs.start(args, stdout=subprocess.DEVNULL)
+    try:
+        if not wait_port(port, p, 30):
+            raise RuntimeError("exporter did not start")
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1024)
+        lport = listener.getsockname()[1]
+        before = scrape(port)
+        kw0 = kworker_cpu()
+        cpu0, (busy0, total0), t0 = proc_cpu_seconds(p.pid), host_cpu(), time.monotonic()
+        rss: list[int] = []
+        made = drive(listener, rate, duration, spread, p.pid, rss)
+        elapsed = time.monotonic() - t0
+        cpu1, (busy1, total1) = proc_cpu_seconds(p.pid), host_cpu()
+        kw1 = kworker_cpu()
+        listener.close()
+        counted = 0
+        after = before
+        if collector:
+            # Notifications come from a kernel work queue: wait until the counts settle.
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                after = scrape(port)
+                counted = closed_for(after, lport) - closed_for(before, lport)
+                if counted >= 2 * made:
+                    break
+                time.sleep(0.1)
+        ncores = os.cpu_count() or 1
+        return {
+            "collector": "on" if collector else "off",
+            "offered": "max" if rate is None else int(rate),
+            "connections": made,
+            "rate": made / elapsed,
+            "counted": counted,
+            "expected": 2 * made,
+            "overruns": value(after, "conn_exporter_lifecycle_overruns_total") if collector else 0,
+            "exporter_cpu_per_1k_ms": (cpu1 - cpu0) / made * 1e6 if made else float("nan"),
+            "exporter_core_share": (cpu1 - cpu0) / elapsed,
+            "host_busy_share": (busy1 - busy0) / (total1 - total0) if total1 > total0 else float("nan"),
+            "host_busy_per_conn_us": (busy1 - busy0) / made * 1e6 if made else float("nan"),
+            "kworker_per_conn_us": (kw1 - kw0) / made * 1e6 if made else float("nan"),
+            "kworker_core_share": (kw1 - kw0) / elapsed,
+            "cores": ncores,
+            "rss_kib": rss + [proc_status(p.pid).get("VmRSS", 0)],
+        }
+    finally:
+        procs.stop(p)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    default_exe = "target/release/conn-exporter"
+    if not os.path.exists(default_exe):
+        default_exe = "target/debug/conn-exporter"
+    ap.add_argument("--exporter", default=default_exe)
+    ap.add_argument("--duration", type=float, default=60.0, help="seconds per run")
+    ap.add_argument("--rates", default="1000,5000,max", help="offered rates per second")
+    ap.add_argument("--rounds", type=int, default=3, help="on/off pairs per rate")
+    ap.add_argument("--json", help="write every run here")
+    ap.add_argument("--memory", action="store_true",
+                    help="one run with the collector on, clients from ever new 127/8 source "
+                         "addresses, --collector.lifecycle.max-series 1000: VmRSS every 10 s")
+    ap.add_argument("--quick", action="store_true", help="3 s at 1k/s, one pair; exit 1 unless exact")
+    a = ap.parse_args()
+    if a.quick:
+        a.duration, a.rates, a.rounds = 3.0, "1000", 1
+    procs = Processes("lifecycle-bench")
+    runs = []
+    if a.memory:
+        rate = float(a.rates.split(",")[0])
+        try:
+            res = run_once(a.exporter, True, rate, a.duration, procs, spread=True,
+                           extra=["--collector.lifecycle.max-series=1000"])
+        finally:
+            procs.stop_all()
+        # Outbound series past the bound fold the port: `counted` (by port) is then below
+        # `expected` by design; what matters here is VmRSS and overruns.
+        print(json.dumps(res))
+        return 0 if res["overruns"] == 0 else 1
+    try:
+        for r in a.rates.split(","):
+            rate = None if r == "max" else float(r)
+            for i in range(a.rounds):
+                # Alternate which goes first so that drift in the host favours neither.
+                order = (True, False) if i % 2 == 0 else (False, True)
+                for collector in order:
+                    res = run_once(a.exporter, collector, rate, a.duration, procs)
+                    runs.append(res)
+                    print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v)
+                                      for k, v in res.items()}), flush=True)
+    finally:
+        procs.stop_all()
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(runs, f, indent=1)
+    print("\nmedians (spread min..max) per offered rate:")
+    for r in a.rates.split(","):
+        offered = r if r == "max" else int(float(r))
+        on = [x for x in runs if x["offered"] == offered and x["collector"] == "on"]
+        off = [x for x in runs if x["offered"] == offered and x["collector"] == "off"]
+
+        def med(rs, k):
+            v = [x[k] for x in rs]
+            return f"{statistics.median(v):.3g} ({min(v):.3g}..{max(v):.3g})"
+        print(f"  offered {offered}/s: rate on {med(on, 'rate')}, off {med(off, 'rate')}; "
+              f"counted/expected {sum(x['counted'] for x in on)}/{sum(x['expected'] for x in on)}, "
+              f"overruns {sum(x['overruns'] for x in on):.0f}; exporter CPU per 1k conns on "
+              f"{med(on, 'exporter_cpu_per_1k_ms')} ms, off {med(off, 'exporter_cpu_per_1k_ms')} ms; "
+              f"exporter core share on {med(on, 'exporter_core_share')}; host busy per conn on "
+              f"{med(on, 'host_busy_per_conn_us')} us, off {med(off, 'host_busy_per_conn_us')} us; "
+              f"host busy share on {med(on, 'host_busy_share')}, off {med(off, 'host_busy_share')}; "
+              f"kworker CPU per conn on {med(on, 'kworker_per_conn_us')} us, "
+              f"off {med(off, 'kworker_per_conn_us')} us")
+    bad = [x for x in runs if x["collector"] == "on" and (x["counted"] != x["expected"] or x["overruns"] != 0)]
+    if bad:
+        print(f"lifecycle counts not exact or overrun in {len(bad)} run(s)", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+//! The lifecycle counters (`network_connections_closed_total`, `_failed_total`, the byte
+//! and retransmit counters) and their self-metrics, written from the counters the
+//! `lifecycle` thread keeps.
+
+use std::io::{self, Write};
+use std::sync::atomic::Ordering;
+
+use super::peers::write_series;
+use crate::classify::PeerKey;
+use crate::exposition::{Encoder, Kind, Number};
+use crate::lifecycle::{Lifecycle, Status, Totals};
+
+/// Which value of [`Totals`] a family shows for a label set, if any.
+type Pick = fn(&Totals) -> Option<u64>;
+
+/// The families, each from one field of [`Totals`]; a label set appears in a family once
+/// its count is above zero, and counts only grow.
+const FAMILIES: [(&str, &str, Pick); 5] = [
+    (
+        "network_connections_closed_total",
+        "TCP connections that were established and are now closed, by direction, local address, service port, remote address and interface.",
+        |t| (t.closed > 0).then_some(t.closed),
+    ),
+    (
+        "network_connections_failed_total",
+        "Outbound TCP connects that never reached ESTABLISHED (refused, timed out, reset in the handshake), by remote address; the kernel keeps no port for them.",
+        |t| (t.failed > 0).then_some(t.failed),
+    ),
+    (
+        "network_connection_sent_bytes_total",
+        "Payload bytes sent and acknowledged by the peer on closed connections (SYN and FIN not counted).",
+        |t| (t.closed > 0).then_some(t.sent_bytes),
+    ),
+    (
+        "network_connection_received_bytes_total",
+        "Bytes received on closed connections: payload plus one for each FIN received (tcpi_bytes_received).",
+        |t| (t.closed > 0).then_some(t.received_bytes),
+    ),
+    (
+        "network_connection_retransmits_total",
+        "Segments retransmitted on closed connections (tcpi_total_retrans).",
+        |t| (t.closed > 0).then_some(t.retransmits),
+    ),
+];
+
+/// Writes the families and `conn_exporter_lifecycle_*` when the subscription runs
+/// (nothing otherwise: counters that cannot count are no zeros). Returns whether it
+/// runs, the collector's success.
+pub fn write<W: Write>(enc: &mut Encoder<W>, state: &Lifecycle) -> io::Result<bool> {
+    if state.status() != Status::Subscribed {
+        return Ok(false);
+    }
+    let (series, merged, table) = {
+        let mut c = state.lock();
+        (c.series(), c.merged(), c.interfaces())
+    };
+    let mut picked: Vec<(PeerKey, u64)> = Vec::with_capacity(series.len());
+    for (name, help, pick) in FAMILIES {
+        picked.clear();
+        picked.extend(series.iter().filter_map(|(k, t)| pick(t).map(|n| (*k, n))));
+        write_series(enc, name, Kind::Counter, help, &picked, &table)?;
+    }
+    for (name, help, n) in [
+        (
+            "conn_exporter_lifecycle_overruns_total",
+            "Times the kernel dropped socket-destroy messages because the receive buffer was full; above 0, the lifecycle counters are lower bounds.",
+            state.overruns.load(Ordering::Relaxed),
+        ),
+        (
+            "conn_exporter_lifecycle_events_total",
+            "Socket-destroy messages received from the kernel (listeners and unconnected sockets included).",
+            state.events.load(Ordering::Relaxed),
+        ),
+        (
+            "conn_exporter_lifecycle_merged_total",
+            "Destroyed sockets counted in a destination_address=\"other\" series by --collector.lifecycle.max-series.",
+            merged,
+        ),
+    ] {
+        enc.family(name, Kind::Counter, help)?;
+        enc.sample(name, &[], Number::Int(n))?;
+    }
+    Ok(true)
+}

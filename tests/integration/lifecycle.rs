@@ -1,0 +1,149 @@
+//! The lifecycle counters against connections the test makes in a namespace of its own:
+//! exact closed and failed counts and byte figures between two scrapes, over IPv4 and
+//! IPv6; the service user of the shipped unit receiving the notifications; a refused
+//! subscription failing the collector only.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::ns::Netns;
+use crate::util::{binary, repo, require_tool, run, samples, wait_for, Exporter};
+
+type Labels = BTreeMap<String, String>;
+
+fn sum(text: &str, name: &str, keep: impl Fn(&Labels) -> bool) -> u64 {
+    samples(text, name).iter().filter(|(l, _)| keep(l)).map(|(_, v)| *v as u64).sum()
+}
+
+fn value(text: &str, name: &str) -> u64 {
+    sum(text, name, |_| true)
+}
+
+/// Runs the scenario and returns its facts.
+fn make_connections(ns: &Netns, family: &str, n: u32, request: u32, response: u32, refused: u32) -> serde_json::Value {
+    let script = repo().join("tests/scenarios/lifecycle.py");
+    let out = ns.exec(&[
+        "python3",
+        script.to_str().unwrap(),
+        family,
+        &n.to_string(),
+        &request.to_string(),
+        &response.to_string(),
+        &refused.to_string(),
+    ]);
+    serde_json::from_str(out.trim()).unwrap()
+}
+
+#[test]
+fn closed_and_failed_connections_and_bytes_are_counted_exactly() {
+    let ns = Netns::new("connexp-lifecycle");
+    let e = ns.exporter(&[]);
+    e.wait_log("subscribed to TCP socket-destroy notifications");
+    let promtool = require_tool("promtool");
+    for family in ["4", "6"] {
+        let (n, request, response, refused) = (2000u64, 1000u64, 300u64, 100u64);
+        let before = ns.scrape(&e, "");
+        let facts = make_connections(&ns, family, n as u32, request as u32, response as u32, refused as u32);
+        assert_eq!(facts["refused"], refused, "every connect to the closed port was refused");
+        let (addr, port) = (facts["address"].as_str().unwrap().to_owned(), facts["port"].to_string());
+        let inbound = |l: &Labels| l.get("source_port") == Some(&port) && l["direction"] == "inbound";
+        let outbound = |l: &Labels| l.get("destination_port") == Some(&port) && l["direction"] == "outbound";
+        let failed_to = |l: &Labels| l["destination_address"] == addr && l["direction"] == "outbound";
+        // Notifications come from a kernel work queue: wait until the counts arrive (or
+        // stop arriving), then check them exactly.
+        let started = std::time::Instant::now();
+        let after = loop {
+            let t = ns.scrape(&e, "");
+            let now = (
+                sum(&t, "network_connections_closed_total", inbound),
+                sum(&t, "network_connections_closed_total", outbound),
+                sum(&t, "network_connections_failed_total", failed_to)
+                    - sum(&before, "network_connections_failed_total", failed_to),
+            );
+            if (now.0 >= n && now.1 >= n && now.2 >= refused) || started.elapsed() > Duration::from_secs(30) {
+                break t;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let delta = |name: &str, keep: &dyn Fn(&Labels) -> bool| sum(&after, name, keep) - sum(&before, name, keep);
+        assert_eq!(delta("network_connections_closed_total", &inbound), n, "IPv{family} inbound\n{after}");
+        assert_eq!(delta("network_connections_closed_total", &outbound), n, "IPv{family} outbound");
+        assert_eq!(delta("network_connections_failed_total", &failed_to), refused, "IPv{family} failed");
+        // No failed series carries a port: the kernel forgot it.
+        assert!(samples(&after, "network_connections_failed_total")
+            .iter()
+            .all(|(l, _)| !l.contains_key("destination_port")));
+        // The documented figures: payload sent; received is payload plus the peer's FIN.
+        assert_eq!(delta("network_connection_sent_bytes_total", &inbound), n * response, "IPv{family}");
+        assert_eq!(delta("network_connection_sent_bytes_total", &outbound), n * request, "IPv{family}");
+        assert_eq!(delta("network_connection_received_bytes_total", &inbound), n * (request + 1), "IPv{family}");
+        assert_eq!(delta("network_connection_received_bytes_total", &outbound), n * (response + 1), "IPv{family}");
+        assert_eq!(delta("network_connection_retransmits_total", &inbound), 0, "loopback loses nothing");
+        assert_eq!(value(&after, "conn_exporter_lifecycle_overruns_total"), 0);
+        assert_eq!(value(&after, "conn_exporter_lifecycle_merged_total"), 0);
+        let success = samples(&after, "conn_exporter_scrape_collector_success");
+        assert!(success.iter().any(|(l, v)| l["collector"] == "lifecycle" && *v == 1.0), "{after}");
+        let mut lint = tempfile::NamedTempFile::new().unwrap();
+        lint.write_all(ns.scrape(&e, "?collect[]=lifecycle").as_bytes()).unwrap();
+        let (code, out, err) =
+            run(Command::new(&promtool).args(["check", "metrics"]).stdin(std::fs::File::open(lint.path()).unwrap()));
+        assert_eq!(code, 0, "promtool check metrics: {out}{err}");
+    }
+}
+
+#[test]
+fn the_unprivileged_service_user_receives_the_notifications() {
+    // The shipped unit runs as a dynamic user with no capabilities: uid 65534 here.
+    let ns = Netns::new("connexp-lifecycle-uid");
+    let setpriv = require_tool("setpriv");
+    let e = Exporter::start_with(
+        &[
+            "ip",
+            "netns",
+            "exec",
+            &ns.0,
+            setpriv.to_str().unwrap(),
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            binary(),
+        ],
+        &[],
+    );
+    let log = e.wait_log("subscribed to TCP socket-destroy notifications");
+    assert!(log.contains("SO_RCVBUF, capped by net.core.rmem_max"), "no CAP_NET_ADMIN, no SO_RCVBUFFORCE: {log}");
+    let facts = make_connections(&ns, "4", 50, 10, 10, 0);
+    let port = facts["port"].to_string();
+    wait_for(Duration::from_secs(20), "50 inbound and 50 outbound", || {
+        let t = ns.scrape(&e, "");
+        let closed = |dir: &str| {
+            sum(&t, "network_connections_closed_total", |l| {
+                l["direction"] == dir
+                    && (l.get("source_port") == Some(&port) || l.get("destination_port") == Some(&port))
+            })
+        };
+        (closed("inbound") == 50 && closed("outbound") == 50).then_some(())
+    });
+}
+
+#[test]
+fn a_refused_subscription_fails_the_collector_not_the_exporter() {
+    // seccomp refuses AF_NETLINK sockets, as RestrictAddressFamilies=~AF_NETLINK would.
+    let python = "/usr/bin/python3";
+    let script = "import os, sys, errno, socket, seccomp\n\
+f = seccomp.SyscallFilter(defaction=seccomp.ALLOW)\n\
+f.add_rule(seccomp.ERRNO(errno.EAFNOSUPPORT), 'socket', seccomp.Arg(0, seccomp.EQ, socket.AF_NETLINK))\n\
+f.load()\n\
+os.execv(sys.argv[1], sys.argv[1:])\n";
+    let e = Exporter::start_with(&[python, "-c", script, binary()], &[]);
+    let log = e.wait_log("refused the socket-destroy subscription");
+    assert!(log.contains("closed and failed connection counters are unavailable"), "{log}");
+    let text = e.scrape();
+    let success = samples(&text, "conn_exporter_scrape_collector_success");
+    assert!(success.iter().any(|(l, v)| l["collector"] == "lifecycle" && *v == 0.0), "{text}");
+    assert!(success.iter().any(|(l, v)| l["collector"] == "states" && *v == 1.0), "procfs still serves the rest");
+    assert!(!text.contains("network_connections_closed_total"), "no counters that cannot count");
+}
