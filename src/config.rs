@@ -155,6 +155,17 @@ pub struct Args {
     #[arg(long = "collector.connections.source", value_enum, default_value = "auto")]
     pub source: SourceChoice,
 
+    /// Which network namespaces are read: the exporter's own (host), or every one on the
+    /// host (all; adds the netns, container_id and pod_uid labels; needs CAP_SYS_ADMIN
+    /// and CAP_SYS_PTRACE).
+    #[arg(long = "collector.namespaces", value_enum, default_value = "host")]
+    pub namespaces: crate::netns::NamespaceMode,
+
+    /// Label per-connection and listener series with the owning process (`process`,
+    /// its comm) and its `systemd_unit`; a shared socket takes the lowest pid's owner.
+    #[arg(long = "collector.connections.owner")]
+    pub owners: bool,
+
     /// Only log messages with the given severity or above.
     #[arg(long = "log.level", value_enum, default_value = "info")]
     pub log_level: LogLevel,
@@ -295,6 +306,8 @@ impl Config {
                 peers_folding: Folding { ipv4_prefix: args.peers_prefix_v4, ipv6_prefix: args.peers_prefix_v6 },
                 exporter_metrics: !args.disable_exporter_metrics,
                 source: args.source,
+                namespaces: args.namespaces,
+                owners: args.owners,
             },
             log_level: args.log_level.into(),
             log_format: args.log_format,

@@ -12,6 +12,7 @@ use crate::lifecycle::Lifecycle;
 use crate::metrics::connections::Connections;
 use crate::metrics::peers::Peers;
 use crate::metrics::{lifecycle, listeners, self_metrics, states, CollectorName, CollectorSet};
+use crate::netns::NamespaceMode;
 use crate::snapshot::{SharedReads, Snapshot};
 use crate::source::reader::{Reader, SourceChoice};
 use crate::webconfig::ReloadStatus;
@@ -37,6 +38,10 @@ pub struct ExporterConfig {
     pub exporter_metrics: bool,
     /// Where sockets come from.
     pub source: SourceChoice,
+    /// Which network namespaces are read.
+    pub namespaces: NamespaceMode,
+    /// Whether sockets are labelled with their owning process.
+    pub owners: bool,
 }
 
 /// Why a `collect[]` filter was refused.
@@ -54,6 +59,10 @@ pub enum FilterError {
 /// collectors failed; longer than any read of a real host takes.
 const SHARED_READ_WAIT: Duration = Duration::from_secs(60);
 
+/// Most time one scrape spends walking processes' descriptors for socket owners; the
+/// processes not reached keep the owners of the last scrape.
+const OWNER_WALK_BUDGET: Duration = Duration::from_secs(2);
+
 /// The exporter: configuration plus what persists between scrapes.
 pub struct Exporter {
     config: ExporterConfig,
@@ -69,7 +78,9 @@ impl Exporter {
     /// An exporter for a configuration.
     pub fn new(config: ExporterConfig) -> Exporter {
         Exporter {
-            reader: Reader::new(config.procfs.clone(), config.source),
+            reader: Reader::new(config.procfs.clone(), config.source)
+                .with_namespaces(config.namespaces)
+                .with_owners(config.owners, OWNER_WALK_BUDGET),
             reads: SharedReads::new(SHARED_READ_WAIT),
             connections: Connections::new(config.max_series),
             peers: Peers::new(config.peers_max_series, config.peers_folding),

@@ -21,6 +21,8 @@ pub mod lifecycle;
 pub mod logging;
 pub mod metrics;
 pub mod model;
+pub mod netns;
+pub mod owners;
 pub mod parse;
 pub mod snapshot;
 pub mod source;

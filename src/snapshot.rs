@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use crate::exposition::{Encoder, Kind, Number, Value};
 use crate::iface::{IfaceId, InterfaceTable};
 use crate::model::{Endpoint, Family, TcpState};
+use crate::owners::{OwnerId, OwnerTable};
 
 /// A socket reduced to what the per-connection and peers families need: 44 bytes, no
 /// heap, sorted so that duplicates are adjacent.
@@ -23,6 +24,8 @@ pub struct SeriesKey {
     pub state: TcpState,
     /// Interface of the local address.
     pub iface: IfaceId,
+    /// Owning process (`--collector.connections.owner`); always 0 without it.
+    pub owner: OwnerId,
 }
 
 /// A listening socket and its queues.
@@ -32,6 +35,8 @@ pub struct ListenerRecord {
     pub local: Endpoint,
     /// Interface of the local address.
     pub iface: IfaceId,
+    /// Owning process; always 0 without `--collector.connections.owner`.
+    pub owner: OwnerId,
     /// Connections waiting to be accepted.
     pub queue_length: u32,
     /// Backlog limit; meaningful only where [`Snapshot::queue_limits`] is true.
@@ -80,6 +85,16 @@ impl StateCounts {
             Kind::Gauge,
             "Number of TCP sockets by family, interface and state; never truncated by a series limit.",
         )?;
+        self.write_samples(enc, table, None)
+    }
+
+    /// The samples alone, with a namespace's labels in `all` mode.
+    pub fn write_samples<W: Write>(
+        &self,
+        enc: &mut Encoder<W>,
+        table: &InterfaceTable,
+        ns: Option<&NsLabels>,
+    ) -> io::Result<()> {
         for family in Family::ALL {
             for id in 0..self.interfaces {
                 let iface = IfaceId(id as u16);
@@ -93,19 +108,101 @@ impl StateCounts {
                     if state == TcpState::Unknown && n == 0 {
                         continue;
                     }
-                    enc.sample(
-                        "network_connection_states",
-                        &[
-                            ("family", Value::Str(family.label())),
-                            ("interface", Value::Str(table.name(iface))),
-                            ("state", Value::Str(state.label())),
-                        ],
-                        Number::Int(n),
-                    )?;
+                    let labels = [
+                        ("family", Value::Str(family.label())),
+                        ("interface", Value::Str(table.name(iface))),
+                        ("state", Value::Str(state.label())),
+                    ];
+                    match ns {
+                        None => enc.sample("network_connection_states", &labels, Number::Int(n))?,
+                        Some(ns) => {
+                            let mut all = labels.to_vec();
+                            ns.extend(&mut all);
+                            enc.sample("network_connection_states", &all, Number::Int(n))?
+                        }
+                    }
                 }
             }
         }
         Ok(())
+    }
+}
+
+/// The labels of a network namespace (`--collector.namespaces=all`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NsLabels {
+    /// `netns`: `host`, the `ip netns` name, the container, or `netns-<inode>`.
+    pub netns: String,
+    /// `container_id`; empty outside a container.
+    pub container_id: String,
+    /// `pod_uid`; empty outside a Kubernetes pod.
+    pub pod_uid: String,
+}
+
+impl NsLabels {
+    /// Adds the three labels to a sample's labels, keeping them in name order.
+    pub fn extend<'a>(&'a self, labels: &mut Vec<(&'a str, Value<'a>)>) {
+        labels.push(("container_id", Value::Str(&self.container_id)));
+        labels.push(("netns", Value::Str(&self.netns)));
+        labels.push(("pod_uid", Value::Str(&self.pod_uid)));
+        labels.sort_by_key(|l| l.0);
+    }
+}
+
+/// One network namespace's part of a read in `all` mode.
+#[derive(Debug)]
+pub struct Space {
+    /// Its labels.
+    pub labels: NsLabels,
+    /// Its interfaces (its `eth0` is not the host's).
+    pub table: InterfaceTable,
+    /// Its sockets, sorted.
+    pub keys: Vec<SeriesKey>,
+    /// Its listeners, sorted.
+    pub listeners: Vec<ListenerRecord>,
+    /// Its exact counts.
+    pub counts: StateCounts,
+    /// Whether its listeners' backlog limits are known.
+    pub queue_limits: bool,
+}
+
+/// What a family writes from: the whole read in `host` mode, one namespace in `all` mode.
+#[derive(Clone, Copy)]
+pub struct Part<'a> {
+    /// The namespace's labels; `None` in `host` mode, where no label is added.
+    pub ns: Option<&'a NsLabels>,
+    /// Interfaces.
+    pub table: &'a InterfaceTable,
+    /// Sockets, sorted.
+    pub keys: &'a [SeriesKey],
+    /// Listeners, sorted.
+    pub listeners: &'a [ListenerRecord],
+    /// Exact counts.
+    pub counts: &'a StateCounts,
+    /// Whether listeners' backlog limits are known.
+    pub queue_limits: bool,
+    /// Socket owners, with `--collector.connections.owner`.
+    pub owners: Option<&'a OwnerTable>,
+}
+
+impl Part<'_> {
+    /// Whether samples get labels beyond the family's own.
+    pub fn extra_labels(&self) -> bool {
+        self.ns.is_some() || self.owners.is_some()
+    }
+
+    /// A sample's labels with the namespace's and the owner's added where they apply,
+    /// in name order.
+    pub fn labels<'a>(&'a self, mut labels: Vec<(&'a str, Value<'a>)>, owner: OwnerId) -> Vec<(&'a str, Value<'a>)> {
+        if let Some(ns) = self.ns {
+            ns.extend(&mut labels);
+        }
+        if let Some(owners) = self.owners {
+            labels.push(("process", Value::Str(owners.process(owner))));
+            labels.push(("systemd_unit", Value::Str(owners.unit(owner))));
+            labels.sort_by_key(|l| l.0);
+        }
+        labels
     }
 }
 
@@ -128,6 +225,11 @@ pub struct Snapshot {
     pub ok: bool,
     /// How long the read took.
     pub read_time: Duration,
+    /// In `all` mode, every namespace (the fields above are then unused); empty in
+    /// `host` mode.
+    pub spaces: Vec<Space>,
+    /// Socket owners, with `--collector.connections.owner`.
+    pub owners: Option<std::sync::Arc<OwnerTable>>,
 }
 
 impl Snapshot {
@@ -143,7 +245,36 @@ impl Snapshot {
             queue_limits: false,
             ok: false,
             read_time: Duration::ZERO,
+            spaces: Vec::new(),
+            owners: None,
         }
+    }
+
+    /// What the families write from, one part per namespace in `all` mode.
+    pub fn parts(&self) -> Vec<Part<'_>> {
+        if self.spaces.is_empty() {
+            return vec![Part {
+                ns: None,
+                table: &self.table,
+                keys: &self.keys,
+                listeners: &self.listeners,
+                counts: &self.counts,
+                queue_limits: self.queue_limits,
+                owners: self.owners.as_deref(),
+            }];
+        }
+        self.spaces
+            .iter()
+            .map(|s| Part {
+                ns: Some(&s.labels),
+                table: &s.table,
+                keys: &s.keys,
+                listeners: &s.listeners,
+                counts: &s.counts,
+                queue_limits: s.queue_limits,
+                owners: self.owners.as_deref(),
+            })
+            .collect()
     }
 }
 

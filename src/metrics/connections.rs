@@ -22,12 +22,13 @@ impl Connections {
 
     /// Writes the series and `conn_exporter_connections_dropped_series`.
     pub fn write<W: Write>(&self, enc: &mut Encoder<W>, snap: &Snapshot) -> io::Result<()> {
-        let keys = &snap.keys;
-        let table = &snap.table;
+        let parts = snap.parts();
         // First pass: distinct series per keep class, to know how many of each fit.
         let mut distinct = [0usize; 3];
-        for run in keys.chunk_by(|a, b| a == b) {
-            distinct[usize::from(run[0].state.keep_priority())] += 1;
+        for part in &parts {
+            for run in part.keys.chunk_by(|a, b| a == b) {
+                distinct[usize::from(run[0].state.keep_priority())] += 1;
+            }
         }
         let total: usize = distinct.iter().sum();
         let mut budget = [usize::MAX; 3];
@@ -44,26 +45,33 @@ impl Connections {
             "TCP sockets by local and remote endpoint, state and interface; the value counts sockets sharing one label set.",
         )?;
         let mut kept = 0usize;
-        for run in keys.chunk_by(|a, b| a == b) {
-            let k = run[0];
-            let class = usize::from(k.state.keep_priority());
-            if budget[class] == 0 {
-                continue;
-            }
-            budget[class] -= 1;
-            kept += 1;
-            enc.sample(
-                "network_connections_info",
-                &[
+        for part in &parts {
+            for run in part.keys.chunk_by(|a, b| a == b) {
+                let k = run[0];
+                let class = usize::from(k.state.keep_priority());
+                if budget[class] == 0 {
+                    continue;
+                }
+                budget[class] -= 1;
+                kept += 1;
+                let labels = [
                     ("destination_address", Value::Ip(k.remote.ip)),
                     ("destination_port", Value::Int(u64::from(k.remote.port))),
-                    ("interface", Value::Str(table.name(k.iface))),
+                    ("interface", Value::Str(part.table.name(k.iface))),
                     ("source_address", Value::Ip(k.local.ip)),
                     ("source_port", Value::Int(u64::from(k.local.port))),
                     ("state", Value::Str(k.state.label())),
-                ],
-                Number::Int(run.len() as u64),
-            )?;
+                ];
+                if part.extra_labels() {
+                    enc.sample(
+                        "network_connections_info",
+                        &part.labels(labels.to_vec(), k.owner),
+                        Number::Int(run.len() as u64),
+                    )?
+                } else {
+                    enc.sample("network_connections_info", &labels, Number::Int(run.len() as u64))?
+                }
+            }
         }
         let dropped = total - kept;
         let was = self.truncating.swap(dropped > 0, Ordering::Relaxed);

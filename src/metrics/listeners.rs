@@ -14,7 +14,8 @@ type QueueField = fn(&ListenerRecord) -> u32;
 /// series: their queues and limits add up, as the capacity of that endpoint does. The
 /// limit is written only where the source tells it (netlink; not `/proc/net/tcp`).
 pub fn write<W: Write>(enc: &mut Encoder<W>, snap: &Snapshot) -> io::Result<()> {
-    let merged = merge(&snap.listeners);
+    let parts = snap.parts();
+    let merged: Vec<Vec<ListenerRecord>> = parts.iter().map(|p| merge(p.listeners)).collect();
     let families: [(&str, &str, QueueField); 2] = [
         (
             "network_listen_queue_length",
@@ -28,20 +29,22 @@ pub fn write<W: Write>(enc: &mut Encoder<W>, snap: &Snapshot) -> io::Result<()> 
         ),
     ];
     for (i, (name, help, value)) in families.into_iter().enumerate() {
-        if i == 1 && !snap.queue_limits {
+        if i == 1 && !parts.iter().any(|p| p.queue_limits) {
             continue;
         }
         enc.family(name, Kind::Gauge, help)?;
-        for l in &merged {
-            enc.sample(
-                name,
-                &[
-                    ("interface", Value::Str(snap.table.name(l.iface))),
+        for (part, merged) in parts.iter().zip(&merged) {
+            if i == 1 && !part.queue_limits {
+                continue;
+            }
+            for l in merged {
+                let labels = vec![
+                    ("interface", Value::Str(part.table.name(l.iface))),
                     ("source_address", Value::Ip(l.local.ip)),
                     ("source_port", Value::Int(u64::from(l.local.port))),
-                ],
-                Number::Int(u64::from(value(l))),
-            )?;
+                ];
+                enc.sample(name, &part.labels(labels, l.owner), Number::Int(u64::from(value(l))))?;
+            }
         }
     }
     Ok(())
@@ -52,7 +55,7 @@ fn merge(sorted: &[ListenerRecord]) -> Vec<ListenerRecord> {
     let mut out: Vec<ListenerRecord> = Vec::with_capacity(sorted.len());
     for l in sorted {
         match out.last_mut() {
-            Some(last) if last.local == l.local && last.iface == l.iface => {
+            Some(last) if last.local == l.local && last.iface == l.iface && last.owner == l.owner => {
                 last.queue_length = last.queue_length.saturating_add(l.queue_length);
                 last.queue_limit = last.queue_limit.saturating_add(l.queue_limit);
             }
@@ -73,6 +76,7 @@ mod tests {
         let l = |port, q, lim| ListenerRecord {
             local: Endpoint::new("127.0.0.1".parse().unwrap(), port),
             iface: IfaceId::LOOPBACK,
+            owner: crate::owners::OwnerId::default(),
             queue_length: q,
             queue_limit: lim,
         };

@@ -10,7 +10,7 @@ use crate::classify::{count_bounded, BoundedPeers, Direction, Folding, ListenerS
 use crate::exposition::{Encoder, Kind, Number, Value};
 use crate::iface::InterfaceTable;
 use crate::model::TcpState;
-use crate::snapshot::Snapshot;
+use crate::snapshot::{NsLabels, Part, Snapshot};
 
 /// The family and its settings.
 pub struct Peers {
@@ -25,26 +25,34 @@ impl Peers {
         Peers { max_series, folding, merging: AtomicBool::new(false) }
     }
 
-    /// The peers of a snapshot: every socket but the listeners, classified against them.
-    pub fn count(&self, snap: &Snapshot) -> BoundedPeers {
-        let listeners = ListenerSet::new(snap.listeners.iter().map(|l| l.local));
-        let peers = snap.keys.iter().filter(|k| k.state != TcpState::Listen).map(|k| {
+    /// The peers of one namespace's sockets: every socket but the listeners, classified
+    /// against that namespace's listeners, at most `max_series` label sets.
+    pub fn count(&self, part: &Part<'_>, max_series: usize) -> BoundedPeers {
+        let listeners = ListenerSet::new(part.listeners.iter().map(|l| l.local));
+        let peers = part.keys.iter().filter(|k| k.state != TcpState::Listen).map(|k| {
             PeerKey::of(listeners.direction(&k.local), &k.local, &k.remote, Some(k.state), k.iface, &self.folding)
         });
-        count_bounded(peers, self.max_series)
+        count_bounded(peers, max_series)
     }
 
-    /// Writes the family and `conn_exporter_peers_merged_series`.
+    /// Writes the family and `conn_exporter_peers_merged_series`. In `all` mode every
+    /// namespace gets an equal share of the bound (at least one label set).
     pub fn write<W: Write>(&self, enc: &mut Encoder<W>, snap: &Snapshot) -> io::Result<()> {
-        let peers = self.count(snap);
-        write_series(
-            enc,
-            "network_connection_peers",
+        let parts = snap.parts();
+        let share = if self.max_series == 0 { 0 } else { (self.max_series / parts.len()).max(1) };
+        let name = "network_connection_peers";
+        enc.family(
+            name,
             Kind::Gauge,
             "Non-listening TCP sockets by direction, local address, service port, remote address, state and interface; the ephemeral port is left out.",
-            &peers.series,
-            &snap.table,
         )?;
+        let mut merged = 0;
+        for part in &parts {
+            let peers = self.count(part, share);
+            merged += peers.merged;
+            write_samples(enc, name, &peers.series, part.table, part.ns)?;
+        }
+        let peers = BoundedPeers { series: Vec::new(), merged };
         let was = self.merging.swap(peers.merged > 0, Ordering::Relaxed);
         if peers.merged > 0 && !was {
             log::warn!(
@@ -89,6 +97,18 @@ pub fn write_series<W: Write>(
     table: &InterfaceTable,
 ) -> io::Result<()> {
     enc.family(name, kind, help)?;
+    write_samples(enc, name, series, table, None)
+}
+
+/// The samples of [`write_series`] without the family header, with a namespace's labels
+/// in `all` mode.
+pub fn write_samples<W: Write>(
+    enc: &mut Encoder<W>,
+    name: &str,
+    series: &[(PeerKey, u64)],
+    table: &InterfaceTable,
+    ns: Option<&NsLabels>,
+) -> io::Result<()> {
     let mut remote_text = String::new();
     for (k, n) in series {
         let remote = remote_label(&k.remote, &mut remote_text);
@@ -105,6 +125,9 @@ pub fn write_series<W: Write>(
         }
         if let Some(state) = k.state {
             labels.push(("state", Value::Str(state.label())));
+        }
+        if let Some(ns) = ns {
+            ns.extend(&mut labels);
         }
         enc.sample(name, &labels, Number::Int(*n))?;
     }

@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::sock_diag::SockDiag;
@@ -10,7 +11,9 @@ use super::{interfaces, procfs, SourceError};
 use crate::iface::InterfaceTable;
 use crate::logging::RateLimit;
 use crate::model::{Connection, Family, TcpState};
-use crate::snapshot::{ListenerRecord, SeriesKey, Snapshot, StateCounts};
+use crate::netns::{NamespaceMode, Namespaces};
+use crate::owners::{OwnerId, OwnerTable, Owners};
+use crate::snapshot::{ListenerRecord, NsLabels, SeriesKey, Snapshot, Space, StateCounts};
 
 /// Where sockets are read from (`--collector.connections.source`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -31,6 +34,7 @@ enum Warning {
     Sockets = 1,
     Malformed = 2,
     Netlink = 3,
+    Namespaces = 4,
 }
 
 /// Reads snapshots from the chosen source, and keeps what persists between reads: the
@@ -45,12 +49,17 @@ pub struct Reader {
     parse_errors: [AtomicU64; 2],
     last_socket_count: AtomicUsize,
     /// One limiter per kind of warning, so that a steady one cannot hide a new one.
-    warn_limits: [RateLimit; 4],
+    warn_limits: [RateLimit; 5],
+    /// Every network namespace's threads, in `--collector.namespaces=all` mode.
+    namespaces: Option<Namespaces>,
+    /// The socket owner walk, with `--collector.connections.owner`.
+    owners: Option<Owners>,
 }
 
 /// What a read fills in, so that a fallback can start it over.
 struct Fill<'a> {
     table: &'a InterfaceTable,
+    owners: Option<&'a OwnerTable>,
     counts: StateCounts,
     keys: Vec<SeriesKey>,
     listeners: Vec<ListenerRecord>,
@@ -60,17 +69,19 @@ struct Fill<'a> {
 impl Fill<'_> {
     fn add(&mut self, c: Connection) {
         let iface = self.table.resolve(&c.local, c.if_index);
+        let owner = self.owners.map_or(OwnerId::default(), |o| o.owner(u64::from(c.inode)));
         self.counts.add(c.family(), iface, c.state);
         if c.state == TcpState::Listen {
             self.listeners.push(ListenerRecord {
                 local: c.local,
                 iface,
+                owner,
                 queue_length: c.recv_queue,
                 queue_limit: c.send_queue,
             });
         }
         if self.want_keys {
-            self.keys.push(SeriesKey { local: c.local, remote: c.remote, state: c.state, iface });
+            self.keys.push(SeriesKey { local: c.local, remote: c.remote, state: c.state, iface, owner });
         }
     }
 
@@ -79,6 +90,31 @@ impl Fill<'_> {
         self.keys.clear();
         self.listeners.clear();
     }
+}
+
+/// Reads the namespace the calling thread is in, over netlink only (a namespace's
+/// thread has no procfs of its own to fall back to). The labels are the caller's.
+fn dump_namespace(want_keys: bool, sort: bool, owners: Option<&OwnerTable>) -> Result<Space, SourceError> {
+    let table = interfaces::read_live()?;
+    let mut fill = Fill {
+        table: &table,
+        owners,
+        counts: StateCounts::new(&table),
+        keys: Vec::new(),
+        listeners: Vec::new(),
+        want_keys,
+    };
+    let diag = SockDiag::open()?;
+    for result in diag.dump_all(&mut |c| fill.add(c)) {
+        result?;
+    }
+    let Fill { counts, mut keys, mut listeners, .. } = fill;
+    if sort {
+        keys.sort_unstable();
+    }
+    listeners.sort_unstable();
+    let labels = NsLabels { netns: String::new(), container_id: String::new(), pod_uid: String::new() };
+    Ok(Space { labels, table, keys, listeners, counts, queue_limits: true })
 }
 
 /// Errors that mean the kernel or a sandbox will not serve netlink to this process, as
@@ -109,7 +145,42 @@ impl Reader {
             parse_errors: [AtomicU64::new(0), AtomicU64::new(0)],
             last_socket_count: AtomicUsize::new(0),
             warn_limits: std::array::from_fn(|_| RateLimit::new(Duration::from_secs(60))),
+            namespaces: None,
+            owners: None,
         }
+    }
+
+    /// Labels sockets with their owning process (`--collector.connections.owner`), the
+    /// descriptor walk of one read bounded by `budget`.
+    pub fn with_owners(mut self, on: bool, budget: Duration) -> Reader {
+        if on {
+            let missing = crate::owners::missing_capabilities(&self.procfs);
+            if !missing.is_empty() {
+                log::warn!(
+                    "--collector.connections.owner: missing {}; sockets of other users' processes get process=\"\"",
+                    missing.join(" and ")
+                );
+            }
+        }
+        self.owners = on.then(|| Owners::new(self.procfs.clone(), budget));
+        self
+    }
+
+    /// Reads every network namespace (`all`) or the own one only (`host`). In `all` mode
+    /// a missing capability is said once here; the reads then serve the namespaces they
+    /// can enter and report failure.
+    pub fn with_namespaces(mut self, mode: NamespaceMode) -> Reader {
+        if mode == NamespaceMode::All {
+            let missing = crate::netns::missing_capabilities(&self.procfs);
+            if !missing.is_empty() {
+                log::error!(
+                    "--collector.namespaces=all: missing {} (setns needs CAP_SYS_ADMIN; other users' /proc/<pid>/ns needs CAP_SYS_PTRACE); namespaces that cannot be entered are left out and the collectors report success 0",
+                    missing.join(" and ")
+                );
+            }
+            self.namespaces = Some(Namespaces::new(self.procfs.clone(), PathBuf::from("/run/netns")));
+        }
+        self
     }
 
     /// The source the next read will use: `netlink` or `procfs`.
@@ -169,8 +240,8 @@ impl Reader {
         }
     }
 
-    /// Reads interfaces and sockets. Per socket: resolve the interface, count, keep
-    /// listeners, and (when `want_keys`) a 44-byte key; nothing else is allocated.
+    /// Reads interfaces and sockets: of the own namespace, or in `all` mode of every
+    /// namespace, each on its own thread while the own one is read here.
     pub fn read(&self, want_keys: bool) -> Snapshot {
         self.read_with(want_keys, true)
     }
@@ -180,9 +251,88 @@ impl Reader {
     /// order, which saves a sort of every socket on a peers-only scrape).
     pub fn read_with(&self, want_keys: bool, sort: bool) -> Snapshot {
         let start = Instant::now();
+        let owners = self.owners.as_ref().map(|o| Arc::new(o.table()));
+        let mut snap = match &self.namespaces {
+            None => self.read_own(want_keys, sort, owners.as_deref()),
+            Some(namespaces) => self.read_all(namespaces, want_keys, sort, owners.as_ref()),
+        };
+        snap.owners = owners;
+        snap.read_time = start.elapsed();
+        snap
+    }
+
+    fn read_all(
+        &self,
+        namespaces: &Namespaces,
+        want_keys: bool,
+        sort: bool,
+        owners: Option<&Arc<OwnerTable>>,
+    ) -> Snapshot {
+        let start = Instant::now();
+        let found = namespaces.discover();
+        let pending: Vec<_> = found
+            .iter()
+            .filter(|f| !f.own)
+            .map(|f| {
+                let owners = owners.cloned();
+                (f, namespaces.run(f, move || dump_namespace(want_keys, sort, owners.as_deref())))
+            })
+            .collect();
+        let own = self.read_own(want_keys, sort, owners.map(|o| &**o));
+        let mut ok = own.ok;
+        let labels = |f: &crate::netns::Found| NsLabels {
+            netns: f.name.clone(),
+            container_id: f.container_id.clone(),
+            pod_uid: f.pod_uid.clone(),
+        };
+        let mut spaces = Vec::with_capacity(found.len().max(1));
+        spaces.push(Space {
+            labels: NsLabels { netns: "host".to_owned(), container_id: String::new(), pod_uid: String::new() },
+            table: own.table,
+            keys: own.keys,
+            listeners: own.listeners,
+            counts: own.counts,
+            queue_limits: own.queue_limits,
+        });
+        for (f, job) in pending {
+            let result =
+                job.map_err(|e| (e.missing_capability().is_some() || !e.is_gone(), e.to_string())).and_then(|rx| {
+                    rx.recv()
+                        .map_err(|_| (true, format!("the thread of network namespace {} stopped", f.name)))
+                        .and_then(|r| r.map_err(|e| (true, e.to_string())))
+                });
+            match result {
+                Ok(dump) => spaces.push(Space { labels: labels(f), ..dump }),
+                Err((failed, e)) => {
+                    // A namespace that went between listing and entering is no failure.
+                    ok &= !failed;
+                    if failed {
+                        self.warn(Warning::Namespaces, format_args!("couldn't read network namespace {}: {e}", f.name));
+                    }
+                }
+            }
+        }
+        Snapshot {
+            table: InterfaceTable::default(),
+            keys: Vec::new(),
+            listeners: Vec::new(),
+            counts: StateCounts::new(&InterfaceTable::default()),
+            queue_limits: false,
+            ok,
+            read_time: start.elapsed(),
+            spaces,
+            owners: None,
+        }
+    }
+
+    /// Reads interfaces and sockets. Per socket: resolve the interface, count, keep
+    /// listeners, and (when `want_keys`) a 44-byte key; nothing else is allocated.
+    fn read_own(&self, want_keys: bool, sort: bool, owners: Option<&OwnerTable>) -> Snapshot {
+        let start = Instant::now();
         let (table, table_ok) = self.read_interfaces();
         let mut fill = Fill {
             table: &table,
+            owners,
             counts: StateCounts::new(&table),
             keys: Vec::new(),
             listeners: Vec::new(),
@@ -208,6 +358,8 @@ impl Reader {
             queue_limits,
             ok: table_ok && sockets_ok,
             read_time: start.elapsed(),
+            spaces: Vec::new(),
+            owners: None,
         }
     }
 
