@@ -191,6 +191,18 @@ ok "Prometheus Operator: ServiceMonitor, PodMonitor, PrometheusRule valid agains
 
 # --- systemd unit --------------------------------------------------------------------
 unit=deploy/systemd/conn-exporter.service
+# The default unit alone: a copy away from deploy/systemd/conn-exporter.service.d/, whose
+# opt-in drop-in (every namespace, owners) systemd-analyze would otherwise apply too.
+mkdir -p "$WORK/unit-default" "$WORK/unit-all/conn-exporter.service.d"
+cp "$unit" "$WORK/unit-default/"
+cp "$unit" "$WORK/unit-all/"
+cp deploy/systemd/conn-exporter.service.d/namespaces.conf "$WORK/unit-all/conn-exporter.service.d/"
+systemd-analyze security --offline=true "$WORK/unit-all/conn-exporter.service" >"$WORK/security-all.txt" 2>&1 || true
+score_all=$(grep -o 'Overall exposure level for conn-exporter.service: [0-9.]*' "$WORK/security-all.txt" | awk '{print $NF}')
+grep -q "| $score_all OK (default unit" README.md ||
+    { cat "$WORK/security-all.txt"; fail "the README does not state the drop-in's exposure $score_all"; }
+ok "systemd-analyze security with the namespaces drop-in: exposure $score_all, as the README states"
+unit=$WORK/unit-default/conn-exporter.service
 systemd-analyze security --offline=true "$unit" >"$WORK/security.txt" 2>&1 || true
 score=$(grep -o 'Overall exposure level for conn-exporter.service: [0-9.]*' "$WORK/security.txt" | awk '{print $NF}')
 [[ -n $score ]] || { cat "$WORK/security.txt"; fail "no exposure score from systemd-analyze security"; }
