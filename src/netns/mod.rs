@@ -122,7 +122,7 @@ pub struct Found {
 
 /// The inode in an nsfs link's text, `net:[4026531840]`.
 pub fn parse_ns_link(text: &str) -> Option<u64> {
-    text.strip_prefix("net:[")?.strip_suffix(']')?.parse().ok()
+    crate::parse::process::link_inode(text, "net")
 }
 
 fn link_inode(path: &Path) -> Option<u64> {

@@ -90,7 +90,7 @@ pub fn missing_capabilities(procfs: &Path) -> Vec<&'static str> {
 
 /// The inode in a descriptor link's text, `socket:[12345]`.
 pub fn socket_inode(link: &str) -> Option<u64> {
-    link.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+    crate::parse::process::link_inode(link, "socket")
 }
 
 /// What is kept of a process between scrapes.

@@ -1,4 +1,5 @@
-//! The exporter's own `/proc/self/{stat,limits}` and `/proc/stat`, for the `process_*` metrics.
+//! The `/proc/<pid>` files: the exporter's own `stat` and `limits` and `/proc/stat` for the
+//! `process_*` metrics, and the inode links under `fd/` and `ns/`.
 
 /// Figures from `/proc/self/stat`, in the kernel's units (ticks, bytes, pages).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +41,12 @@ pub fn parse_max_open_files(text: &str) -> Option<u64> {
 /// Boot time in seconds since the epoch, from `/proc/stat`.
 pub fn parse_boot_time(text: &str) -> Option<u64> {
     text.lines().find_map(|l| l.strip_prefix("btime ")).and_then(|v| v.trim().parse().ok())
+}
+
+/// The inode in a `/proc/<pid>/fd` or `/proc/<pid>/ns` link of the given kind
+/// (`socket:[4242]`, `net:[4026531840]`).
+pub fn link_inode(link: &str, kind: &str) -> Option<u64> {
+    link.strip_prefix(kind)?.strip_prefix(":[")?.strip_suffix(']')?.parse().ok()
 }
 
 #[cfg(test)]

@@ -66,7 +66,21 @@ struct Fill<'a> {
     want_keys: bool,
 }
 
-impl Fill<'_> {
+impl<'a> Fill<'a> {
+    fn new(table: &'a InterfaceTable, owners: Option<&'a OwnerTable>, want_keys: bool) -> Fill<'a> {
+        Fill { table, owners, counts: StateCounts::new(table), keys: Vec::new(), listeners: Vec::new(), want_keys }
+    }
+
+    /// The counts, keys (sorted when `sort`) and sorted listeners.
+    fn finish(self, sort: bool) -> (StateCounts, Vec<SeriesKey>, Vec<ListenerRecord>) {
+        let Fill { counts, mut keys, mut listeners, .. } = self;
+        if sort {
+            keys.sort_unstable();
+        }
+        listeners.sort_unstable();
+        (counts, keys, listeners)
+    }
+
     fn add(&mut self, c: Connection) {
         let iface = self.table.resolve(&c.local, c.if_index);
         let owner = self.owners.map_or(OwnerId::default(), |o| o.owner(u64::from(c.inode)));
@@ -96,23 +110,12 @@ impl Fill<'_> {
 /// thread has no procfs of its own to fall back to). The labels are the caller's.
 fn dump_namespace(want_keys: bool, sort: bool, owners: Option<&OwnerTable>) -> Result<Space, SourceError> {
     let table = interfaces::read_live()?;
-    let mut fill = Fill {
-        table: &table,
-        owners,
-        counts: StateCounts::new(&table),
-        keys: Vec::new(),
-        listeners: Vec::new(),
-        want_keys,
-    };
+    let mut fill = Fill::new(&table, owners, want_keys);
     let diag = SockDiag::open()?;
     for result in diag.dump_all(&mut |c| fill.add(c)) {
         result?;
     }
-    let Fill { counts, mut keys, mut listeners, .. } = fill;
-    if sort {
-        keys.sort_unstable();
-    }
-    listeners.sort_unstable();
+    let (counts, keys, listeners) = fill.finish(sort);
     let labels = NsLabels { netns: String::new(), container_id: String::new(), pod_uid: String::new() };
     Ok(Space { labels, table, keys, listeners, counts, queue_limits: true })
 }
@@ -330,26 +333,15 @@ impl Reader {
     fn read_own(&self, want_keys: bool, sort: bool, owners: Option<&OwnerTable>) -> Snapshot {
         let start = Instant::now();
         let (table, table_ok) = self.read_interfaces();
-        let mut fill = Fill {
-            table: &table,
-            owners,
-            counts: StateCounts::new(&table),
-            keys: Vec::new(),
-            listeners: Vec::new(),
-            want_keys,
-        };
+        let mut fill = Fill::new(&table, owners, want_keys);
         if want_keys {
             fill.keys.reserve(self.last_socket_count.load(Ordering::Relaxed) + 64);
         }
         let (sockets_ok, queue_limits) = self.read_sockets(&mut fill);
-        let Fill { counts, mut keys, mut listeners, .. } = fill;
+        let (counts, keys, listeners) = fill.finish(sort);
         if want_keys {
             self.last_socket_count.store(keys.len(), Ordering::Relaxed);
-            if sort {
-                keys.sort_unstable();
-            }
         }
-        listeners.sort_unstable();
         Snapshot {
             table,
             keys,

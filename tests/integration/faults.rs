@@ -7,20 +7,14 @@ use std::io::Read;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::util::{assert_collectors, binary, fixture_copy, require_tool, run, samples, wait_for, Exporter};
+use crate::util::{
+    assert_collectors, binary, fixture_copy, require_tool, run, samples, start_under_seccomp, wait_for, Exporter,
+    REFUSE_NETLINK,
+};
 
-/// Runs the exporter under a seccomp filter that refuses AF_NETLINK sockets, as systemd's
-/// `RestrictAddressFamilies=~AF_NETLINK` would (Debian's python3-seccomp, libseccomp).
+/// The exporter with AF_NETLINK refused.
 fn without_netlink(args: &[&str]) -> Exporter {
-    let python = "/usr/bin/python3";
-    let script = "import os, sys, errno, socket, seccomp\n\
-f = seccomp.SyscallFilter(defaction=seccomp.ALLOW)\n\
-f.add_rule(seccomp.ERRNO(errno.EAFNOSUPPORT), 'socket', seccomp.Arg(0, seccomp.EQ, socket.AF_NETLINK))\n\
-f.load()\n\
-os.execv(sys.argv[1], sys.argv[1:])\n";
-    let (code, _, err) = run(Command::new(python).args(["-c", "import seccomp"]));
-    assert_eq!(code, 0, "Debian's python3-seccomp is needed (scripts/test.sh installs it): {err}");
-    Exporter::start_with(&[python, "-c", script, binary()], args)
+    start_under_seccomp(REFUSE_NETLINK, args)
 }
 
 #[test]

@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::ns::Netns;
-use crate::util::{binary, repo, require_tool, run, samples, wait_for, Exporter};
+use crate::util::{binary, repo, require_tool, run, samples, start_under_seccomp, wait_for, Exporter, REFUSE_NETLINK};
 
 type Labels = BTreeMap<String, String>;
 
@@ -131,14 +131,7 @@ fn the_unprivileged_service_user_receives_the_notifications() {
 
 #[test]
 fn a_refused_subscription_fails_the_collector_not_the_exporter() {
-    // seccomp refuses AF_NETLINK sockets, as RestrictAddressFamilies=~AF_NETLINK would.
-    let python = "/usr/bin/python3";
-    let script = "import os, sys, errno, socket, seccomp\n\
-f = seccomp.SyscallFilter(defaction=seccomp.ALLOW)\n\
-f.add_rule(seccomp.ERRNO(errno.EAFNOSUPPORT), 'socket', seccomp.Arg(0, seccomp.EQ, socket.AF_NETLINK))\n\
-f.load()\n\
-os.execv(sys.argv[1], sys.argv[1:])\n";
-    let e = Exporter::start_with(&[python, "-c", script, binary()], &[]);
+    let e = start_under_seccomp(REFUSE_NETLINK, &[]);
     let log = e.wait_log("refused the socket-destroy subscription");
     assert!(log.contains("closed and failed connection counters are unavailable"), "{log}");
     let text = e.scrape();

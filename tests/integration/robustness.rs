@@ -1,11 +1,10 @@
 //! Issue #8's reproductions: clients that never read, a netlink dump refused after
 //! start-up, a real `lo` address next to the reserved label, IPv4 address labels.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::ns::Netns;
-use crate::util::{assert_collectors, binary, repo, run, samples, wait_for, Exporter};
+use crate::util::{assert_collectors, repo, samples, start_under_seccomp, wait_for, Exporter, REFUSE_SENDTO};
 
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -105,17 +104,10 @@ fn an_ipv4_address_label_is_reported_as_its_interface() {
     }
 }
 
-/// Runs the exporter under a seccomp filter that lets it open netlink sockets but refuses
-/// every `sendto`, so the first dump request fails after the socket opened fine.
+/// The exporter with every `sendto` refused: its netlink sockets open fine and the first
+/// dump request fails.
 fn with_dumps_refused(args: &[&str]) -> Exporter {
-    let script = "import os, sys, errno, seccomp\n\
-f = seccomp.SyscallFilter(defaction=seccomp.ALLOW)\n\
-f.add_rule(seccomp.ERRNO(errno.EPERM), 'sendto')\n\
-f.load()\n\
-os.execv(sys.argv[1], sys.argv[1:])\n";
-    let (code, _, err) = run(Command::new("/usr/bin/python3").args(["-c", "import seccomp"]));
-    assert_eq!(code, 0, "Debian's python3-seccomp is needed (scripts/test.sh installs it): {err}");
-    Exporter::start_with(&["/usr/bin/python3", "-c", script, binary()], args)
+    start_under_seccomp(REFUSE_SENDTO, args)
 }
 
 #[test]

@@ -382,3 +382,21 @@ network_connection_states{state=\"LISTEN\",interface=\"lo\",family=\"ipv4\"} 1\n
     let parsed = samples(escaped, "m");
     assert_eq!(parsed.iter().map(|s| s.0["a"].as_str()).collect::<Vec<_>>(), ["x\"y", "x\\", "x"]);
 }
+
+/// seccomp rule: AF_NETLINK sockets refused, as systemd's `RestrictAddressFamilies=~AF_NETLINK` would.
+pub const REFUSE_NETLINK: &str =
+    "f.add_rule(seccomp.ERRNO(errno.EAFNOSUPPORT), 'socket', seccomp.Arg(0, seccomp.EQ, socket.AF_NETLINK))";
+/// seccomp rule: every `sendto` refused, so netlink sockets open but no dump request goes out.
+pub const REFUSE_SENDTO: &str = "f.add_rule(seccomp.ERRNO(errno.EPERM), 'sendto')";
+
+/// Starts the exporter under a seccomp filter holding `rule` (Debian's python3-seccomp,
+/// libseccomp), with extra flags.
+pub fn start_under_seccomp(rule: &str, args: &[&str]) -> Exporter {
+    let python = "/usr/bin/python3";
+    let (code, _, err) = run(Command::new(python).args(["-c", "import seccomp"]));
+    assert_eq!(code, 0, "Debian's python3-seccomp is needed (scripts/test.sh installs it): {err}");
+    let script = format!(
+        "import os, sys, errno, socket, seccomp\nf = seccomp.SyscallFilter(defaction=seccomp.ALLOW)\n{rule}\nf.load()\nos.execv(sys.argv[1], sys.argv[1:])\n"
+    );
+    Exporter::start_with(&[python, "-c", &script, binary()], args)
+}
