@@ -482,8 +482,9 @@ mod tests {
             });
             inside.wait();
             let got = reads.get(0, || unreachable!());
-            assert_eq!(got.unwrap_err(), SharedReadError::TimedOut(Duration::from_millis(50)));
+            // Let the leader go before asserting, so that a failure fails instead of hanging.
             release.wait();
+            assert_eq!(got.unwrap_err(), SharedReadError::TimedOut(Duration::from_millis(50)));
             leader.join().unwrap().unwrap();
         });
     }
