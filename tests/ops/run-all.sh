@@ -56,6 +56,10 @@ install_deps
 passed=0
 failed=0
 summary=()
+# Each test's output is kept so that a failure's last lines are printed again after the
+# summary: a CI log that shows only its end still says why a test failed.
+LOG_DIR=$(mktemp -d /tmp/conn-exporter-ops-logs.XXXXXX)
+failed_logs=()
 for t in "${tests[@]}"; do
     script="$OPS_DIR/test-$t.sh"
     if [[ ! -f $script ]]; then
@@ -65,18 +69,23 @@ for t in "${tests[@]}"; do
     fi
     echo "=== ops test: $t"
     start=$SECONDS
-    if bash "$script"; then
+    if bash "$script" 2>&1 | tee "$LOG_DIR/$t.log"; (( PIPESTATUS[0] == 0 )); then
         line="PASS  $t ($((SECONDS - start))s)"
         passed=$((passed + 1))
     else
         line="FAIL  $t ($((SECONDS - start))s)"
         failed=$((failed + 1))
+        failed_logs+=("$t")
     fi
     echo "$line"
     summary+=("$line")
 done
 
 echo
+for t in "${failed_logs[@]}"; do
+    echo "=== last 40 lines of the failed ops test $t (whole log: $LOG_DIR/$t.log)"
+    tail -n 40 "$LOG_DIR/$t.log"
+done
 echo "=== ops tests summary"
 printf '%s\n' "${summary[@]}"
 echo "ops: $passed passed, $failed failed"

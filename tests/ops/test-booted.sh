@@ -161,6 +161,8 @@ else
     BIN_ARGS=(--binary /mnt/bin/conn-exporter)
 fi
 install_in() { cexec bash -c 'cd /mnt/repo && ./install-conn-exporter.sh "$@"' install "${BIN_ARGS[@]}" "$@"; }
+# Callers read the body whole before grepping it: a grep -q that stops early leaves curl
+# writing into a closed pipe (exit 23), a failure under pipefail.
 scrape() { cexec curl -fsS --max-time 10 "http://127.0.0.1:${1:-9100}/metrics"; }
 grep_metrics() { python3 "$OPS_DIR/lib/metrics_grep.py" "$@"; }
 
@@ -185,7 +187,7 @@ start=$SECONDS
 out=$(install_in --listen-address :9101 2>&1) || { echo "$out"; fail "install with --listen-address :9101"; }
 [[ $(cexec systemctl is-active conn-exporter) == active ]] || fail "service not active after install"
 [[ $(cexec systemctl is-enabled conn-exporter) == enabled ]] || fail "service not enabled after install"
-scrape 9101 | grep -q '^conn_exporter_build_info' || fail "no metrics on :9101"
+body=$(scrape 9101) && grep -q '^conn_exporter_build_info' <<<"$body" || fail "no metrics on :9101"
 ok "installed on :9101 beside node_exporter: active, enabled ($((SECONDS - start))s)"
 
 # --- upgrade back to the default port once 9100 is free -----------------------------------------
@@ -328,7 +330,10 @@ cexec cmp "$unit_path" /mnt/repo/deploy/systemd/conn-exporter.service || fail "d
 pid=$(cexec systemctl show -p MainPID --value conn-exporter)
 uid=$(cexec cat "/proc/$pid/status" | awk '/^Uid:/{print $2}')
 ((uid != 0)) || fail "deb: the exporter runs as root"
-metrics_ok() { scrape | grep -q '^network_connection_states'; }
+metrics_ok() {
+    local body
+    body=$(scrape) && grep -q '^network_connection_states' <<<"$body"
+}
 wait_until 10 "deb: /metrics answers" metrics_ok
 # Reinstalling the same package restarts the service (upgrade path).
 cexec dpkg -i "/mnt/deb/$(basename "$DEB")" >/dev/null 2>&1 || fail "dpkg -i (reinstall)"
