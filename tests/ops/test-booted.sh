@@ -187,7 +187,8 @@ start=$SECONDS
 out=$(install_in --listen-address :9101 2>&1) || { echo "$out"; fail "install with --listen-address :9101"; }
 [[ $(cexec systemctl is-active conn-exporter) == active ]] || fail "service not active after install"
 [[ $(cexec systemctl is-enabled conn-exporter) == enabled ]] || fail "service not enabled after install"
-body=$(scrape 9101) && grep -q '^conn_exporter_build_info' <<<"$body" || fail "no metrics on :9101"
+body=$(scrape 9101) || fail "no answer on :9101"
+grep -q '^conn_exporter_build_info' <<<"$body" || fail "no metrics on :9101"
 ok "installed on :9101 beside node_exporter: active, enabled ($((SECONDS - start))s)"
 
 # --- upgrade back to the default port once 9100 is free -----------------------------------------

@@ -137,6 +137,35 @@ print("DaemonSet: " + ("missing " + ", ".join(bad) if bad else "all required set
 sys.exit(1 if bad else 0)
 PY
 ok "kubernetes-validate --strict: DaemonSet and Service valid"
+# The opt-in variants (every namespace; the eBPF lifecycle source): valid, and each adds
+# exactly the capabilities its header and the README name, nothing else.
+kubernetes-validate --strict deploy/kubernetes/all-namespaces/daemonset.yaml deploy/kubernetes/ebpf/daemonset.yaml \
+    >"$WORK/out" 2>&1 || { cat "$WORK/out"; fail "kubernetes-validate of the DaemonSet variants"; }
+python3 - deploy/kubernetes/all-namespaces/daemonset.yaml deploy/kubernetes/ebpf/daemonset.yaml <<'PY' || fail "DaemonSet variants' capabilities"
+import sys, yaml
+want = {"all-namespaces": ({"SYS_ADMIN", "SYS_PTRACE", "DAC_READ_SEARCH"}, True),
+        "ebpf": ({"BPF", "PERFMON"}, False)}
+bad = []
+for path in sys.argv[1:]:
+    name = path.split("/")[-2]
+    caps, host_pid = want[name]
+    spec = yaml.safe_load(open(path))["spec"]["template"]["spec"]
+    sc = spec["containers"][0]["securityContext"]
+    got = set(sc.get("capabilities", {}).get("add", []))
+    if sc.get("capabilities", {}).get("drop") != ["ALL"] or got != caps:
+        bad.append(f"{name}: capabilities add {sorted(got)}, want {sorted(caps)} after dropping ALL")
+    if bool(spec.get("hostPID")) != host_pid:
+        bad.append(f"{name}: hostPID {spec.get('hostPID')}, want {host_pid}")
+    if sc.get("privileged") or sc.get("allowPrivilegeEscalation") is not False:
+        bad.append(f"{name}: privileged or privilege escalation allowed")
+    text = open(path).read()
+    for c in caps:
+        if c not in text.split("apiVersion:")[0]:
+            bad.append(f"{name}: the header does not explain {c}")
+print("\n".join(bad) if bad else "DaemonSet variants: exactly their stated capabilities")
+sys.exit(1 if bad else 0)
+PY
+ok "DaemonSet variants (all-namespaces, ebpf) valid, each with exactly its capabilities"
 
 # --- Prometheus Operator objects against the Operator's CRD schemas ------------------------
 # tests/ops/schemas/*.json come from the Operator's CRDs (extract-crd-schemas.py says how).
@@ -202,6 +231,17 @@ score_all=$(grep -o 'Overall exposure level for conn-exporter.service: [0-9.]*' 
 grep -q "| $score_all OK (default unit" README.md ||
     { cat "$WORK/security-all.txt"; fail "the README does not state the drop-in's exposure $score_all"; }
 ok "systemd-analyze security with the namespaces drop-in: exposure $score_all, as the README states"
+mkdir -p "$WORK/unit-ebpf/conn-exporter.service.d"
+cp deploy/systemd/conn-exporter.service "$WORK/unit-ebpf/"
+cp deploy/systemd/conn-exporter.service.d/ebpf.conf "$WORK/unit-ebpf/conn-exporter.service.d/"
+systemd-analyze security --offline=true "$WORK/unit-ebpf/conn-exporter.service" >"$WORK/security-ebpf.txt" 2>&1 || true
+score_ebpf=$(grep -o 'Overall exposure level for conn-exporter.service: [0-9.]*' "$WORK/security-ebpf.txt" | awk '{print $NF}')
+[[ -n $score_ebpf ]] || { cat "$WORK/security-ebpf.txt"; fail "no exposure for the eBPF drop-in"; }
+grep -q "| $score_ebpf OK (default unit" README.md ||
+    { cat "$WORK/security-ebpf.txt"; fail "the README does not state the eBPF drop-in's exposure $score_ebpf"; }
+grep -q '^CapabilityBoundingSet=CAP_BPF CAP_PERFMON$' deploy/systemd/conn-exporter.service.d/ebpf.conf ||
+    fail "the eBPF drop-in must bound the capabilities to CAP_BPF CAP_PERFMON"
+ok "systemd-analyze security with the eBPF drop-in: exposure $score_ebpf, as the README states"
 unit=$WORK/unit-default/conn-exporter.service
 systemd-analyze security --offline=true "$unit" >"$WORK/security.txt" 2>&1 || true
 score=$(grep -o 'Overall exposure level for conn-exporter.service: [0-9.]*' "$WORK/security.txt" | awk '{print $NF}')
