@@ -21,7 +21,7 @@ TEST_NAME=booted
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 require_root
 require_bin
-require_cmds debootstrap systemd-nspawn nsenter cargo cargo-deb python3 ss timeout flock openssl
+require_cmds debootstrap systemd-nspawn nsenter cargo cargo-deb python3 ss timeout flock openssl bpftool
 cd "$REPO"
 
 CACHE=${CONN_EXPORTER_TEST_CACHE:-/var/cache/conn-exporter-test}
@@ -105,6 +105,7 @@ fi
 # --register=no --keep-unit: this host may have no systemd/machined to talk to.
 systemd-nspawn --boot --directory="$WORK/root" --machine="$MACHINE" --register=no --keep-unit \
     --private-network --console=passive \
+    --capability=CAP_BPF,CAP_PERFMON --system-call-filter='bpf perf_event_open' \
     --bind-ro="$REPO:/mnt/repo" --bind-ro="$WORK/bin:/mnt/bin" --bind-ro="$WORK/deb:/mnt/deb" \
     >"$WORK/nspawn.log" 2>&1 &
 NSPAWN_PID=$!
@@ -273,6 +274,54 @@ ok_count=$(grep -c '^200$' <<<"$codes" || true)
 kill "$LOADGEN_PID" && wait "$LOADGEN_PID" 2>/dev/null
 LOADGEN_PID=""
 ok "40 concurrent gzip scrapes of $established sockets: all 200, service active, peak $peak threads (idle $idle_threads) within TasksMax $tasks_max"
+
+# --- the lifecycle source: notifications under the default unit, eBPF under its drop-in ---------
+# The container may hold CAP_BPF and CAP_PERFMON (nspawn --capability); the default unit
+# bounds them away, so auto must pick the notifications; deploy/systemd/'s ebpf.conf
+# grants exactly those two, so auto must pick eBPF, and stopping it must leave no program.
+lifecycle_source() { # prints the source the scrape names, or nothing
+    local b
+    b=$(scrape) || return 0
+    grep_metrics conn_exporter_lifecycle_source_info <<<"$b" | python3 -c 'import json,sys; print(" ".join(json.loads(l)["source"] for l in sys.stdin))'
+}
+our_programs() { # ids of loaded BPF programs named like the exporter's
+    bpftool -j prog show | python3 -c 'import json,sys; print(" ".join(sorted(str(p["id"]) for p in json.load(sys.stdin) if p.get("name") in ("on_state", "on_retransmit"))))'
+}
+src=$(lifecycle_source)
+[[ $src == netlink ]] || fail "default unit: lifecycle source '$src', want netlink"
+before=$(our_programs)
+cexec mkdir -p /etc/systemd/system/conn-exporter.service.d
+cexec cp /mnt/repo/deploy/systemd/conn-exporter.service.d/ebpf.conf /etc/systemd/system/conn-exporter.service.d/ebpf.conf
+cexec systemctl daemon-reload
+cexec systemctl restart conn-exporter
+source_is_ebpf() { [[ $(lifecycle_source) == ebpf ]]; }
+deadline=$((SECONDS + 20))
+until source_is_ebpf; do
+    ((SECONDS < deadline)) ||
+        fail "with ebpf.conf: lifecycle source '$(lifecycle_source)', want ebpf; the log: $(cexec journalctl -u conn-exporter -n 8 --no-pager)"
+    sleep 0.5
+done
+ebpf_counts() {
+    local b
+    b=$(scrape) || return 1
+    grep_metrics conn_exporter_scrape_collector_success collector=lifecycle <<<"$b" | grep -q '"__value__": "1"' &&
+        grep_metrics network_connections_closed_total direction=inbound source_port=9100 <<<"$b" | grep -q '"__value__"'
+}
+wait_until 10 "the eBPF source counting closed scrapes under the drop-in" ebpf_counts
+new_ids=$(comm -13 <(tr ' ' '\n' <<<"$before" | sort) <(our_programs | tr ' ' '\n' | sort) | tr '\n' ' ')
+[[ -n ${new_ids// /} ]] || fail "the eBPF source is in use but bpftool shows no program of it"
+caps=$(cexec bash -c "grep CapEff /proc/\$(systemctl show -p MainPID --value conn-exporter)/status" | awk '{print $2}')
+cexec rm /etc/systemd/system/conn-exporter.service.d/ebpf.conf
+cexec rmdir --ignore-fail-on-non-empty /etc/systemd/system/conn-exporter.service.d
+cexec systemctl daemon-reload
+cexec systemctl restart conn-exporter
+source_is_netlink() { [[ $(lifecycle_source) == netlink ]]; }
+wait_until 20 "the notifications again without the drop-in" source_is_netlink
+left=$(our_programs)
+for id in $new_ids; do
+    [[ " $left " != *" $id "* ]] || fail "BPF program $id of the stopped exporter is still loaded"
+done
+ok "lifecycle source: netlink under the default unit; eBPF under ebpf.conf (CapEff $caps, programs $new_ids, closed scrapes counted); none left after it stopped"
 
 # --- TLS keys and the dynamic user ----------------------------------------------------------------
 mkdir -p "$WORK/bin/tls"
