@@ -284,12 +284,27 @@ lifecycle_source() { # prints the source the scrape names, or nothing
     b=$(scrape) || return 0
     grep_metrics conn_exporter_lifecycle_source_info <<<"$b" | python3 -c 'import json,sys; print(" ".join(json.loads(l)["source"] for l in sys.stdin))'
 }
-our_programs() { # ids of loaded BPF programs named like the exporter's
-    bpftool -j prog show | python3 -c 'import json,sys; print(" ".join(sorted(str(p["id"]) for p in json.load(sys.stdin) if p.get("name") in ("on_state", "on_retransmit"))))'
+service_programs() { # ids of the BPF programs the container's exporter holds (its fds' fdinfo)
+    python3 - "$LEADER" <<'PY'
+import os, sys
+mine = os.readlink(f"/proc/{sys.argv[1]}/ns/pid")
+ids = set()
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        if os.readlink(f"/proc/{pid}/ns/pid") != mine or open(f"/proc/{pid}/comm").read().strip() != "conn-exporter":
+            continue
+        for fd in os.listdir(f"/proc/{pid}/fdinfo"):
+            for line in open(f"/proc/{pid}/fdinfo/{fd}"):
+                if line.startswith("prog_id:"):
+                    ids.add(int(line.split()[1]))
+    except OSError:
+        continue
+print(" ".join(map(str, sorted(ids))))
+PY
 }
+loaded_programs() { bpftool -j prog show | python3 -c 'import json,sys; print(" ".join(str(p["id"]) for p in json.load(sys.stdin)))'; }
 src=$(lifecycle_source)
 [[ $src == netlink ]] || fail "default unit: lifecycle source '$src', want netlink"
-before=$(our_programs)
 cexec mkdir -p /etc/systemd/system/conn-exporter.service.d
 cexec cp /mnt/repo/deploy/systemd/conn-exporter.service.d/ebpf.conf /etc/systemd/system/conn-exporter.service.d/ebpf.conf
 cexec systemctl daemon-reload
@@ -308,8 +323,12 @@ ebpf_counts() {
         grep_metrics network_connections_closed_total direction=inbound source_port=9100 <<<"$b" | grep -q '"__value__"'
 }
 wait_until 10 "the eBPF source counting closed scrapes under the drop-in" ebpf_counts
-new_ids=$(comm -13 <(tr ' ' '\n' <<<"$before" | sort) <(our_programs | tr ' ' '\n' | sort) | tr '\n' ' ')
-[[ -n ${new_ids// /} ]] || fail "the eBPF source is in use but bpftool shows no program of it"
+new_ids=$(service_programs)
+[[ -n $new_ids ]] || fail "the eBPF source is in use but the exporter holds no BPF program"
+loaded=$(loaded_programs)
+for id in $new_ids; do
+    [[ " $loaded " == *" $id "* ]] || fail "bpftool does not list program $id the exporter holds"
+done
 caps=$(cexec bash -c "grep CapEff /proc/\$(systemctl show -p MainPID --value conn-exporter)/status" | awk '{print $2}')
 cexec rm /etc/systemd/system/conn-exporter.service.d/ebpf.conf
 cexec rmdir --ignore-fail-on-non-empty /etc/systemd/system/conn-exporter.service.d
@@ -317,7 +336,7 @@ cexec systemctl daemon-reload
 cexec systemctl restart conn-exporter
 source_is_netlink() { [[ $(lifecycle_source) == netlink ]]; }
 wait_until 20 "the notifications again without the drop-in" source_is_netlink
-left=$(our_programs)
+left=$(loaded_programs)
 for id in $new_ids; do
     [[ " $left " != *" $id "* ]] || fail "BPF program $id of the stopped exporter is still loaded"
 done
