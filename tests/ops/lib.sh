@@ -104,3 +104,27 @@ nspawn_booted() {
     done
     echo "$state"
 }
+
+# cgroup_dirs RELPATH: RELPATH (a/b/c) in each cgroup hierarchy systemd uses: the
+# unified one, or on a hybrid host name=systemd and unified. Fails if there is none.
+cgroup_dirs() {
+    local d found=0
+    if [[ -e /sys/fs/cgroup/cgroup.controllers ]]; then
+        echo "/sys/fs/cgroup/$1"
+        return 0
+    fi
+    for d in /sys/fs/cgroup/systemd /sys/fs/cgroup/unified; do
+        [[ -e $d/cgroup.procs ]] && echo "$d/$1" && found=1
+    done
+    ((found)) || fail "no systemd or unified cgroup hierarchy under /sys/fs/cgroup"
+}
+
+# rm_cgroup_dirs DIR...: removes each directory tree the test made, deepest first (a
+# cgroup directory goes once its processes have).
+rm_cgroup_dirs() {
+    local d
+    for d in "$@"; do
+        [[ -d $d ]] && find "$d" -depth -type d -exec rmdir {} \; 2>/dev/null
+    done
+    return 0
+}

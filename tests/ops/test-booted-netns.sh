@@ -43,7 +43,7 @@ MOUNTED_NSPAWN_RUN=0
 CGROUP_DIRS=()
 
 cleanup() {
-    local rc=$? i d
+    local rc=$? i
     set +e
     if ((rc != 0)) && [[ -n $LEADER ]]; then
         echo "--- in the container: ss -tanp, the test's units"
@@ -69,11 +69,7 @@ cleanup() {
     fi
     ip netns del "$NS_EXP" 2>/dev/null
     ip netns del "$NS_PEER" 2>/dev/null
-    # Deepest first; a cgroup directory goes once its processes have.
-    for ((i = ${#CGROUP_DIRS[@]} - 1; i >= 0; i--)); do
-        d=${CGROUP_DIRS[i]}
-        find "$d" -depth -type d -exec rmdir {} \; 2>/dev/null
-    done
+    rm_cgroup_dirs "${CGROUP_DIRS[@]}"
     ((MOUNTED_NSPAWN_RUN)) && umount /run/systemd/nspawn && rmdir /run/systemd/nspawn 2>/dev/null
     rm -rf "$WORK"
     exit "$rc"
@@ -115,21 +111,12 @@ EOF
 # nspawn --keep-unit keeps the cgroup it is started in: the test makes
 # machine.slice/machine-NAME.scope in each hierarchy systemd uses (the unified one,
 # or name=systemd and unified on a hybrid host) and starts nspawn from inside it.
-if [[ -e /sys/fs/cgroup/cgroup.controllers ]]; then
-    hierarchies=(/sys/fs/cgroup)
-else
-    hierarchies=()
-    for d in /sys/fs/cgroup/systemd /sys/fs/cgroup/unified; do
-        [[ -e $d/cgroup.procs ]] && hierarchies+=("$d")
-    done
-fi
-((${#hierarchies[@]})) || fail "no systemd or unified cgroup hierarchy under /sys/fs/cgroup"
-scopes=()
-for d in "${hierarchies[@]}"; do
-    [[ -d $d/machine.slice ]] || { mkdir "$d/machine.slice" && CGROUP_DIRS+=("$d/machine.slice"); }
-    mkdir "$d/machine.slice/machine-$MACHINE.scope"
-    CGROUP_DIRS+=("$d/machine.slice/machine-$MACHINE.scope")
-    scopes+=("$d/machine.slice/machine-$MACHINE.scope")
+mapfile -t scopes < <(cgroup_dirs "machine.slice/machine-$MACHINE.scope")
+((${#scopes[@]})) || fail "no cgroup hierarchy for the machine scope"
+for d in "${scopes[@]}"; do
+    [[ -d ${d%/*} ]] || { mkdir "${d%/*}" && CGROUP_DIRS+=("${d%/*}"); }
+    mkdir "$d"
+    CGROUP_DIRS+=("$d")
 done
 if [[ $(stat -f -c %T /run 2>/dev/null) != tmpfs ]] && ! mountpoint -q /run/systemd/nspawn; then
     mkdir -p /run/systemd/nspawn
