@@ -13,9 +13,13 @@
 #    its address in the container (`ip -o addr` there; `any` for a wildcard), and
 #    nothing else under that label; the same for the peer namespace (its `ip netns`
 #    name); the test's addresses appear under no other namespace;
+#  - network_connection_peers of the container summing to its non-listening sockets,
+#    network_listen_queue_length listing its listeners with the same owners;
 #  - on every container socket, `process` equal to what `ss -tanp` inside the
-#    container names (the only holder of each), and `systemd_unit` the container's unit
-#    (cx-client.service, cx-echo@….service, init.scope for the listener systemd holds).
+#    container names, the holder with the lowest pid on the host where several hold it
+#    (systemd keeps each connection it accepted for a cx-echo@ instance), and
+#    `systemd_unit` the container's unit (cx-client.service, cx-activate.service,
+#    init.scope for systemd's sockets).
 # Runs outside `ip netns exec`: nspawn needs the real /sys.
 set -euo pipefail
 TEST_NAME=booted-netns

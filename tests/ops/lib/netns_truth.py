@@ -162,6 +162,19 @@ def main():
     ss_total = sum(len(v) for v in ss_c1.values())
     check(states == ss_total, f"network_connection_states{{netns={args.machine!r}}} sums to {states}, ss shows {ss_total}")
 
+    # The peers family counts every non-listening socket of the container once; the
+    # listener family has each listener, with the owner the per-connection series has.
+    peers = sum(v for n, l, v in series if n == "network_connection_peers" and l.get("netns") == args.machine)
+    ss_open = sum(len(v) for k, v in ss_c1.items() if k[0] != "LISTEN")
+    check(peers == ss_open, f"network_connection_peers{{netns={args.machine!r}}} sums to {peers}, ss shows {ss_open} "
+                            "non-listening sockets")
+    listeners = {(l["source_address"], l["source_port"]): l.get("process") for n, l, _ in series
+                 if n == "network_listen_queue_length" and l.get("netns") == args.machine}
+    info_listeners = {(l["source_address"], l["source_port"]): l.get("process") for l, _ in mine
+                      if l["state"] == "LISTEN"}
+    check(listeners == info_listeners and len(listeners) == sum(1 for k in ss_c1 if k[0] == "LISTEN"),
+          f"network_listen_queue_length{{netns={args.machine!r}}}: {listeners}, per-connection LISTEN: {info_listeners}")
+
     # Owners: each socket's holders as `ss -tanp` in the container names them; a socket
     # several hold takes the holder with the lowest pid on the host (the README's rule).
     with open(w("echo-units")) as f:
