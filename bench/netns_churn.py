@@ -146,7 +146,7 @@ def run(args) -> int:
           f"half named, half anonymous, each with a holder process and 3 sockets), a scrape each second "
           f"(all mode, owners on; body {min(bodies)}-{max(bodies)} B)")
     print(f"  after the {args.warmup:.0f} s warm-up -> end: RSS {first['VmRSS']} -> {last['VmRSS']} KiB "
-          f"(min {min(rss)}, max {max(rss)}), VmHWM {last['VmHWM']} KiB; fds {first['fds']} -> {last['fds']} "
+          f"(min {min(rss)}, max {max(rss)}); fds {first['fds']} -> {last['fds']} "
           f"(min {min(fds)}, max {max(fds)}); threads {first['Threads']} -> {last['Threads']}")
     problems = []
     if last["fds"] > first["fds"] + args.fd_slack:
