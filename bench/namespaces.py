@@ -6,9 +6,8 @@
          range over --rounds) and exporter CPU per scrape; the first `all` scrape (which
          starts one thread per namespace) is reported apart. The issue's bound is
          all/host <= 1.3.
-  churn  a namespace created and one destroyed every second for --seconds, one scrape
-         each second in `all` mode; the exporter's RSS, open descriptors and threads are
-         sampled every --every seconds and must end where they were after the warm-up.
+
+Namespace churn (memory, descriptors, threads) is bench/netns_churn.py.
 
 The script re-runs itself under `unshare --mount --pid --fork --mount-proc` with a
 tmpfs on /run/netns, so that the exporter finds only the namespaces made here (no
@@ -238,54 +237,13 @@ def cost(args) -> int:
     return 0 if aw / hw <= 1.3 or args.no_check else 1
 
 
-def churn(args) -> int:
-    make_ns("bench-root")
-    e = Exporter(args.exporter, "bench-root", 9103, ["--collector.namespaces=all"])
-    start = time.monotonic()
-    samples = []
-    live: list[str] = []
-    i = 0
-    next_sample = args.warmup
-    while time.monotonic() - start < args.seconds:
-        tick = time.monotonic()
-        name = f"bench-c{i}"
-        make_ns(name)
-        live.append(name)
-        i += 1
-        if len(live) > 2:
-            sh("ip", "netns", "del", live.pop(0))
-        e.scrape()
-        elapsed = time.monotonic() - start
-        if elapsed >= next_sample:
-            s = status(e.pid)
-            samples.append((elapsed, s))
-            log(f"t={elapsed:5.0f}s namespaces made {i}: RSS {s['VmRSS']} KiB, fds {s['fds']}, "
-                f"threads {s['Threads']}")
-            next_sample += args.every
-        time.sleep(max(0.0, 1.0 - (time.monotonic() - tick)))
-    e.stop()
-    first, last = samples[0][1], samples[-1][1]
-    rss = [s["VmRSS"] for _, s in samples]
-    print(f"churn: {i} namespaces created and destroyed in {args.seconds:.0f} s; after the "
-          f"{args.warmup:.0f} s warm-up RSS {first['VmRSS']} KiB -> {last['VmRSS']} KiB "
-          f"(min {min(rss)}, max {max(rss)}), fds {first['fds']} -> {last['fds']}, "
-          f"threads {first['Threads']} -> {last['Threads']}")
-    # Threads may be one fewer at the end (a runtime thread of the warm-up gone idle).
-    flat = last["fds"] <= first["fds"] and last["Threads"] <= first["Threads"] \
-        and last["VmRSS"] <= first["VmRSS"] * 1.10 + 1024
-    return 0 if flat or args.no_check else 1
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("what", choices=["cost", "churn"])
+    ap.add_argument("what", choices=["cost"])
     ap.add_argument("--exporter", default=os.environ.get("CONN_EXPORTER_BIN", "target/release/conn-exporter"))
     ap.add_argument("--sockets", type=int, default=100_000)
     ap.add_argument("--namespaces", type=int, default=100)
     ap.add_argument("--rounds", type=int, default=11)
-    ap.add_argument("--seconds", type=float, default=600)
-    ap.add_argument("--warmup", type=float, default=30)
-    ap.add_argument("--every", type=float, default=30)
     ap.add_argument("--per-process", type=int, default=16000,
                     help="most sockets one holder process opens (below RLIMIT_NOFILE)")
     ap.add_argument("--private-ehash", action="store_true",
@@ -309,7 +267,7 @@ def main() -> int:
     make_ns("bench-home")
     enter("bench-home")
     try:
-        return cost(args) if args.what == "cost" else churn(args)
+        return cost(args)
     finally:
         if PRIVATE_EHASH:
             with open("/proc/sys/net/ipv4/tcp_child_ehash_entries", "w") as f:

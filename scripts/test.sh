@@ -2,7 +2,7 @@
 # Every test of conn-exporter, from a bare Debian machine: installs what the tests need,
 # then formatting, lints, unit and integration tests (real sockets, ss, promtool, a real
 # Prometheus), the operations kit's tests, the fuzz corpora replay, and the benchmark's,
-# load test's and series churn benchmark's quick runs. Needs root.
+# load test's, series churn, owner cost and namespace churn benchmarks' quick runs. Needs root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 step() { printf '\n==> %s\n' "$*"; }
@@ -44,5 +44,11 @@ python3 bench/load.py --quick --exporter "$CONN_EXPORTER_BIN"
 
 step "lifecycle benchmark, quick run"
 python3 bench/lifecycle.py --quick --exporter "$CONN_EXPORTER_BIN"
+
+step "owner cost benchmark, quick run (owners named on 99% of the held sockets)"
+python3 bench/owners.py --quick --exporter "$CONN_EXPORTER_BIN"
+
+step "namespace churn, quick run (descriptors, threads and RSS stay within bounds)"
+python3 bench/netns_churn.py --quick --exporter "$CONN_EXPORTER_BIN"
 
 step "all tests passed"

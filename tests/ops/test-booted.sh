@@ -24,11 +24,6 @@ require_bin
 require_cmds debootstrap systemd-nspawn nsenter cargo cargo-deb python3 ss timeout flock openssl bpftool
 cd "$REPO"
 
-CACHE=${CONN_EXPORTER_TEST_CACHE:-/var/cache/conn-exporter-test}
-MIRROR=${DEBOOTSTRAP_MIRROR:-http://deb.debian.org/debian}
-INCLUDE=systemd,systemd-sysv,dbus,curl,iproute2,ca-certificates
-KEY=bookworm-minbase-$(printf '%s' "$INCLUDE" | sha256sum | cut -c1-12)
-IMAGE=$CACHE/$KEY
 MACHINE=cxt-booted-$$
 WORK=$(mktemp -d /var/tmp/conn-exporter-ops-booted.XXXXXX)
 NSPAWN_PID=""
@@ -62,23 +57,8 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # --- the root tree, cached between runs ----------------------------------------------
-mkdir -p "$CACHE"
 start=$SECONDS
-(
-    flock 9
-    if [[ ! -e $IMAGE/.complete ]]; then
-        log "debootstrap bookworm (minbase + $INCLUDE) into $IMAGE"
-        rm -rf "$IMAGE.tmp" "$IMAGE"
-        debootstrap --variant=minbase --include="$INCLUDE" bookworm "$IMAGE.tmp" "$MIRROR" >"$CACHE/debootstrap.log" 2>&1 ||
-            { tail -n 20 "$CACHE/debootstrap.log"; exit 1; }
-        # A clean machine identity for each boot of a copy.
-        : >"$IMAGE.tmp/etc/machine-id"
-        rm -f "$IMAGE.tmp/var/lib/dbus/machine-id"
-        echo conn-exporter-test >"$IMAGE.tmp/etc/hostname"
-        touch "$IMAGE.tmp/.complete"
-        mv "$IMAGE.tmp" "$IMAGE"
-    fi
-) 9>"$CACHE/.lock" || fail "debootstrap failed (see $CACHE/debootstrap.log)"
+debian_image
 ok "root tree ready ($IMAGE, $((SECONDS - start))s)"
 
 # --- the .deb --------------------------------------------------------------------------
@@ -109,39 +89,15 @@ systemd-nspawn --boot --directory="$WORK/root" --machine="$MACHINE" --register=n
     --bind-ro="$REPO:/mnt/repo" --bind-ro="$WORK/bin:/mnt/bin" --bind-ro="$WORK/deb:/mnt/deb" \
     >"$WORK/nspawn.log" 2>&1 &
 NSPAWN_PID=$!
-# The container's init: a child of nspawn that is PID 1 in its own PID
-# namespace and has exec'd systemd (nspawn's intermediate children are not).
-leader() {
-    local pid
-    for pid in $(ps -o pid= --ppid "$NSPAWN_PID"); do
-        if grep -Eq '^NSpid:.*[[:space:]]1$' "/proc/$pid/status" 2>/dev/null &&
-            [[ $(cat "/proc/$pid/comm" 2>/dev/null) == systemd ]]; then
-            echo "$pid"
-            return 0
-        fi
-    done
-}
-has_leader() { [[ -n $(leader) ]]; }
+has_leader() { [[ -n $(nspawn_leader "$NSPAWN_PID") ]]; }
 wait_until 30 "the container's init" has_leader
-LEADER=$(leader)
+LEADER=$(nspawn_leader "$NSPAWN_PID")
 # Run a command inside the container, as its root, in all its namespaces.
 cexec() {
     nsenter --target "$LEADER" --mount --uts --ipc --net --pid --root --wd \
         /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 "$@"
 }
-# Until the container's systemd has set up its bus, is-system-running says
-# "offline" at once, even with --wait: ask again until it knows.
-deadline=$((SECONDS + 120))
-while :; do
-    state=$(timeout 60 nsenter --target "$LEADER" --mount --uts --ipc --net --pid --root --wd \
-        /usr/bin/env -i PATH=/usr/sbin:/usr/bin systemctl is-system-running --wait 2>&1) || true
-    case $state in
-        running | degraded | stopping | maintenance) break ;;
-    esac
-    ((SECONDS < deadline)) || break
-    kill -0 "$NSPAWN_PID" 2>/dev/null || break
-    sleep 0.5
-done
+state=$(nspawn_booted "$LEADER" "$NSPAWN_PID")
 case $state in
     running) ;;
     degraded) log "system is degraded: $(cexec systemctl --failed --no-legend --plain | tr '\n' ' ')" ;;

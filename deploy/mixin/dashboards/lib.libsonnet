@@ -144,7 +144,8 @@ local greenOnly = { mode: 'absolute', steps: [{ color: 'green', value: null }] }
     std.foldl(step, items, { x: 0, y: 0, rowH: 0, nextId: 1, panels: [] }).panels,
 
   // The template variables both dashboards share: data source, job, host,
-  // interface, state. The multi-host dashboard starts with every host selected.
+  // interface, state, network namespace. The multi-host dashboard starts with every
+  // host selected.
   variables(multiHost)::
     local queryVar(name, label, query, multi, includeAll, allValue=null, current=null) = {
       type: 'query',
@@ -179,6 +180,9 @@ local greenOnly = { mode: 'absolute', steps: [{ color: 'green', value: null }] }
       queryVar('interface', 'Interface', 'label_values(network_connection_states{' + host + '}, interface)',
                true, true, '.*', current=allSelected),
       queryVar('state', 'State', 'label_values(network_connection_states{' + host + '}, state)',
+               true, true, '.*', current=allSelected),
+      // Values only with --collector.namespaces=all; All (.*) matches the empty label too.
+      queryVar('netns', 'Network namespace', 'label_values(network_connection_states{' + host + '}, netns)',
                true, true, '.*', current=allSelected),
     ],
 

@@ -205,6 +205,52 @@ local wildcardPeer = @'0\\.0\\.0\\.0|::|::ffff:0\\.0\\.0\\.0';
                      thresholds=g.redAbove0), 4, 8),
     ],
 
+  // Needs --collector.namespaces=all (netns, container_id, pod_uid) and, for the
+  // process panels, --collector.connections.owner (process, systemd_unit).
+  namespaces(multiHost)::
+    local by = if multiHost then 'instance, ' else '';
+    local who = if multiHost then '{{instance}} ' else '';
+    local ns = iface + ',netns=~"$netns"';
+    [
+      g.row('Namespaces, containers, pods and processes'),
+      g.panel(g.timeseries('Sockets by network namespace',
+                           'TCP sockets per network namespace (exact totals; --collector.namespaces=all): ' +
+                           'host, an ip netns name, a container (nspawn machine name or the first 12 ' +
+                           'digits of its id) or netns-<inode>.',
+                           [g.target('sum by (' + by + 'netns) (network_connection_states{' + ns + ',state=~"$state"})',
+                                     who + '{{netns}}')],
+                           stack=true), 12, 8),
+      g.panel(g.table('Established by namespace, container and pod',
+                      'ESTABLISHED sockets per network namespace with the container and Kubernetes pod ' +
+                      'UID its processes run in (empty outside containers).',
+                      'sum by (' + by + 'netns, container_id, pod_uid) (network_connection_states{' + ns +
+                      ',state="ESTABLISHED"})'), 12, 8),
+      g.panel(g.table('Sockets by Kubernetes pod',
+                      'TCP sockets per pod: pod_uid joined with kube-state-metrics\' kube_pod_info ' +
+                      '(its uid label) for the Kubernetes namespace and pod name. Empty without ' +
+                      'kube-state-metrics or outside Kubernetes.',
+                      'sum by (' + by + 'namespace, pod) (sum by (' + by + 'pod_uid) (network_connection_states{' +
+                      ns + ',state=~"$state",pod_uid!=""}) * on (pod_uid) group_left (namespace, pod) ' +
+                      'max by (pod_uid, namespace, pod) (label_replace(kube_pod_info, "pod_uid", "$1", "uid", "(.+)")))'),
+              12, 8),
+      g.panel(g.bars('Top processes by connections',
+                     'The 10 processes (comm) holding most ESTABLISHED sockets, from the per-connection ' +
+                     'series (--collector.connections.owner; subject to --collector.connections.max-series).',
+                     'topk(10, sum by (' + by + 'netns, process) (network_connections_info{' + ns +
+                     ',state="ESTABLISHED",process!=""}))',
+                     who + '{{netns}} {{process}}'), 12, 8),
+      g.panel(g.table('Peers by process',
+                      'Remote addresses each process is connected to, and how many connections ' +
+                      '(ESTABLISHED, per-connection series, --collector.connections.owner).',
+                      'topk(50, count by (' + by + 'netns, process, destination_address) (network_connections_info{' +
+                      ns + ',state="ESTABLISHED",process!=""}))'), 12, 8),
+      g.panel(g.table('Listeners by process and unit',
+                      'Listening sockets with the process and systemd unit holding them ' +
+                      '(--collector.connections.owner).',
+                      'sum by (' + by + 'netns, process, systemd_unit, source_address, source_port) ' +
+                      '(network_connections_info{' + ns + ',state="LISTEN"})'), 12, 8),
+    ],
+
   health(multiHost)::
     local inst = if multiHost then 'instance, ' else '';
     [

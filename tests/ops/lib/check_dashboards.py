@@ -11,7 +11,9 @@ states) and runs each variable query and each panel query through the
 Prometheus HTTP API. Each must parse and return data. With --exporter URL (an
 exporter's /metrics), a panel query that uses a lifecycle family (families.LIFECYCLE)
 which that exporter does not serve must still evaluate, but need not return data
-(reported as SKIP data check).
+(reported as SKIP data check). A variable or panel query that needs what a default
+exporter lacks (families.NEEDS) must evaluate, and return data only when --have names
+all it needs; --only-needing checks only such queries.
 """
 
 import argparse
@@ -21,11 +23,11 @@ import sys
 import urllib.parse
 import urllib.request
 
-from families import lacking, served
+from families import lacking, needs, parse_have, served
 
 RATE_FUNCS = re.compile(r"\b(rate|irate|increase|deriv|delta|idelta|changes|resets|[a-z]+_over_time)\(")
 RANGE = re.compile(r"\[([^\]]+)\]")
-REQUIRED_VARS = {"datasource", "job", "instance", "interface", "state"}
+REQUIRED_VARS = {"datasource", "job", "instance", "interface", "state", "netns"}
 REQUIRED_TOPICS = {
     "overview stats": lambda p: p["type"] == "stat",
     "connection table": lambda p: p["type"] == "table" and "network_connections_info{" in exprs(p)[0],
@@ -48,6 +50,13 @@ REQUIRED_TOPICS = {
                                                     for e in exprs(p)),
     "failure rate by remote peer": lambda p: any("rate(network_connections_failed_total{" in e
                                                  and "destination_address)" in e for e in exprs(p)),
+    "sockets by namespace": lambda p: any(re.search(r"by \((instance, )?netns\)", e) for e in exprs(p)),
+    "by container and pod": lambda p: any("netns, container_id, pod_uid)" in e for e in exprs(p)),
+    "pods from kube_pod_info": lambda p: any("on (pod_uid) group_left (namespace, pod)" in e
+                                             and "kube_pod_info" in e for e in exprs(p)),
+    "top processes": lambda p: any(e.startswith("topk(") and "process)" in e for e in exprs(p)),
+    "peers by process": lambda p: any("process, destination_address)" in e for e in exprs(p)),
+    "listeners by process": lambda p: any("process, systemd_unit" in e and 'state="LISTEN"' in e for e in exprs(p)),
     "bytes by peer": lambda p: any("network_connection_sent_bytes_total{" in e for e in exprs(p))
     and any("network_connection_received_bytes_total{" in e for e in exprs(p)),
 }
@@ -184,12 +193,16 @@ def check_queries(path, args):
     instances = args.instances.split(",")
     values = {
         "job": args.job,
-        "instance": "(" + "|".join(re.escape(i) for i in instances) + ")",
+        # As Grafana writes a multi-value regex into a PromQL string: a regex escape's
+        # backslash is itself escaped (127\\.0\\.0\\.1:9100).
+        "instance": "(" + "|".join(re.escape(i).replace("\\", "\\\\") for i in instances) + ")",
         "interface": ".*",
         "state": ".*",
+        "netns": ".*",
         "__rate_interval": args.rate_interval,
         "__interval": "15s",
     }
+    have = parse_have(args.have)
     for var in dash["templating"]["list"]:
         if var["type"] != "query":
             continue
@@ -197,6 +210,8 @@ def check_queries(path, args):
         res = label_values(args.prom, q)
         if res.get("status") != "success":
             err(f"{path}: variable {var['name']}: {q}: {res.get('error')}")
+        elif needs(var["name"] + " " + q) - have:
+            print(f"  SKIP data check var {var['name']}: needs {', '.join(sorted(needs(var['name'] + ' ' + q) - have))}")
         elif not res["data"]:
             err(f"{path}: variable {var['name']}: {q}: no values")
         else:
@@ -208,8 +223,12 @@ def check_queries(path, args):
     for p in panels(dash):
         for t in p.get("targets", []):
             q = substitute(t["expr"], values)
+            needed = needs(t["expr"])
+            if args.only_needing and not needed:
+                continue
             missing = lacking(q, families) if families is not None else []
-            if "$" in q:
+            # $1 and the like are label_replace's references, not variables.
+            if re.search(r"\$[A-Za-z_{]", q):
                 err(f"{path}: '{p['title']}': unsubstituted variable in {q}")
                 continue
             count += 1
@@ -224,11 +243,16 @@ def check_queries(path, args):
                 skipped += 1
                 print(f"  SKIP data check {p['title']!r} {t['refId']}: evaluates; the exporter serves no "
                       f"{', '.join(missing)}")
+            elif needed - have:
+                skipped += 1
+                print(f"  SKIP data check {p['title']!r} {t['refId']}: evaluates; needs "
+                      f"{', '.join(sorted(needed - have))}")
             elif not res["data"]["result"]:
                 err(f"{path}: '{p['title']}' {t['refId']}: {q}: returned no data")
             else:
                 print(f"  ok {p['title']!r} {t['refId']}: {len(res['data']['result'])} series")
-    print(f"  {count} panel queries run, {skipped} without data check (lifecycle families not served)")
+    print(f"  {count} panel queries run, {skipped} without data check (lifecycle families not served, "
+          "or needs not provided)")
 
 
 def main():
@@ -244,6 +268,8 @@ def main():
     q.add_argument("--start", type=float, required=True, help="range query start (unix time)")
     q.add_argument("--end", type=float, required=True)
     q.add_argument("--exporter", help="an exporter's /metrics URL: skip lifecycle queries it cannot answer")
+    q.add_argument("--have", help="comma-separated families.NEEDS the scraped setup provides")
+    q.add_argument("--only-needing", action="store_true", help="check only queries that need something")
     q.add_argument("files", nargs="+")
     args = ap.parse_args()
     for path in args.files:

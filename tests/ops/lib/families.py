@@ -38,3 +38,27 @@ def served(url):
 def lacking(expr, families):
     """The lifecycle families the expression uses that the exporter does not serve."""
     return sorted(n for n in LIFECYCLE if re.search(r"\b" + n + r"\b", expr) and n not in families)
+
+
+# What a query needs beyond a default exporter: the labels of --collector.namespaces=all,
+# those of --collector.connections.owner, kube-state-metrics' kube_pod_info. A test that
+# scrapes default exporters (test-multihost.sh) runs such a query and requires it to
+# evaluate; a test that provides them (test-netns-dashboards.sh, --have) requires data.
+NEEDS = {
+    "namespaces": re.compile(r"\b(netns|container_id|pod_uid)\b"),
+    "owners": re.compile(r"\b(process|systemd_unit)\b"),
+    "kube_pod_info": re.compile(r"\bkube_pod_info\b"),
+}
+
+
+def needs(expr):
+    """The NEEDS keys an expression uses."""
+    return {name for name, pattern in NEEDS.items() if pattern.search(expr)}
+
+
+def parse_have(text):
+    have = {h for h in (text or "").split(",") if h}
+    unknown = have - NEEDS.keys()
+    if unknown:
+        raise SystemExit(f"--have: unknown {sorted(unknown)}; known: {sorted(NEEDS)}")
+    return have

@@ -10,6 +10,11 @@ With --exporter URL (an exporter's /metrics), a block that uses a lifecycle fami
 (families.LIFECYCLE) which that exporter does not serve must still evaluate without
 error, but its data check is skipped (reported as SKIP); without --exporter, or when
 the exporter serves the family, the block is checked as any other.
+
+A block whose query needs what a default exporter lacks (families.NEEDS: the labels of
+--collector.namespaces=all or --collector.connections.owner, kube_pod_info) must
+evaluate, and must return data only when --have names all it needs; --only-needing
+runs only such blocks (a test that provides them and nothing else).
 """
 
 import argparse
@@ -19,7 +24,7 @@ import sys
 import urllib.parse
 import urllib.request
 
-from families import lacking, served
+from families import lacking, needs, parse_have, served
 
 
 def blocks(text):
@@ -44,14 +49,20 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--prom", required=True)
     ap.add_argument("--exporter", help="an exporter's /metrics URL: skip lifecycle queries it cannot answer")
+    ap.add_argument("--have", help="comma-separated families.NEEDS the scraped setup provides")
+    ap.add_argument("--only-needing", action="store_true", help="run only blocks that need something")
     ap.add_argument("files", nargs="+")
     args = ap.parse_args()
+    have = parse_have(args.have)
     families = served(args.exporter) if args.exporter else None
     errors = total = skipped = 0
     for path in args.files:
         with open(path) as f:
             text = f.read()
         for line_no, q, may_be_empty in blocks(text):
+            needed = needs(q)
+            if args.only_needing and not needed:
+                continue
             total += 1
             where = f"{path}:{line_no}"
             one_line = " ".join(q.split())
@@ -66,6 +77,10 @@ def main():
                 skipped += 1
                 print(f"SKIP  {where}: evaluates; data not required, the exporter serves no "
                       f"{', '.join(missing)}: {one_line[:80]}")
+            elif needed - have:
+                skipped += 1
+                print(f"SKIP  {where}: evaluates; data not required without "
+                      f"{', '.join(sorted(needed - have))}: {one_line[:80]}")
             elif n == 0 and not may_be_empty:
                 errors += 1
                 print(f"ERROR {where}: returned no data: {one_line}")
@@ -74,7 +89,8 @@ def main():
     if total == 0:
         print("no ```promql blocks found")
         return 1
-    print(f"{total} queries, {errors} error(s), {skipped} without data check (lifecycle families not served)")
+    print(f"{total} queries, {errors} error(s), {skipped} without data check (lifecycle families not served, "
+          f"or needs not provided)")
     return 1 if errors else 0
 
 
