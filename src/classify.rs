@@ -8,6 +8,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::iface::IfaceId;
 use crate::model::{Endpoint, TcpState};
+use crate::owners::OwnerId;
 
 /// Which end of a connection is the service.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -156,7 +157,21 @@ pub struct PeerKey {
     pub state: Option<TcpState>,
     /// Interface of the local address.
     pub iface: IfaceId,
+    /// Owning process (`--collector.connections.owner`): an id into the read's
+    /// [`OwnerTable`](crate::owners::OwnerTable) for the peers gauge, into the lifecycle
+    /// counters' own names for those; 0 (`process=""`) without owners and once merged
+    /// past the bound with local addresses folded.
+    pub owner: OwnerId,
+    /// The network namespace, by nsfs inode, for the lifecycle counters in
+    /// `--collector.namespaces=all` mode: 0 is the exporter's own, [`NETNS_OTHER`] the
+    /// fully folded series of every other one. Always 0 for the peers gauge, which is
+    /// written one namespace at a time.
+    pub netns: u64,
 }
+
+/// [`PeerKey::netns`] of the series every namespace but the exporter's own folds into
+/// past the lifecycle bound (`netns="other"`).
+pub const NETNS_OTHER: u64 = u64::MAX;
 
 impl PeerKey {
     /// The peer of a non-listening socket.
@@ -179,6 +194,8 @@ impl PeerKey {
             remote: folding.remote(remote.ip),
             state,
             iface,
+            owner: OwnerId::default(),
+            netns: 0,
         }
     }
 }
@@ -244,7 +261,8 @@ pub struct BoundedPeers {
 /// fits; the rest share the
 /// `other` bucket, keyed by everything but the remote address. Should that bucket alone
 /// need more than half the bound (a host talking to thousands of remote ports), its
-/// service port is folded too, then its local address.
+/// service port is folded too, then its local address, interface and owner (the last
+/// fold has `process=""`, so that the bound holds whatever the number of processes).
 pub fn count_bounded(peers: impl IntoIterator<Item = PeerKey>, max_series: usize) -> BoundedPeers {
     let mut counts: PeerMap<u64> = PeerMap::default();
     for p in peers {
@@ -264,7 +282,14 @@ pub fn bound<S: std::hash::BuildHasher>(counts: HashMap<PeerKey, u64, S>, max_se
     let other_of: [fn(&PeerKey) -> PeerKey; 3] = [
         |k| PeerKey { remote: Remote::Other, ..*k },
         |k| PeerKey { remote: Remote::Other, service_port: None, ..*k },
-        |k| PeerKey { remote: Remote::Other, service_port: None, local: None, iface: IfaceId::UNKNOWN, ..*k },
+        |k| PeerKey {
+            remote: Remote::Other,
+            service_port: None,
+            local: None,
+            iface: IfaceId::UNKNOWN,
+            owner: OwnerId::default(),
+            ..*k
+        },
     ];
     let half = (max_series / 2).max(1);
     let (mut other, mut reserved) = (other_of[2], half);
@@ -392,6 +417,8 @@ mod tests {
             remote: Remote::Address(remote.parse().unwrap()),
             state: Some(TcpState::Established),
             iface: IfaceId(3),
+            owner: OwnerId::default(),
+            netns: 0,
         }
     }
 
