@@ -71,6 +71,14 @@ fn closed_and_failed_connections_and_bytes_are_counted_exactly() {
         assert_eq!(delta("network_connections_closed_total", &inbound), n, "IPv{family} inbound\n{after}");
         assert_eq!(delta("network_connections_closed_total", &outbound), n, "IPv{family} outbound");
         assert_eq!(delta("network_connections_failed_total", &failed_to), refused, "IPv{family} failed");
+        // Host mode: no namespace or owner label.
+        for (l, _) in samples(&after, "network_connections_closed_total") {
+            assert!(
+                !["netns", "container_id", "pod_uid", "process", "systemd_unit"].iter().any(|k| l.contains_key(*k)),
+                "{l:?}"
+            );
+        }
+        assert!(!after.contains("conn_exporter_lifecycle_namespaces"), "a gauge of all mode only");
         // No failed series carries a port: the kernel forgot it.
         assert!(samples(&after, "network_connections_failed_total")
             .iter()
