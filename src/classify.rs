@@ -468,6 +468,40 @@ mod tests {
     }
 
     #[test]
+    fn owners_split_peers_and_the_last_fold_drops_them_so_the_bound_holds() {
+        // One remote per socket, each socket of its own process: the bucket cannot keep
+        // the owner and fit.
+        let peers: Vec<PeerKey> = (0..3000u32)
+            .map(|i| PeerKey {
+                remote: Remote::Address(IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i))),
+                local: Some(IpAddr::V4(Ipv4Addr::from(0xc000_0200 + i % 50))),
+                owner: OwnerId(1 + i % 500),
+                ..peer("0.0.0.0", 443)
+            })
+            .collect();
+        let b = count_bounded(peers, 100);
+        assert!(b.series.len() <= 100, "{}", b.series.len());
+        assert_eq!(b.series.iter().map(|s| s.1).sum::<u64>(), 3000);
+        assert!(b.series.iter().filter(|s| s.0.remote == Remote::Other).all(|s| s.0.owner == OwnerId::default()));
+        // Within the bound, one peer of two processes is two series.
+        let two =
+            count_bounded([peer("198.51.100.1", 443), PeerKey { owner: OwnerId(7), ..peer("198.51.100.1", 443) }], 10);
+        assert_eq!(two.series.len(), 2);
+        // A few processes past the bound keep their owner in the bucket.
+        let few: Vec<PeerKey> = (0..300u32)
+            .map(|i| PeerKey {
+                remote: Remote::Address(IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i))),
+                owner: OwnerId(1 + i % 3),
+                ..peer("0.0.0.0", 443)
+            })
+            .collect();
+        let b = count_bounded(few, 20);
+        let owners: std::collections::BTreeSet<_> =
+            b.series.iter().filter(|s| s.0.remote == Remote::Other).map(|s| s.0.owner).collect();
+        assert_eq!(owners.len(), 3, "{:?}", b.series);
+    }
+
+    #[test]
     fn prefixes_aggregate_mapped_and_plain_ipv4_remotes() {
         let f = Folding { ipv4_prefix: 24, ipv6_prefix: 64 };
         let want = Remote::Prefix("198.51.100.0".parse().unwrap(), 24);
