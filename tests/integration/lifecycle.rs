@@ -246,3 +246,75 @@ fn in_all_mode_each_namespace_counts_its_own_closed_connections_only() {
         (!samples(&t, "network_connections_closed_total").iter().any(|(l, _)| l["netns"] == "cxlc-other")).then_some(())
     });
 }
+
+/// Connections from `n` distinct client addresses (127.0.0.2 and up) to a server on
+/// 127.0.0.1, each closed by both sides; prints how many.
+const DISTINCT_CLIENTS: &str = r#"
+import socket, sys
+n = int(sys.argv[1])
+srv = socket.socket()
+srv.bind(("127.0.0.1", 0))
+srv.listen(64)
+for i in range(n):
+    c = socket.socket()
+    c.bind(("127.0.0.%d" % (2 + i), 0))
+    c.connect(srv.getsockname())
+    s, _ = srv.accept()
+    c.shutdown(socket.SHUT_WR)
+    s.recv(1)
+    s.close()
+    c.recv(1)
+    c.close()
+srv.close()
+print(n, flush=True)
+"#;
+
+#[test]
+fn in_all_mode_with_owners_one_series_bound_holds_across_namespaces() {
+    let root = Netns::new("cxlcb-root");
+    let spaces = [Netns::new("cxlcb-a"), Netns::new("cxlcb-b")];
+    let max = 12;
+    let e = root.exporter(&[
+        "--collector.namespaces=all",
+        "--collector.connections.owner",
+        &format!("--collector.lifecycle.max-series={max}"),
+        "--log.level=debug",
+    ]);
+    for ns in &spaces {
+        wait_for(Duration::from_secs(20), &format!("the subscription in {}", ns.0), || {
+            e.log_text().contains(&format!("subscribed in network namespace {}\"", ns.0)).then_some(())
+        });
+    }
+    let mut script = tempfile::NamedTempFile::new().unwrap();
+    script.write_all(DISTINCT_CLIENTS.as_bytes()).unwrap();
+    let n = 30u64;
+    for ns in &spaces {
+        ns.exec(&["python3", script.path().to_str().unwrap(), &n.to_string()]);
+    }
+    // Each connection is an inbound and an outbound close, every one a new label set.
+    let closed_in = |t: &str| {
+        sum(t, "network_connections_closed_total", |l| {
+            spaces.iter().any(|ns| l["netns"] == ns.0) || l["netns"] == "other"
+        })
+    };
+    let text = wait_for(Duration::from_secs(30), "the closes of both namespaces", || {
+        let t = root.scrape(&e, "");
+        (closed_in(&t) >= 2 * n * spaces.len() as u64).then_some(t)
+    });
+    let mut label_sets = std::collections::BTreeSet::new();
+    for name in ["network_connections_closed_total", "network_connections_failed_total"] {
+        for (mut l, _) in samples(&text, name) {
+            assert!(l.contains_key("process") && l.contains_key("netns"), "{l:?}");
+            l.remove("state");
+            label_sets.insert(l);
+        }
+    }
+    assert!(label_sets.len() <= max, "{} label sets past the bound of {max}:\n{text}", label_sets.len());
+    assert!(value(&text, "conn_exporter_lifecycle_merged_total") > 0, "the bound was reached\n{text}");
+    assert!(
+        samples(&text, "network_connections_closed_total")
+            .iter()
+            .any(|(l, _)| l["netns"] == "other" && l["source_address"] == "other" && l["process"].is_empty()),
+        "the namespaces' fully folded series\n{text}"
+    );
+}
