@@ -83,6 +83,8 @@ const OVERRUN_LOG_EVERY: Duration = Duration::from_secs(60);
 pub const RESCAN: Duration = Duration::from_secs(2);
 /// Least time between two owner walks made for listeners whose owner is not known.
 const OWNERS_RETRY: Duration = Duration::from_secs(1);
+/// Most listener inodes remembered as having no owner to find.
+const MAX_TRIED: usize = 65_536;
 const TCP_LISTEN: u32 = 10;
 
 /// Why the subscription could not start.
@@ -428,6 +430,10 @@ impl Shared<'_> {
         let unknown = tables.note_owners(table, &self.owner_tried);
         let due = self.owner_table.as_ref().is_none_or(|t| t.1.elapsed() >= OWNERS_RETRY);
         if unknown && due {
+            // Bounded: past it, owners not found are looked for again (once a second).
+            if self.owner_tried.len() > MAX_TRIED {
+                self.owner_tried.clear();
+            }
             let table = owners.table();
             for &(_, inode) in &tables.open {
                 if table.owner(u64::from(inode)).0 == 0 {
