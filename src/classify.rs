@@ -8,6 +8,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::iface::IfaceId;
 use crate::model::{Endpoint, TcpState};
+use crate::owners::OwnerId;
 
 /// Which end of a connection is the service.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -156,7 +157,21 @@ pub struct PeerKey {
     pub state: Option<TcpState>,
     /// Interface of the local address.
     pub iface: IfaceId,
+    /// Owning process (`--collector.connections.owner`): an id into the read's
+    /// [`OwnerTable`](crate::owners::OwnerTable) for the peers gauge, into the lifecycle
+    /// counters' own names for those; 0 (`process=""`) without owners and once merged
+    /// past the bound with local addresses folded.
+    pub owner: OwnerId,
+    /// The network namespace, by nsfs inode, for the lifecycle counters in
+    /// `--collector.namespaces=all` mode: 0 is the exporter's own, [`NETNS_OTHER`] the
+    /// fully folded series of every other one. Always 0 for the peers gauge, which is
+    /// written one namespace at a time.
+    pub netns: u64,
 }
+
+/// [`PeerKey::netns`] of the series every namespace but the exporter's own folds into
+/// past the lifecycle bound (`netns="other"`).
+pub const NETNS_OTHER: u64 = u64::MAX;
 
 impl PeerKey {
     /// The peer of a non-listening socket.
@@ -179,6 +194,8 @@ impl PeerKey {
             remote: folding.remote(remote.ip),
             state,
             iface,
+            owner: OwnerId::default(),
+            netns: 0,
         }
     }
 }
@@ -244,7 +261,8 @@ pub struct BoundedPeers {
 /// fits; the rest share the
 /// `other` bucket, keyed by everything but the remote address. Should that bucket alone
 /// need more than half the bound (a host talking to thousands of remote ports), its
-/// service port is folded too, then its local address.
+/// service port is folded too, then its local address, interface and owner (the last
+/// fold has `process=""`, so that the bound holds whatever the number of processes).
 pub fn count_bounded(peers: impl IntoIterator<Item = PeerKey>, max_series: usize) -> BoundedPeers {
     let mut counts: PeerMap<u64> = PeerMap::default();
     for p in peers {
@@ -264,7 +282,14 @@ pub fn bound<S: std::hash::BuildHasher>(counts: HashMap<PeerKey, u64, S>, max_se
     let other_of: [fn(&PeerKey) -> PeerKey; 3] = [
         |k| PeerKey { remote: Remote::Other, ..*k },
         |k| PeerKey { remote: Remote::Other, service_port: None, ..*k },
-        |k| PeerKey { remote: Remote::Other, service_port: None, local: None, iface: IfaceId::UNKNOWN, ..*k },
+        |k| PeerKey {
+            remote: Remote::Other,
+            service_port: None,
+            local: None,
+            iface: IfaceId::UNKNOWN,
+            owner: OwnerId::default(),
+            ..*k
+        },
     ];
     let half = (max_series / 2).max(1);
     let (mut other, mut reserved) = (other_of[2], half);
@@ -392,6 +417,8 @@ mod tests {
             remote: Remote::Address(remote.parse().unwrap()),
             state: Some(TcpState::Established),
             iface: IfaceId(3),
+            owner: OwnerId::default(),
+            netns: 0,
         }
     }
 
@@ -438,6 +465,40 @@ mod tests {
         let b = count_bounded(peers, 100);
         assert!(b.series.len() <= 100, "{}", b.series.len());
         assert_eq!(b.series.iter().map(|s| s.1).sum::<u64>(), 3000);
+    }
+
+    #[test]
+    fn owners_split_peers_and_the_last_fold_drops_them_so_the_bound_holds() {
+        // One remote per socket, each socket of its own process: the bucket cannot keep
+        // the owner and fit.
+        let peers: Vec<PeerKey> = (0..3000u32)
+            .map(|i| PeerKey {
+                remote: Remote::Address(IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i))),
+                local: Some(IpAddr::V4(Ipv4Addr::from(0xc000_0200 + i % 50))),
+                owner: OwnerId(1 + i % 500),
+                ..peer("0.0.0.0", 443)
+            })
+            .collect();
+        let b = count_bounded(peers, 100);
+        assert!(b.series.len() <= 100, "{}", b.series.len());
+        assert_eq!(b.series.iter().map(|s| s.1).sum::<u64>(), 3000);
+        assert!(b.series.iter().filter(|s| s.0.remote == Remote::Other).all(|s| s.0.owner == OwnerId::default()));
+        // Within the bound, one peer of two processes is two series.
+        let two =
+            count_bounded([peer("198.51.100.1", 443), PeerKey { owner: OwnerId(7), ..peer("198.51.100.1", 443) }], 10);
+        assert_eq!(two.series.len(), 2);
+        // A few processes past the bound keep their owner in the bucket.
+        let few: Vec<PeerKey> = (0..300u32)
+            .map(|i| PeerKey {
+                remote: Remote::Address(IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i))),
+                owner: OwnerId(1 + i % 3),
+                ..peer("0.0.0.0", 443)
+            })
+            .collect();
+        let b = count_bounded(few, 20);
+        let owners: std::collections::BTreeSet<_> =
+            b.series.iter().filter(|s| s.0.remote == Remote::Other).map(|s| s.0.owner).collect();
+        assert_eq!(owners.len(), 3, "{:?}", b.series);
     }
 
     #[test]

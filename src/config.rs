@@ -161,8 +161,9 @@ pub struct Args {
     #[arg(long = "collector.namespaces", value_enum, default_value = "host")]
     pub namespaces: crate::netns::NamespaceMode,
 
-    /// Label per-connection and listener series with the owning process (`process`,
-    /// its comm) and its `systemd_unit`; a shared socket takes the lowest pid's owner.
+    /// Label per-connection, peers, listener and lifecycle series with the owning process
+    /// (`process`, its comm) and its `systemd_unit`; a shared socket takes the lowest pid's
+    /// owner, a closed inbound connection its listener's.
     #[arg(long = "collector.connections.owner")]
     pub owners: bool,
 

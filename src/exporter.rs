@@ -77,14 +77,17 @@ pub struct Exporter {
 impl Exporter {
     /// An exporter for a configuration.
     pub fn new(config: ExporterConfig) -> Exporter {
+        let reader = Reader::new(config.procfs.clone(), config.source)
+            .with_namespaces(config.namespaces)
+            .with_owners(config.owners, OWNER_WALK_BUDGET);
+        let lifecycle = Lifecycle::new(config.lifecycle_max_series, config.peers_folding)
+            .with_sources(reader.namespaces(), reader.owners());
         Exporter {
-            reader: Reader::new(config.procfs.clone(), config.source)
-                .with_namespaces(config.namespaces)
-                .with_owners(config.owners, OWNER_WALK_BUDGET),
+            reader,
             reads: SharedReads::new(SHARED_READ_WAIT),
             connections: Connections::new(config.max_series),
             peers: Peers::new(config.peers_max_series, config.peers_folding),
-            lifecycle: Arc::new(Lifecycle::new(config.lifecycle_max_series, config.peers_folding)),
+            lifecycle: Arc::new(lifecycle),
             web_config: None,
             config,
         }

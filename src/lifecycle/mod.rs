@@ -1,6 +1,7 @@
 //! The lifecycle counters: every TCP socket the kernel destroys, folded into closed and
-//! failed connections, bytes and retransmits by peer. The state of one network
-//! namespace; [`subscription`] feeds it from the kernel's destroy notifications.
+//! failed connections, bytes and retransmits by peer (and, in `all` mode, by network
+//! namespace; with owners, by process); [`subscription`] feeds them from the kernel's
+//! destroy notifications of each namespace.
 //!
 //! Bounding keeps every exposed series non-decreasing: a label set, once admitted, is
 //! never merged later (a re-ranking like the peers gauge's would move its count into
@@ -9,16 +10,67 @@
 //! they go to `destination_address="other"` keyed by everything but the remote, and past
 //! the bound less two to one of two fully folded series (one per direction). Memory is
 //! bounded by `max_series` label sets whatever the number of remote addresses.
+//!
+//! Across namespaces and owners the bound is one: the fully folded series also fold the
+//! owner (`process=""`) and every namespace but the exporter's own into one
+//! ([`NETNS_OTHER`], `netns="other"`), so there are at most four of them (two
+//! directions, own and other namespaces) and the bound less four is where they start.
+//! When a namespace goes, its series go with it (its counters can never rise again).
 
 pub mod subscription;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
-use crate::classify::{Direction, Folding, ListenerSet, PeerKey, Remote};
+use crate::classify::{Direction, Folding, ListenerSet, PeerKey, Remote, NETNS_OTHER};
 use crate::iface::{IfaceId, InterfaceTable, InterfaceTableBuilder};
+use crate::netns::Namespaces;
+use crate::owners::{OwnerId, Owners};
 use crate::parse::sock_destroy::{DestroyedSocket, Outcome};
+use crate::snapshot::NsLabels;
+
+/// Where a destroyed socket was and who held it, beyond what its message says.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Origin<'a> {
+    /// Its network namespace's nsfs inode; 0 for the exporter's own.
+    pub netns: u64,
+    /// `process` (empty when unknown or without owners).
+    pub process: &'a str,
+    /// `systemd_unit`.
+    pub unit: &'a str,
+}
+
+/// The labels of the namespaces and owners in the counters' keys.
+#[derive(Debug, Clone, Default)]
+pub struct Names {
+    namespaces: HashMap<u64, NsLabels>,
+    owners: Vec<(String, String)>,
+}
+
+impl Names {
+    /// The labels of a key's namespace: `host` for the own one, `other` for
+    /// [`NETNS_OTHER`]; `None` for one no longer known.
+    pub fn namespace<'a>(&'a self, netns: u64, fixed: &'a [NsLabels; 2]) -> Option<&'a NsLabels> {
+        match netns {
+            0 => Some(&fixed[0]),
+            NETNS_OTHER => Some(&fixed[1]),
+            n => self.namespaces.get(&n),
+        }
+    }
+
+    /// `process` and `systemd_unit` of a key's owner.
+    pub fn owner(&self, id: OwnerId) -> (&str, &str) {
+        self.owners.get(id.0 as usize).map_or(("", ""), |(p, u)| (p.as_str(), u.as_str()))
+    }
+}
+
+/// The labels of the own namespace (`host`) and of the fully folded series of the others
+/// (`other`), for [`Names::namespace`].
+pub fn fixed_namespaces() -> [NsLabels; 2] {
+    let labels = |n: &str| NsLabels { netns: n.to_owned(), container_id: String::new(), pod_uid: String::new() };
+    [labels("host"), labels("other")]
+}
 
 /// What a label set has counted.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -47,6 +99,13 @@ pub struct Counters {
     iface_names: Vec<String>,
     iface_ids: HashMap<String, IfaceId>,
     table: Option<InterfaceTable>,
+    /// (process, systemd_unit) by the owner ids in `series`, stable for the life of the
+    /// process; id 0 is ("", "").
+    owner_names: Vec<(String, String)>,
+    owner_ids: HashMap<(String, String), OwnerId>,
+    /// Labels of the namespaces other than the own one, by inode (`all` mode).
+    namespaces: HashMap<u64, NsLabels>,
+    all_namespaces: bool,
 }
 
 impl Counters {
@@ -56,7 +115,66 @@ impl Counters {
         let iface_names: Vec<String> =
             (0..reserved.len()).map(|i| reserved.name(IfaceId(i as u16)).to_owned()).collect();
         let iface_ids = iface_names.iter().enumerate().map(|(i, n)| (n.clone(), IfaceId(i as u16))).collect();
-        Counters { series: HashMap::new(), max_series, folding, merged: 0, iface_names, iface_ids, table: None }
+        Counters {
+            series: HashMap::new(),
+            max_series,
+            folding,
+            merged: 0,
+            iface_names,
+            iface_ids,
+            table: None,
+            owner_names: vec![(String::new(), String::new())],
+            owner_ids: HashMap::new(),
+            namespaces: HashMap::new(),
+            all_namespaces: false,
+        }
+    }
+
+    /// Counts sockets of every namespace (`--collector.namespaces=all`): sets aside room
+    /// for the fully folded series of the other namespaces. Before any is counted.
+    pub fn set_all_namespaces(&mut self) {
+        self.all_namespaces = true;
+    }
+
+    /// Whether the counters are of every namespace.
+    pub fn all_namespaces(&self) -> bool {
+        self.all_namespaces
+    }
+
+    fn intern_owner(&mut self, process: &str, unit: &str) -> OwnerId {
+        if process.is_empty() && unit.is_empty() {
+            return OwnerId::default();
+        }
+        if let Some(&id) = self.owner_ids.get(&(process.to_owned(), unit.to_owned())) {
+            return id;
+        }
+        let Ok(n) = u32::try_from(self.owner_names.len()) else { return OwnerId::default() };
+        self.owner_names.push((process.to_owned(), unit.to_owned()));
+        self.owner_ids.insert((process.to_owned(), unit.to_owned()), OwnerId(n));
+        OwnerId(n)
+    }
+
+    /// Names a namespace (`all` mode); a namespace's labels may change between reads
+    /// (a clash with a new one's name), its counts stay.
+    pub fn set_namespace(&mut self, netns: u64, labels: NsLabels) {
+        self.namespaces.insert(netns, labels);
+    }
+
+    /// Forgets the namespaces that are gone, and their series; returns how many went.
+    pub fn retain_namespaces(&mut self, live: impl Fn(u64) -> bool) -> usize {
+        let before = self.namespaces.len();
+        self.namespaces.retain(|n, _| live(*n));
+        if self.namespaces.len() != before {
+            let known = &self.namespaces;
+            self.series.retain(|k, _| k.netns == 0 || k.netns == NETNS_OTHER || known.contains_key(&k.netns));
+        }
+        before - self.namespaces.len()
+    }
+
+    /// The names of the namespaces and owners of [`series`](Self::series), copied so
+    /// that a scrape writes without holding the counters.
+    pub fn names(&self) -> Names {
+        Names { namespaces: self.namespaces.clone(), owners: self.owner_names.clone() }
     }
 
     fn intern(&mut self, name: &str) -> IfaceId {
@@ -70,9 +188,21 @@ impl Counters {
         IfaceId(n)
     }
 
-    /// Counts one destroyed socket. `listeners` are the namespace's listeners when it was
-    /// destroyed, `table` its interfaces.
+    /// Counts one destroyed socket of the exporter's own namespace, owner unknown.
+    /// `listeners` are the namespace's listeners when it was destroyed, `table` its
+    /// interfaces.
     pub fn add(&mut self, s: &DestroyedSocket, listeners: &ListenerSet, table: &InterfaceTable) {
+        self.add_from(&Origin::default(), s, listeners, table);
+    }
+
+    /// [`add`](Self::add) for a socket of any namespace, with its owner.
+    pub fn add_from(
+        &mut self,
+        origin: &Origin<'_>,
+        s: &DestroyedSocket,
+        listeners: &ListenerSet,
+        table: &InterfaceTable,
+    ) {
         let direction = listeners.direction(&s.local);
         let inbound = direction == Direction::Inbound;
         let outcome = s.outcome(inbound);
@@ -80,7 +210,12 @@ impl Counters {
             return;
         }
         let iface = self.intern(table.name(table.resolve(&s.local, s.if_index)));
-        let mut key = PeerKey::of(direction, &s.local, &s.remote, None, iface, &self.folding);
+        let owner = self.intern_owner(origin.process, origin.unit);
+        let mut key = PeerKey {
+            owner,
+            netns: origin.netns,
+            ..PeerKey::of(direction, &s.local, &s.remote, None, iface, &self.folding)
+        };
         // A failed connect or an aborted client has lost its remote port: no port label
         // rather than a false 0.
         if !inbound && s.remote.port == 0 {
@@ -102,15 +237,26 @@ impl Counters {
     fn slot(&mut self, key: PeerKey) -> &mut Totals {
         let max = self.max_series;
         let len = self.series.len();
+        // Fully folded series: two per direction in host mode; in `all` mode two more,
+        // for every namespace but the own one.
+        let folded = if self.all_namespaces { 4 } else { 2 };
         let key = if max == 0 || self.series.contains_key(&key) || len < max - max / 4 {
             key
         } else {
             self.merged += 1;
             let other = PeerKey { remote: Remote::Other, ..key };
-            if self.series.contains_key(&other) || len + 2 < max {
+            if self.series.contains_key(&other) || len + folded < max {
                 other
             } else {
-                PeerKey { remote: Remote::Other, service_port: None, local: None, iface: IfaceId::UNKNOWN, ..key }
+                PeerKey {
+                    remote: Remote::Other,
+                    service_port: None,
+                    local: None,
+                    iface: IfaceId::UNKNOWN,
+                    owner: OwnerId::default(),
+                    netns: if key.netns == 0 { 0 } else { NETNS_OTHER },
+                    ..key
+                }
             }
         };
         self.series.entry(key).or_default()
@@ -154,7 +300,6 @@ pub enum Status {
 }
 
 /// The lifecycle state shared by the receiving thread and the scrapes.
-#[derive(Debug)]
 pub struct Lifecycle {
     /// The counters.
     pub counters: Mutex<Counters>,
@@ -162,7 +307,29 @@ pub struct Lifecycle {
     pub overruns: AtomicU64,
     /// Destroy messages received.
     pub events: AtomicU64,
+    /// Network namespaces subscribed (the own one included).
+    pub subscribed: AtomicU64,
+    /// Namespaces found at the last rescan that could not be subscribed (`all` mode);
+    /// above 0 the collector reports failure, as the other collectors do.
+    pub unsubscribed: AtomicU64,
     status: AtomicU8,
+    /// Every namespace's threads, in `--collector.namespaces=all` mode (shared with the
+    /// scrapes' reads).
+    pub namespaces: Option<Arc<Namespaces>>,
+    /// The socket owner walk, with `--collector.connections.owner` (shared with the
+    /// scrapes' reads).
+    pub owners: Option<Arc<Owners>>,
+}
+
+impl std::fmt::Debug for Lifecycle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lifecycle")
+            .field("counters", &self.counters)
+            .field("status", &self.status())
+            .field("all_namespaces", &self.namespaces.is_some())
+            .field("owners", &self.owners.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Lifecycle {
@@ -172,8 +339,23 @@ impl Lifecycle {
             counters: Mutex::new(Counters::new(max_series, folding)),
             overruns: AtomicU64::new(0),
             events: AtomicU64::new(0),
+            subscribed: AtomicU64::new(0),
+            unsubscribed: AtomicU64::new(0),
             status: AtomicU8::new(Status::Starting as u8),
+            namespaces: None,
+            owners: None,
         }
+    }
+
+    /// Subscribes in every namespace of `namespaces` (`all` mode) and labels counts by
+    /// owner when `owners` is given.
+    pub fn with_sources(mut self, namespaces: Option<Arc<Namespaces>>, owners: Option<Arc<Owners>>) -> Lifecycle {
+        if namespaces.is_some() {
+            self.lock().set_all_namespaces();
+        }
+        self.namespaces = namespaces;
+        self.owners = owners;
+        self
     }
 
     /// The subscription's status.
@@ -283,6 +465,57 @@ mod tests {
         assert!(c.merged() > 900);
         let first = c.series().into_iter().find(|(k, _)| k.remote == Remote::Address("10.0.0.0".parse().unwrap()));
         assert_eq!(first.unwrap().1.closed, 51, "an admitted remote keeps counting");
+    }
+
+    #[test]
+    fn across_namespaces_and_owners_the_bound_holds_and_counts_stay_apart() {
+        let l = ListenerSet::new([ep("0.0.0.0:443")]);
+        let t = InterfaceTable::default();
+        let max = 40;
+        let mut c = Counters::new(max, Folding::default());
+        c.set_all_namespaces();
+        let spaces = 30u64;
+        for ns in 1..=spaces {
+            let labels = NsLabels { netns: format!("ns{ns}"), container_id: String::new(), pod_uid: String::new() };
+            c.set_namespace(ns, labels);
+        }
+        let mut n = 0u64;
+        let mut seen: HashMap<PeerKey, Totals> = HashMap::new();
+        for round in 0..20u32 {
+            for ns in 0..=spaces {
+                // Every namespace and owner its own remotes and process names.
+                let remote = IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + round * 64 + ns as u32));
+                let process = format!("p{}", (round + ns as u32) % 7);
+                let origin = Origin { netns: ns, process: &process, unit: "x.service" };
+                c.add_from(&origin, &closed("192.0.2.1:443", &format!("{remote}:40000")), &l, &t);
+                c.add_from(&origin, &closed("192.0.2.1:40001", &format!("{remote}:443")), &l, &t);
+                n += 2;
+            }
+            let series = c.series();
+            assert!(series.len() <= max, "{} series", series.len());
+            assert_eq!(total(&c).closed, n, "merged, not lost");
+            for (k, t) in &series {
+                let before = seen.insert(*k, *t).unwrap_or_default();
+                assert!(t.closed >= before.closed, "{k:?} decreased");
+            }
+        }
+        let series = c.series();
+        // The fully folded series: no owner, and every other namespace as one.
+        let folded: Vec<_> = series.iter().filter(|(k, _)| k.local.is_none()).collect();
+        assert!(!folded.is_empty() && folded.len() <= 4, "{folded:?}");
+        assert!(folded.iter().all(|(k, _)| k.owner == OwnerId::default() && (k.netns == 0 || k.netns == NETNS_OTHER)));
+        // Series admitted whole keep their namespace and owner.
+        let names = c.names();
+        let fixed = fixed_namespaces();
+        let first = series.iter().find(|(k, _)| k.netns == 5 && k.local.is_some()).expect("namespace 5 admitted");
+        assert_eq!(names.namespace(first.0.netns, &fixed).unwrap().netns, "ns5");
+        assert_eq!(names.owner(first.0.owner).1, "x.service");
+        // A namespace that goes takes its series; the others keep theirs.
+        let before = c.series().len();
+        assert_eq!(c.retain_namespaces(|ns| ns != 5), 1);
+        assert!(c.series().iter().all(|(k, _)| k.netns != 5));
+        assert!(c.series().len() < before);
+        assert!(c.series().iter().any(|(k, _)| k.netns == 6));
     }
 
     #[test]

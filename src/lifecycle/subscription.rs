@@ -16,24 +16,48 @@
 //! looks outbound is held `OUTBOUND_HOLD` (0.5 s) before it is counted so, in case its
 //! listener's notification comes in a later batch; the hold bounds memory to half a
 //! second of notifications.
+//!
+//! Every namespace (`--collector.namespaces=all`): the namespaces are listed again every
+//! [`RESCAN`]; a new one gets its own subscription and listener-dump sockets, opened by
+//! a job on that namespace's thread (the one `netns` keeps for the scrapes' reads, which
+//! entered it with `setns`), handed back here and kept while the namespace lives; when it
+//! goes they are closed (they would otherwise keep it alive) and its series dropped. One
+//! receiving thread serves them all; a namespace costs two descriptors, its share of the
+//! idle wake-ups (one non-blocking `recv` per [`BATCH_PAUSE`]) and no thread of its own
+//! beyond the one `netns` keeps anyway. Each namespace is classified against its own
+//! listeners and labelled with its own interfaces (re-read by a job on its thread).
+//!
+//! Owners (`--collector.connections.owner`): an inbound socket takes the owner of the
+//! listener on its local endpoint (the exact address before a wildcard; among several,
+//! the lowest `(process, systemd_unit)`), read from the listener dump's inode and the
+//! owner walk, and kept [`CLOSED_LISTENER_GRACE`] after the listener closes. An outbound
+//! socket has `process=""`: the kernel reports a socket after its process let go of it
+//! (the message carries no inode), and a short connection is gone before any walk sees
+//! it.
 
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::os::fd::AsFd;
 use std::path::Path;
 use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket, SocketAddr};
 use nix::sys::socket::{getsockopt, setsockopt, sockopt};
 
-use super::{Lifecycle, Status};
+use super::{Lifecycle, Origin, Status};
 use crate::classify::{Direction, ListenerSet};
 use crate::iface::InterfaceTable;
+use crate::logging::RateLimit;
 use crate::model::{Endpoint, TcpState};
+use crate::netns::{Found, Namespaces};
+use crate::owners::OwnerTable;
 use crate::parse::sock_destroy::{self, DestroyedSocket};
 use crate::parse::sock_diag::{self, Batch, DecodeError};
-use crate::source::{self, interfaces};
+use crate::snapshot::NsLabels;
+use crate::source::{self, interfaces, SourceError};
 
 /// `SKNLGRP_INET_TCP_DESTROY` and `SKNLGRP_INET6_TCP_DESTROY` (`linux/sock_diag.h`).
 pub const GROUPS: [u32; 2] = [1, 3];
@@ -55,6 +79,12 @@ pub const RECV_BUFFER: usize = 64 << 20;
 const MAX_BATCH: usize = 16_384;
 /// Minimum time between two overrun log lines.
 const OVERRUN_LOG_EVERY: Duration = Duration::from_secs(60);
+/// How often the namespaces are listed again (`all` mode).
+pub const RESCAN: Duration = Duration::from_secs(2);
+/// Least time between two owner walks made for listeners whose owner is not known.
+const OWNERS_RETRY: Duration = Duration::from_secs(1);
+/// Most listener inodes remembered as having no owner to find.
+const MAX_TRIED: usize = 65_536;
 const TCP_LISTEN: u32 = 10;
 
 /// Why the subscription could not start.
@@ -68,6 +98,15 @@ pub enum SubscribeError {
         /// The error.
         source: io::Error,
     },
+}
+
+/// Opens the socket that dumps listeners, in the calling thread's namespace.
+fn dump_socket() -> Result<Socket, SubscribeError> {
+    let kernel = |what| move |source| SubscribeError::Kernel { what, source };
+    let mut s = Socket::new(NETLINK_SOCK_DIAG).map_err(kernel("opening a listener-dump socket"))?;
+    s.bind_auto().map_err(kernel("binding the listener-dump socket"))?;
+    s.connect(&SocketAddr::new(0, 0)).map_err(kernel("connecting the listener-dump socket"))?;
+    Ok(s)
 }
 
 /// Opens and subscribes the socket; returns it with the receive buffer it got.
@@ -94,6 +133,7 @@ pub fn subscribe() -> Result<(Socket, usize, &'static str), SubscribeError> {
 /// Starts the receiving thread (named `lifecycle`). A refused subscription is logged and
 /// leaves the collector failed; the exporter goes on. A `procfs` of another network
 /// namespace (a fixture tree) has no notifications to give: the collector stays off.
+/// In `all` mode the thread subscribes in the other namespaces as it finds them.
 pub fn start(state: Arc<Lifecycle>, procfs: &Path) {
     if !source::is_own_namespace(procfs) {
         log::warn!(
@@ -117,42 +157,66 @@ pub fn start(state: Arc<Lifecycle>, procfs: &Path) {
         "lifecycle collector: subscribed to TCP socket-destroy notifications, receive buffer {got} bytes ({how}; asked {RECV_BUFFER})"
     );
     state.set_status(Status::Subscribed);
+    state.subscribed.store(1, Ordering::Relaxed);
     let thread_state = Arc::clone(&state);
-    let spawned = std::thread::Builder::new().name("lifecycle".into()).spawn(move || run(&socket, &thread_state));
+    let spawned = std::thread::Builder::new().name("lifecycle".into()).spawn(move || run(socket, &thread_state));
     if let Err(e) = spawned {
         log::error!("lifecycle collector: cannot start its thread ({e})");
         state.set_status(Status::Failed);
     }
 }
 
-/// The namespace's listeners and interfaces as the thread keeps them.
+/// Where a namespace's reads run: here (the own one) or on its `netns` thread.
+enum Place {
+    Own,
+    Other(Found),
+}
+
+/// Owners of listeners, by endpoint, as last seen.
+type ListenerOwners = HashMap<Endpoint, ((String, String), Instant)>;
+
+/// A namespace's listeners and interfaces as the thread keeps them.
 struct Tables {
+    place: Place,
     diag: Option<Socket>,
-    open: Vec<Endpoint>,
+    /// Open listeners with their socket inodes.
+    open: Vec<(Endpoint, u32)>,
     closed: Vec<(Endpoint, Instant)>,
     listeners: ListenerSet,
+    /// With owners: the owner of each listener endpoint, kept a grace after it closes.
+    owners: ListenerOwners,
     dumped: Option<Instant>,
     interfaces: InterfaceTable,
     interfaces_read: Option<Instant>,
+    /// An interface read running on the namespace's thread.
+    interfaces_job: Option<Receiver<Result<InterfaceTable, SourceError>>>,
     dump_failed_logged: bool,
+    /// The listener dump failed in another namespace, whose socket cannot be reopened
+    /// here: the subscription is opened again at the next rescan.
+    broken: bool,
 }
 
 impl Tables {
-    fn new() -> Tables {
+    fn new(place: Place, diag: Option<Socket>, interfaces: Option<InterfaceTable>) -> Tables {
+        let now = Instant::now();
         Tables {
-            diag: None,
+            place,
+            diag,
             open: Vec::new(),
             closed: Vec::new(),
             listeners: ListenerSet::default(),
+            owners: HashMap::new(),
             dumped: None,
-            interfaces: InterfaceTable::default(),
-            interfaces_read: None,
+            interfaces_read: interfaces.as_ref().map(|_| now),
+            interfaces: interfaces.unwrap_or_default(),
+            interfaces_job: None,
             dump_failed_logged: false,
+            broken: false,
         }
     }
 
     /// Brings listeners (and now and then interfaces) up to date for a batch.
-    fn refresh(&mut self, batch: &[DestroyedSocket]) {
+    fn refresh(&mut self, batch: &[DestroyedSocket], namespaces: Option<&Namespaces>) {
         let now = Instant::now();
         self.closed.retain(|(_, t)| now.duration_since(*t) < CLOSED_LISTENER_GRACE);
         // Listeners destroyed in this batch: no remote, a local port.
@@ -174,26 +238,58 @@ impl Tables {
             }
             self.dumped = Some(now);
         }
-        if self.interfaces_read.is_none_or(|t| now.duration_since(t) >= INTERFACES_EVERY) {
-            if let Ok(t) = interfaces::read_live() {
-                self.interfaces = t;
-            }
-            self.interfaces_read = Some(now);
-        }
-        self.listeners = ListenerSet::new(self.open.iter().chain(self.closed.iter().map(|(e, _)| e)).copied());
+        self.refresh_interfaces(now, namespaces);
+        self.listeners =
+            ListenerSet::new(self.open.iter().map(|(e, _)| e).chain(self.closed.iter().map(|(e, _)| e)).copied());
     }
 
-    fn dump_listeners(&mut self) -> Result<Vec<Endpoint>, SubscribeError> {
-        let kernel = |what| move |source| SubscribeError::Kernel { what, source };
+    fn refresh_interfaces(&mut self, now: Instant, namespaces: Option<&Namespaces>) {
+        if let Some(job) = &self.interfaces_job {
+            match job.try_recv() {
+                Ok(Ok(t)) => {
+                    self.interfaces = t;
+                    self.interfaces_job = None;
+                }
+                Ok(Err(_)) | Err(TryRecvError::Disconnected) => self.interfaces_job = None,
+                Err(TryRecvError::Empty) => {}
+            }
+        }
+        if self.interfaces_job.is_some()
+            || self.interfaces_read.is_some_and(|t| now.duration_since(t) < INTERFACES_EVERY)
+        {
+            return;
+        }
+        self.interfaces_read = Some(now);
+        match (&self.place, namespaces) {
+            (Place::Own, _) => {
+                if let Ok(t) = interfaces::read_live() {
+                    self.interfaces = t;
+                }
+            }
+            // getifaddrs asks in the calling thread's namespace: the namespace's thread
+            // reads it, and the answer is picked up by a later batch.
+            (Place::Other(f), Some(ns)) => self.interfaces_job = ns.run(f, interfaces::read_live).ok(),
+            (Place::Other(_), None) => {}
+        }
+    }
+
+    fn dump_listeners(&mut self) -> Result<Vec<(Endpoint, u32)>, SubscribeError> {
         if self.diag.is_none() {
-            let mut s = Socket::new(NETLINK_SOCK_DIAG).map_err(kernel("opening a listener-dump socket"))?;
-            s.bind_auto().map_err(kernel("binding the listener-dump socket"))?;
-            s.connect(&SocketAddr::new(0, 0)).map_err(kernel("connecting the listener-dump socket"))?;
-            self.diag = Some(s);
+            match self.place {
+                Place::Own => self.diag = Some(dump_socket()?),
+                Place::Other(_) => {
+                    self.broken = true;
+                    return Err(SubscribeError::Kernel {
+                        what: "listener dump",
+                        source: io::Error::new(io::ErrorKind::NotConnected, "no dump socket in the namespace"),
+                    });
+                }
+            }
         }
         let Some(diag) = &self.diag else { return Ok(Vec::new()) };
         let mut out = Vec::new();
         let mut buf = Vec::with_capacity(64 * 1024);
+        let kernel = |what| move |source| SubscribeError::Kernel { what, source };
         for af in [sock_diag::AF_INET, sock_diag::AF_INET6] {
             diag.send(&sock_diag::dump_request(af, 1 << TCP_LISTEN, 1), 0).map_err(kernel("listener dump"))?;
             loop {
@@ -201,7 +297,7 @@ impl Tables {
                 diag.recv(&mut buf, 0).map_err(kernel("listener dump"))?;
                 match sock_diag::decode_batch(&buf, |c| {
                     if c.state == TcpState::Listen {
-                        out.push(c.local)
+                        out.push((c.local, c.inode))
                     }
                 }) {
                     Ok(Batch::Done) => break,
@@ -220,65 +316,298 @@ impl Tables {
         }
         Ok(out)
     }
+
+    /// Notes the owners of the open listeners; returns whether one has an inode the
+    /// table does not know (a walk would tell it).
+    fn note_owners(&mut self, table: &OwnerTable, tried: &HashSet<u32>) -> bool {
+        let now = Instant::now();
+        let mut unknown = false;
+        let mut seen: HashMap<Endpoint, (String, String)> = HashMap::new();
+        for &(ep, inode) in &self.open {
+            let id = table.owner(u64::from(inode));
+            if id.0 == 0 {
+                unknown |= inode != 0 && !tried.contains(&inode);
+                continue;
+            }
+            let owner = (table.process(id).to_owned(), table.unit(id).to_owned());
+            // Several listeners on one endpoint (SO_REUSEPORT): the lowest owner.
+            match seen.get(&ep) {
+                Some(have) if *have <= owner => {}
+                _ => {
+                    seen.insert(ep, owner);
+                }
+            }
+        }
+        for (ep, owner) in seen {
+            self.owners.insert(ep, (owner, now));
+        }
+        self.owners.retain(|_, (_, t)| now.duration_since(*t) < CLOSED_LISTENER_GRACE);
+        unknown
+    }
+
+    /// The owner of an inbound socket: of the listener on its exact endpoint, else of the
+    /// wildcard listener of its family on its port.
+    fn owner_of(&self, local: &Endpoint) -> Option<&(String, String)> {
+        if let Some((o, _)) = self.owners.get(local) {
+            return Some(o);
+        }
+        let any: std::net::IpAddr = match local.ip {
+            std::net::IpAddr::V4(_) => std::net::Ipv4Addr::UNSPECIFIED.into(),
+            std::net::IpAddr::V6(_) => std::net::Ipv6Addr::UNSPECIFIED.into(),
+        };
+        self.owners.get(&Endpoint::new(any, local.port)).map(|(o, _)| o)
+    }
 }
 
-fn run(socket: &Socket, state: &Lifecycle) {
-    let mut tables = Tables::new();
-    let mut batch: Vec<DestroyedSocket> = Vec::with_capacity(1024);
-    // Sockets that look outbound, held until OUTBOUND_HOLD has passed: see its note.
-    let mut pending: Vec<(DestroyedSocket, Instant)> = Vec::with_capacity(1024);
-    let mut buf: Vec<u8> = Vec::with_capacity(8192);
-    let mut last_overrun_log: Option<Instant> = None;
-    let mut overruns_unlogged = 0u64;
-    loop {
-        let mut empty = false;
-        while batch.len() < MAX_BATCH {
-            buf.clear();
-            match socket.recv(&mut buf, 0) {
+/// One namespace's subscription.
+struct Subscription {
+    /// The nsfs inode; 0 for the exporter's own.
+    netns: u64,
+    socket: Socket,
+    tables: Tables,
+    /// Sockets that look outbound, held until OUTBOUND_HOLD has passed: see its note.
+    pending: Vec<(DestroyedSocket, Instant)>,
+}
+
+/// What is shared by the namespaces' subscriptions in the thread.
+struct Shared<'a> {
+    state: &'a Lifecycle,
+    buf: Vec<u8>,
+    batch: Vec<DestroyedSocket>,
+    last_overrun_log: Option<Instant>,
+    overruns_unlogged: u64,
+    /// The owner walk's last table (inode -> owner), with owners on.
+    owner_table: Option<(OwnerTable, Instant)>,
+    /// Listener inodes a walk did not find, so as not to walk again for them.
+    owner_tried: HashSet<u32>,
+}
+
+impl Shared<'_> {
+    /// Reads what is queued on a subscription, up to [`MAX_BATCH`]; returns whether the
+    /// queue was emptied.
+    fn drain(&mut self, socket: &Socket) -> bool {
+        let state = self.state;
+        while self.batch.len() < MAX_BATCH {
+            self.buf.clear();
+            match socket.recv(&mut self.buf, 0) {
                 Ok(_) => {
                     state.events.fetch_add(1, Ordering::Relaxed);
-                    match sock_destroy::decode_message(&buf) {
-                        Ok(Some(s)) => batch.push(s),
+                    match sock_destroy::decode_message(&self.buf) {
+                        Ok(Some(s)) => self.batch.push(s),
                         Ok(None) => {}
                         Err(e) => log::debug!("lifecycle collector: undecodable destroy message ({e})"),
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    empty = true;
-                    break;
-                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
                 Err(e) if e.raw_os_error() == Some(nix::errno::Errno::ENOBUFS as i32) => {
                     state.overruns.fetch_add(1, Ordering::Relaxed);
-                    overruns_unlogged += 1;
-                    if last_overrun_log.is_none_or(|t| t.elapsed() >= OVERRUN_LOG_EVERY) {
+                    self.overruns_unlogged += 1;
+                    if self.last_overrun_log.is_none_or(|t| t.elapsed() >= OVERRUN_LOG_EVERY) {
                         log::warn!(
-                            "lifecycle collector: the kernel dropped socket-destroy messages (receive buffer overrun, {overruns_unlogged} since the last warning); counts are lower bounds, raise net.core.rmem_max"
+                            "lifecycle collector: the kernel dropped socket-destroy messages (receive buffer overrun, {} since the last warning); counts are lower bounds, raise net.core.rmem_max",
+                            self.overruns_unlogged
                         );
-                        overruns_unlogged = 0;
-                        last_overrun_log = Some(Instant::now());
+                        self.overruns_unlogged = 0;
+                        self.last_overrun_log = Some(Instant::now());
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     log::warn!("lifecycle collector: receiving destroy messages failed ({e})");
-                    empty = true;
-                    break;
+                    return true;
                 }
             }
         }
-        if !batch.is_empty() || !pending.is_empty() {
-            tables.refresh(&batch);
-            let now = Instant::now();
-            pending.extend(batch.drain(..).map(|s| (s, now)));
-            let mut counters = state.lock();
-            pending.retain(|(s, seen)| {
-                let ready = tables.listeners.direction(&s.local) == Direction::Inbound
-                    || now.duration_since(*seen) >= OUTBOUND_HOLD;
-                if ready {
-                    counters.add(s, &tables.listeners, &tables.interfaces);
+        false
+    }
+
+    /// Updates a namespace's listener owners, walking the processes again when a
+    /// listener's owner is not known (at most every [`OWNERS_RETRY`]).
+    fn owners_for(&mut self, tables: &mut Tables) {
+        let Some(owners) = &self.state.owners else { return };
+        let empty = OwnerTable::default();
+        let table = self.owner_table.as_ref().map_or(&empty, |t| &t.0);
+        let unknown = tables.note_owners(table, &self.owner_tried);
+        let due = self.owner_table.as_ref().is_none_or(|t| t.1.elapsed() >= OWNERS_RETRY);
+        if unknown && due {
+            // Bounded: past it, owners not found are looked for again (once a second).
+            if self.owner_tried.len() > MAX_TRIED {
+                self.owner_tried.clear();
+            }
+            let table = owners.table();
+            for &(_, inode) in &tables.open {
+                if table.owner(u64::from(inode)).0 == 0 {
+                    self.owner_tried.insert(inode);
                 }
-                !ready
-            });
+            }
+            tables.note_owners(&table, &self.owner_tried);
+            self.owner_table = Some((table, Instant::now()));
+        }
+    }
+
+    /// Reads a subscription's queue and counts what is ready; returns whether its queue
+    /// was emptied.
+    fn serve(&mut self, sub: &mut Subscription) -> bool {
+        let empty = self.drain(&sub.socket);
+        if self.batch.is_empty() && sub.pending.is_empty() {
+            return empty;
+        }
+        sub.tables.refresh(&self.batch, self.state.namespaces.as_deref());
+        self.owners_for(&mut sub.tables);
+        let now = Instant::now();
+        sub.pending.extend(self.batch.drain(..).map(|s| (s, now)));
+        let mut counters = self.state.lock();
+        let tables = &sub.tables;
+        let netns = sub.netns;
+        sub.pending.retain(|(s, seen)| {
+            let inbound = tables.listeners.direction(&s.local) == Direction::Inbound;
+            let ready = inbound || now.duration_since(*seen) >= OUTBOUND_HOLD;
+            if ready {
+                let owner = if inbound { tables.owner_of(&s.local) } else { None };
+                let origin = Origin {
+                    netns,
+                    process: owner.map_or("", |o| o.0.as_str()),
+                    unit: owner.map_or("", |o| o.1.as_str()),
+                };
+                counters.add_from(&origin, s, &tables.listeners, &tables.interfaces);
+            }
+            !ready
+        });
+        empty
+    }
+}
+
+/// What a namespace's thread opens for its subscription.
+type Opened = (Socket, Socket, Option<InterfaceTable>);
+
+/// Opens a subscription in the calling thread's namespace (a namespace's thread).
+fn open_here() -> Result<Opened, SubscribeError> {
+    let (socket, _, _) = subscribe()?;
+    let diag = dump_socket()?;
+    Ok((socket, diag, interfaces::read_live().ok()))
+}
+
+/// The namespaces' subscriptions: kept in step with the namespaces found.
+struct Spaces {
+    subs: Vec<Subscription>,
+    opening: Vec<(Found, Receiver<Result<Opened, SubscribeError>>)>,
+    /// Namespaces whose last subscription attempt failed, until one succeeds or they go.
+    refused: HashSet<u64>,
+    rescanned: Option<Instant>,
+    warn_limit: RateLimit,
+}
+
+impl Spaces {
+    /// Lists the namespaces: closes the subscriptions of those gone (and forgets their
+    /// series), opens one for each new one, names them all.
+    fn rescan(&mut self, namespaces: &Namespaces, state: &Lifecycle) {
+        let found = namespaces.discover();
+        let live: HashMap<u64, &Found> = found.iter().filter(|f| !f.own).map(|f| (f.inode, f)).collect();
+        let before = self.subs.len();
+        // Dropping a subscription closes its sockets, which releases the namespace.
+        self.subs.retain(|s| s.netns == 0 || (live.contains_key(&s.netns) && !s.tables.broken));
+        self.opening.retain(|(f, _)| live.contains_key(&f.inode));
+        self.refused.retain(|n| live.contains_key(n));
+        {
+            let mut counters = state.lock();
+            let gone = counters.retain_namespaces(|n| live.contains_key(&n));
+            if gone > 0 || self.subs.len() != before {
+                log::debug!("lifecycle collector: {gone} network namespace(s) gone");
+            }
+            for f in live.values() {
+                counters.set_namespace(
+                    f.inode,
+                    NsLabels {
+                        netns: f.name.clone(),
+                        container_id: f.container_id.clone(),
+                        pod_uid: f.pod_uid.clone(),
+                    },
+                );
+            }
+        }
+        for f in live.values() {
+            if self.subs.iter().any(|s| s.netns == f.inode) || self.opening.iter().any(|(o, _)| o.inode == f.inode) {
+                continue;
+            }
+            match namespaces.run(f, open_here) {
+                Ok(rx) => self.opening.push(((*f).clone(), rx)),
+                Err(e) if e.is_gone() && e.missing_capability().is_none() => {}
+                Err(e) => {
+                    self.refused.insert(f.inode);
+                    if self.warn_limit.allow() {
+                        log::warn!("lifecycle collector: cannot subscribe in network namespace {}: {e}", f.name);
+                    }
+                }
+            }
+        }
+        state.subscribed.store(self.subs.len() as u64, Ordering::Relaxed);
+        state.unsubscribed.store(self.refused.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Takes the subscriptions the namespaces' threads have opened.
+    fn collect_opened(&mut self, state: &Lifecycle) {
+        let mut i = 0;
+        while i < self.opening.len() {
+            match self.opening[i].1.try_recv() {
+                Err(TryRecvError::Empty) => i += 1,
+                Ok(Ok((socket, diag, interfaces))) => {
+                    let (found, _) = self.opening.swap_remove(i);
+                    self.refused.remove(&found.inode);
+                    log::debug!("lifecycle collector: subscribed in network namespace {}", found.name);
+                    let netns = found.inode;
+                    let tables = Tables::new(Place::Other(found), Some(diag), interfaces);
+                    self.subs.push(Subscription { netns, socket, tables, pending: Vec::new() });
+                }
+                Ok(Err(e)) => {
+                    let (found, _) = self.opening.swap_remove(i);
+                    self.refused.insert(found.inode);
+                    if self.warn_limit.allow() {
+                        log::warn!("lifecycle collector: cannot subscribe in network namespace {}: {e}", found.name);
+                    }
+                }
+                Err(TryRecvError::Disconnected) => {
+                    self.opening.swap_remove(i);
+                }
+            }
+        }
+        state.subscribed.store(self.subs.len() as u64, Ordering::Relaxed);
+        state.unsubscribed.store(self.refused.len() as u64, Ordering::Relaxed);
+    }
+}
+
+fn run(socket: Socket, state: &Lifecycle) {
+    let mut spaces = Spaces {
+        subs: vec![Subscription {
+            netns: 0,
+            socket,
+            tables: Tables::new(Place::Own, None, None),
+            pending: Vec::with_capacity(1024),
+        }],
+        opening: Vec::new(),
+        refused: HashSet::new(),
+        rescanned: None,
+        warn_limit: RateLimit::new(Duration::from_secs(60)),
+    };
+    let mut shared = Shared {
+        state,
+        buf: Vec::with_capacity(8192),
+        batch: Vec::with_capacity(1024),
+        last_overrun_log: None,
+        overruns_unlogged: 0,
+        owner_table: None,
+        owner_tried: HashSet::new(),
+    };
+    loop {
+        if let Some(namespaces) = state.namespaces.as_deref() {
+            if spaces.rescanned.is_none_or(|t| t.elapsed() >= RESCAN) {
+                spaces.rescan(namespaces, state);
+                spaces.rescanned = Some(Instant::now());
+            }
+            spaces.collect_opened(state);
+        }
+        let mut empty = true;
+        for sub in &mut spaces.subs {
+            empty &= shared.serve(sub);
         }
         if empty {
             std::thread::sleep(BATCH_PAUSE);

@@ -5,10 +5,10 @@
 use std::io::{self, Write};
 use std::sync::atomic::Ordering;
 
-use super::peers::write_series;
+use super::peers::{write_samples, Extra};
 use crate::classify::PeerKey;
 use crate::exposition::{Encoder, Kind, Number};
-use crate::lifecycle::{Lifecycle, Status, Totals};
+use crate::lifecycle::{fixed_namespaces, Lifecycle, Status, Totals};
 
 /// Which value of [`Totals`] a family shows for a label set, if any.
 type Pick = fn(&Totals) -> Option<u64>;
@@ -45,20 +45,32 @@ const FAMILIES: [(&str, &str, Pick); 5] = [
 
 /// Writes the families and `conn_exporter_lifecycle_*` when the subscription runs
 /// (nothing otherwise: counters that cannot count are no zeros). Returns whether it
-/// runs, the collector's success.
+/// runs in every namespace, the collector's success.
 pub fn write<W: Write>(enc: &mut Encoder<W>, state: &Lifecycle) -> io::Result<bool> {
     if state.status() != Status::Subscribed {
         return Ok(false);
     }
-    let (series, merged, table) = {
+    let (series, merged, table, names, all) = {
         let mut c = state.lock();
-        (c.series(), c.merged(), c.interfaces())
+        (c.series(), c.merged(), c.interfaces(), c.names(), c.all_namespaces())
     };
+    let fixed = fixed_namespaces();
+    let owners = state.owners.is_some();
     let mut picked: Vec<(PeerKey, u64)> = Vec::with_capacity(series.len());
     for (name, help, pick) in FAMILIES {
         picked.clear();
-        picked.extend(series.iter().filter_map(|(k, t)| pick(t).map(|n| (*k, n))));
-        write_series(enc, name, Kind::Counter, help, &picked, &table)?;
+        picked.extend(
+            series
+                .iter()
+                // A namespace that went between the copy and now has no labels: left out.
+                .filter(|(k, _)| !all || names.namespace(k.netns, &fixed).is_some())
+                .filter_map(|(k, t)| pick(t).map(|n| (*k, n))),
+        );
+        enc.family(name, Kind::Counter, help)?;
+        write_samples(enc, name, &picked, &table, |k| Extra {
+            ns: if all { names.namespace(k.netns, &fixed) } else { None },
+            owner: owners.then(|| names.owner(k.owner)),
+        })?;
     }
     for (name, help, n) in [
         (
@@ -80,5 +92,14 @@ pub fn write<W: Write>(enc: &mut Encoder<W>, state: &Lifecycle) -> io::Result<bo
         enc.family(name, Kind::Counter, help)?;
         enc.sample(name, &[], Number::Int(n))?;
     }
-    Ok(true)
+    if all {
+        let name = "conn_exporter_lifecycle_namespaces";
+        enc.family(
+            name,
+            Kind::Gauge,
+            "Network namespaces whose socket-destroy notifications are received, the exporter's own included (--collector.namespaces=all).",
+        )?;
+        enc.sample(name, &[], Number::Int(state.subscribed.load(Ordering::Relaxed)))?;
+    }
+    Ok(state.unsubscribed.load(Ordering::Relaxed) == 0)
 }

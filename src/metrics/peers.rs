@@ -1,6 +1,7 @@
 //! `network_connection_peers`: non-listening sockets counted by direction, local address,
-//! service port, remote address, state and interface, the ephemeral port folded away and
-//! the label sets bounded by merging the smallest remotes into `other`.
+//! service port, remote address, state and interface (and owning process with
+//! `--collector.connections.owner`), the ephemeral port folded away and the label sets
+//! bounded by merging the smallest remotes into `other`.
 
 use std::io::{self, Write};
 use std::net::IpAddr;
@@ -29,8 +30,9 @@ impl Peers {
     /// against that namespace's listeners, at most `max_series` label sets.
     pub fn count(&self, part: &Part<'_>, max_series: usize) -> BoundedPeers {
         let listeners = ListenerSet::new(part.listeners.iter().map(|l| l.local));
-        let peers = part.keys.iter().filter(|k| k.state != TcpState::Listen).map(|k| {
-            PeerKey::of(listeners.direction(&k.local), &k.local, &k.remote, Some(k.state), k.iface, &self.folding)
+        let peers = part.keys.iter().filter(|k| k.state != TcpState::Listen).map(|k| PeerKey {
+            owner: k.owner,
+            ..PeerKey::of(listeners.direction(&k.local), &k.local, &k.remote, Some(k.state), k.iface, &self.folding)
         });
         count_bounded(peers, max_series)
     }
@@ -50,7 +52,11 @@ impl Peers {
         for part in &parts {
             let peers = self.count(part, share);
             merged += peers.merged;
-            write_samples(enc, name, &peers.series, part.table, part.ns)?;
+            let owners = part.owners;
+            write_samples(enc, name, &peers.series, part.table, |k| Extra {
+                ns: part.ns,
+                owner: owners.map(|o| (o.process(k.owner), o.unit(k.owner))),
+            })?;
         }
         let peers = BoundedPeers { series: Vec::new(), merged };
         let was = self.merging.swap(peers.merged > 0, Ordering::Relaxed);
@@ -97,22 +103,32 @@ pub fn write_series<W: Write>(
     table: &InterfaceTable,
 ) -> io::Result<()> {
     enc.family(name, kind, help)?;
-    write_samples(enc, name, series, table, None)
+    write_samples(enc, name, series, table, |_| Extra::default())
 }
 
-/// The samples of [`write_series`] without the family header, with a namespace's labels
-/// in `all` mode.
-pub fn write_samples<W: Write>(
+/// The labels a peer-keyed series gets beyond its own.
+#[derive(Clone, Copy, Default)]
+pub struct Extra<'a> {
+    /// A namespace's (`--collector.namespaces=all`).
+    pub ns: Option<&'a NsLabels>,
+    /// `process` and `systemd_unit` (`--collector.connections.owner`).
+    pub owner: Option<(&'a str, &'a str)>,
+}
+
+/// The samples of [`write_series`] without the family header, with the labels `extra`
+/// gives each key.
+pub fn write_samples<'a, W: Write>(
     enc: &mut Encoder<W>,
     name: &str,
     series: &[(PeerKey, u64)],
     table: &InterfaceTable,
-    ns: Option<&NsLabels>,
+    extra: impl Fn(&PeerKey) -> Extra<'a>,
 ) -> io::Result<()> {
     let mut remote_text = String::new();
     for (k, n) in series {
         let remote = remote_label(&k.remote, &mut remote_text);
-        let mut labels: Vec<(&str, Value<'_>)> = Vec::with_capacity(7);
+        let extra = extra(k);
+        let mut labels: Vec<(&str, Value<'_>)> = Vec::with_capacity(12);
         labels.push(("destination_address", remote.map_or(Value::Str(&remote_text), Value::Ip)));
         if let (Direction::Outbound, Some(port)) = (k.direction, k.service_port) {
             labels.push(("destination_port", Value::Int(u64::from(port))));
@@ -126,8 +142,15 @@ pub fn write_samples<W: Write>(
         if let Some(state) = k.state {
             labels.push(("state", Value::Str(state.label())));
         }
-        if let Some(ns) = ns {
+        if let Some((process, unit)) = extra.owner {
+            labels.push(("process", Value::Str(process)));
+            labels.push(("systemd_unit", Value::Str(unit)));
+        }
+        if let Some(ns) = extra.ns {
+            // Sorts every label, the owner's included.
             ns.extend(&mut labels);
+        } else if extra.owner.is_some() {
+            labels.sort_by_key(|l| l.0);
         }
         enc.sample(name, &labels, Number::Int(*n))?;
     }

@@ -50,10 +50,12 @@ pub struct Reader {
     last_socket_count: AtomicUsize,
     /// One limiter per kind of warning, so that a steady one cannot hide a new one.
     warn_limits: [RateLimit; 5],
-    /// Every network namespace's threads, in `--collector.namespaces=all` mode.
-    namespaces: Option<Namespaces>,
-    /// The socket owner walk, with `--collector.connections.owner`.
-    owners: Option<Owners>,
+    /// Every network namespace's threads, in `--collector.namespaces=all` mode (shared
+    /// with the lifecycle collector).
+    namespaces: Option<Arc<Namespaces>>,
+    /// The socket owner walk, with `--collector.connections.owner` (shared with the
+    /// lifecycle collector).
+    owners: Option<Arc<Owners>>,
 }
 
 /// What a read fills in, so that a fallback can start it over.
@@ -165,7 +167,7 @@ impl Reader {
                 );
             }
         }
-        self.owners = on.then(|| Owners::new(self.procfs.clone(), budget));
+        self.owners = on.then(|| Arc::new(Owners::new(self.procfs.clone(), budget)));
         self
     }
 
@@ -181,9 +183,19 @@ impl Reader {
                     missing.join(" and ")
                 );
             }
-            self.namespaces = Some(Namespaces::new(self.procfs.clone(), PathBuf::from("/run/netns")));
+            self.namespaces = Some(Arc::new(Namespaces::new(self.procfs.clone(), PathBuf::from("/run/netns"))));
         }
         self
+    }
+
+    /// The namespaces' threads (`all` mode), for the lifecycle collector.
+    pub fn namespaces(&self) -> Option<Arc<Namespaces>> {
+        self.namespaces.clone()
+    }
+
+    /// The owner walk (`--collector.connections.owner`), for the lifecycle collector.
+    pub fn owners(&self) -> Option<Arc<Owners>> {
+        self.owners.clone()
     }
 
     /// The source the next read will use: `netlink` or `procfs`.

@@ -71,6 +71,14 @@ fn closed_and_failed_connections_and_bytes_are_counted_exactly() {
         assert_eq!(delta("network_connections_closed_total", &inbound), n, "IPv{family} inbound\n{after}");
         assert_eq!(delta("network_connections_closed_total", &outbound), n, "IPv{family} outbound");
         assert_eq!(delta("network_connections_failed_total", &failed_to), refused, "IPv{family} failed");
+        // Host mode: no namespace or owner label.
+        for (l, _) in samples(&after, "network_connections_closed_total") {
+            assert!(
+                !["netns", "container_id", "pod_uid", "process", "systemd_unit"].iter().any(|k| l.contains_key(*k)),
+                "{l:?}"
+            );
+        }
+        assert!(!after.contains("conn_exporter_lifecycle_namespaces"), "a gauge of all mode only");
         // No failed series carries a port: the kernel forgot it.
         assert!(samples(&after, "network_connections_failed_total")
             .iter()
@@ -139,4 +147,174 @@ fn a_refused_subscription_fails_the_collector_not_the_exporter() {
     assert!(success.iter().any(|(l, v)| l["collector"] == "lifecycle" && *v == 0.0), "{text}");
     assert!(success.iter().any(|(l, v)| l["collector"] == "states" && *v == 1.0), "procfs still serves the rest");
     assert!(!text.contains("network_connections_closed_total"), "no counters that cannot count");
+}
+
+/// `ss -tanH state time-wait` rows of a namespace whose remote port is `port`: the
+/// clients of lifecycle.py (which send the first FIN) leave one each.
+fn time_wait_to(ns: &Netns, port: &str) -> usize {
+    ns.exec(&["ss", "-tanH", "state", "time-wait"])
+        .lines()
+        .filter(|l| l.split_whitespace().nth(3).and_then(|r| r.rsplit(':').next()) == Some(port))
+        .count()
+}
+
+#[test]
+fn in_all_mode_each_namespace_counts_its_own_closed_connections_only() {
+    let root = Netns::new("cxlc-root");
+    let quiet = Netns::new("cxlc-quiet");
+    let busy = Netns::new("cxlc-busy");
+    let other = Netns::new("cxlc-other");
+    let e = root.exporter(&["--collector.namespaces=all", "--log.level=debug"]);
+    for ns in [&quiet, &busy, &other] {
+        wait_for(Duration::from_secs(20), &format!("the subscription in {}", ns.0), || {
+            e.log_text().contains(&format!("subscribed in network namespace {}\"", ns.0)).then_some(())
+        });
+    }
+    let before = root.scrape(&e, "");
+    // Known counts, different in each busy namespace, none in `quiet`.
+    let (n_busy, n_other, refused) = (300u64, 120u64, 20u64);
+    let busy_facts = make_connections(&busy, "4", n_busy as u32, 100, 10, refused as u32);
+    let other_facts = make_connections(&other, "6", n_other as u32, 10, 100, 0);
+    let port_of = |f: &serde_json::Value| f["port"].to_string();
+    let (busy_port, other_port) = (port_of(&busy_facts), port_of(&other_facts));
+    // The kernel's own word that the connections happened where the test made them.
+    assert_eq!(time_wait_to(&busy, &busy_port) as u64, n_busy, "ss in {}", busy.0);
+    assert_eq!(time_wait_to(&other, &other_port) as u64, n_other, "ss in {}", other.0);
+    assert_eq!(time_wait_to(&quiet, &busy_port) + time_wait_to(&root, &busy_port), 0);
+
+    let closed = |t: &str, netns: &str, dir: &str, port: &str| {
+        sum(t, "network_connections_closed_total", |l| {
+            l["netns"] == netns
+                && l["direction"] == dir
+                && l.get(if dir == "inbound" { "source_port" } else { "destination_port" }).map(String::as_str)
+                    == Some(port)
+        })
+    };
+    let after = wait_for(Duration::from_secs(30), "the closed connections of both namespaces", || {
+        let t = root.scrape(&e, "");
+        (closed(&t, &busy.0, "outbound", &busy_port) >= n_busy
+            && closed(&t, &other.0, "outbound", &other_port) >= n_other)
+            .then_some(t)
+    });
+    for (ns, port, n) in [(&busy.0, &busy_port, n_busy), (&other.0, &other_port, n_other)] {
+        for dir in ["inbound", "outbound"] {
+            let delta = closed(&after, ns, dir, port) - closed(&before, ns, dir, port);
+            assert_eq!(delta, n, "{ns} {dir}\n{after}");
+            // Nowhere else: every namespace's counts on that port add up to this one's.
+            let everywhere = |t: &str| {
+                sum(t, "network_connections_closed_total", |l| {
+                    l["direction"] == dir
+                        && l.get(if dir == "inbound" { "source_port" } else { "destination_port" }) == Some(port)
+                })
+            };
+            assert_eq!(
+                everywhere(&after) - everywhere(&before),
+                n,
+                "{ns} {dir}: counted in another namespace\n{after}"
+            );
+        }
+    }
+    let failed = |t: &str, netns: &str| sum(t, "network_connections_failed_total", |l| l["netns"] == netns);
+    assert_eq!(failed(&after, &busy.0) - failed(&before, &busy.0), refused, "refused connects of {}", busy.0);
+    assert_eq!(failed(&after, &other.0), 0);
+    // The quiet namespace has no lifecycle series at all; each series carries the three
+    // namespace labels.
+    for name in ["network_connections_closed_total", "network_connection_sent_bytes_total"] {
+        for (l, _) in samples(&after, name) {
+            assert_ne!(l["netns"], quiet.0, "{l:?}");
+            assert!(l.contains_key("container_id") && l.contains_key("pod_uid"), "{l:?}");
+        }
+    }
+    let sent = |netns: &str, dir: &str, port: &str| {
+        sum(&after, "network_connection_sent_bytes_total", |l| {
+            l["netns"] == netns
+                && l["direction"] == dir
+                && (l.get("source_port").map(String::as_str) == Some(port)
+                    || l.get("destination_port").map(String::as_str) == Some(port))
+        })
+    };
+    assert_eq!(sent(&busy.0, "outbound", &busy_port), n_busy * 100, "request bytes of {}", busy.0);
+    assert_eq!(sent(&other.0, "inbound", &other_port), n_other * 100, "response bytes of {}", other.0);
+    assert!(value(&after, "conn_exporter_lifecycle_namespaces") >= 4, "{after}");
+    let success = samples(&after, "conn_exporter_scrape_collector_success");
+    assert!(success.iter().any(|(l, v)| l["collector"] == "lifecycle" && *v == 1.0), "{after}");
+
+    // A namespace that goes takes its series with it.
+    drop(other);
+    wait_for(Duration::from_secs(20), "the series of the deleted namespace to go", || {
+        let t = root.scrape(&e, "");
+        (!samples(&t, "network_connections_closed_total").iter().any(|(l, _)| l["netns"] == "cxlc-other")).then_some(())
+    });
+}
+
+/// Connections from `n` distinct client addresses (127.0.0.2 and up) to a server on
+/// 127.0.0.1, each closed by both sides; prints how many.
+const DISTINCT_CLIENTS: &str = r#"
+import socket, sys
+n = int(sys.argv[1])
+srv = socket.socket()
+srv.bind(("127.0.0.1", 0))
+srv.listen(64)
+for i in range(n):
+    c = socket.socket()
+    c.bind(("127.0.0.%d" % (2 + i), 0))
+    c.connect(srv.getsockname())
+    s, _ = srv.accept()
+    c.shutdown(socket.SHUT_WR)
+    s.recv(1)
+    s.close()
+    c.recv(1)
+    c.close()
+srv.close()
+print(n, flush=True)
+"#;
+
+#[test]
+fn in_all_mode_with_owners_one_series_bound_holds_across_namespaces() {
+    let root = Netns::new("cxlcb-root");
+    let spaces = [Netns::new("cxlcb-a"), Netns::new("cxlcb-b")];
+    let max = 12;
+    let e = root.exporter(&[
+        "--collector.namespaces=all",
+        "--collector.connections.owner",
+        &format!("--collector.lifecycle.max-series={max}"),
+        "--log.level=debug",
+    ]);
+    for ns in &spaces {
+        wait_for(Duration::from_secs(20), &format!("the subscription in {}", ns.0), || {
+            e.log_text().contains(&format!("subscribed in network namespace {}\"", ns.0)).then_some(())
+        });
+    }
+    let mut script = tempfile::NamedTempFile::new().unwrap();
+    script.write_all(DISTINCT_CLIENTS.as_bytes()).unwrap();
+    let n = 30u64;
+    for ns in &spaces {
+        ns.exec(&["python3", script.path().to_str().unwrap(), &n.to_string()]);
+    }
+    // Each connection is an inbound and an outbound close, every one a new label set.
+    let closed_in = |t: &str| {
+        sum(t, "network_connections_closed_total", |l| {
+            spaces.iter().any(|ns| l["netns"] == ns.0) || l["netns"] == "other"
+        })
+    };
+    let text = wait_for(Duration::from_secs(30), "the closes of both namespaces", || {
+        let t = root.scrape(&e, "");
+        (closed_in(&t) >= 2 * n * spaces.len() as u64).then_some(t)
+    });
+    let mut label_sets = std::collections::BTreeSet::new();
+    for name in ["network_connections_closed_total", "network_connections_failed_total"] {
+        for (mut l, _) in samples(&text, name) {
+            assert!(l.contains_key("process") && l.contains_key("netns"), "{l:?}");
+            l.remove("state");
+            label_sets.insert(l);
+        }
+    }
+    assert!(label_sets.len() <= max, "{} label sets past the bound of {max}:\n{text}", label_sets.len());
+    assert!(value(&text, "conn_exporter_lifecycle_merged_total") > 0, "the bound was reached\n{text}");
+    assert!(
+        samples(&text, "network_connections_closed_total")
+            .iter()
+            .any(|(l, _)| l["netns"] == "other" && l["source_address"] == "other" && l["process"].is_empty()),
+        "the namespaces' fully folded series\n{text}"
+    );
 }

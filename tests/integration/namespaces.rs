@@ -6,7 +6,9 @@
 use std::collections::BTreeMap;
 
 use crate::ns::Netns;
-use crate::util::{repo, samples};
+use std::time::Duration;
+
+use crate::util::{repo, samples, wait_for};
 
 const NAMESPACES: usize = 20;
 
@@ -188,8 +190,7 @@ fn without_the_capabilities_all_mode_says_which_is_missing_and_serves_its_own_na
     let said = e.wait_log("missing CAP_SYS_ADMIN and CAP_SYS_PTRACE");
     assert!(said.contains("--collector.namespaces=all"), "{said}");
     let text = root.scrape(&e, "");
-    // The collectors of the socket tables; lifecycle reads the own namespace only (its
-    // per-namespace subscription is not done) and keeps its own success.
+    // Every collector fails, lifecycle too once it has tried to subscribe in the others.
     let success = samples(&text, "conn_exporter_scrape_collector_success");
     for name in ["connections", "states", "peers", "listeners"] {
         let got: Vec<f64> = success.iter().filter(|(l, _)| l["collector"] == name).map(|(_, v)| *v).collect();
@@ -203,4 +204,15 @@ fn without_the_capabilities_all_mode_says_which_is_missing_and_serves_its_own_na
     );
     assert!(!conns.iter().any(|(l, _)| l["netns"] == other.0), "no namespace it could not enter:\n{text}");
     e.wait_log("needs CAP_SYS_ADMIN");
+    let said = e.wait_log("cannot subscribe in network namespace");
+    assert!(said.contains("needs CAP_SYS_ADMIN"), "{said}");
+    let text = wait_for(Duration::from_secs(10), "lifecycle success 0", || {
+        let t = root.scrape(&e, "");
+        samples(&t, "conn_exporter_scrape_collector_success")
+            .iter()
+            .any(|(l, v)| l["collector"] == "lifecycle" && *v == 0.0)
+            .then_some(t)
+    });
+    // Its own namespace is still subscribed and counted.
+    assert_eq!(samples(&text, "conn_exporter_lifecycle_namespaces"), vec![(Default::default(), 1.0)], "{text}");
 }

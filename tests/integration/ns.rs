@@ -59,6 +59,19 @@ impl Drop for Netns {
     }
 }
 
+impl Held {
+    /// Writes a line to the script and waits for the next line it prints.
+    pub fn say(&mut self, line: &str) -> String {
+        let stdin = self.0.stdin.as_mut().unwrap();
+        stdin.write_all(format!("{line}\n").as_bytes()).unwrap();
+        stdin.flush().unwrap();
+        let mut answer = String::new();
+        BufReader::new(self.0.stdout.as_mut().unwrap()).read_line(&mut answer).unwrap();
+        assert!(!answer.is_empty(), "the script ended instead of answering {line:?}");
+        answer
+    }
+}
+
 /// A script holding sockets; on drop, closes its standard input (which lets the test's
 /// scripts go) and sends SIGTERM (which stops bench/loadgen.py), then waits for it.
 pub struct Held(Child);

@@ -86,3 +86,172 @@ fn process_labels_equal_the_lowest_pid_user_that_ss_names() {
     let l = samples(&text, "network_listen_queue_length");
     assert!(l.iter().any(|(l, _)| l["source_port"] == "7070" && l["process"] == "cx-parent"), "{l:?}");
 }
+
+/// A server (comm `cx-psrv`) and two clients (`cx-pcli-a` with 3 connections, `cx-pcli-b`
+/// with 2) holding connections to it; on `go`, a third client (`cx-pcli-c`) makes
+/// SHORT connections that the server closes after reading to the end.
+const SERVER_AND_CLIENTS: &str = r#"
+import ctypes, json, os, signal, socket, sys, threading
+
+def comm(name):
+    with open("/proc/self/comm", "w") as f:
+        f.write(name)
+
+comm("cx-psrv")
+srv = socket.socket()
+srv.bind(("127.0.0.1", 0))
+srv.listen(64)
+port = srv.getsockname()[1]
+held = []
+
+def serve():
+    while True:
+        s, _ = srv.accept()
+        if s.recv(1) == b"h":
+            held.append(s)
+            continue
+        while s.recv(4096):
+            pass
+        s.close()
+
+threading.Thread(target=serve, daemon=True).start()
+
+def client(name, n, short, done):
+    pid = os.fork()
+    if pid:
+        return pid
+    comm(name)
+    # PR_SET_PDEATHSIG: go with the server, however it ends.
+    ctypes.CDLL(None).prctl(1, signal.SIGTERM)
+    # Not the server's: a client killed with it must not keep its listener open.
+    srv.close()
+    for s in held:
+        s.close()
+    conns = []
+    for _ in range(n):
+        c = socket.create_connection(("127.0.0.1", port))
+        if short:
+            c.sendall(b"s")
+            c.shutdown(socket.SHUT_WR)
+            while c.recv(4096):
+                pass
+            c.close()
+        else:
+            c.sendall(b"h")
+            conns.append(c)
+    os.write(done, b"x")
+    # Standard input is the server's: a client holds its connections until killed.
+    while not short:
+        signal.pause()
+    os._exit(0)
+
+r, w = os.pipe()
+kids = [client("cx-pcli-a", 3, False, w), client("cx-pcli-b", 2, False, w)]
+os.read(r, 1); os.read(r, 1)
+while len(held) < 5:
+    threading.Event().wait(0.01)
+print(json.dumps({"port": port}), flush=True)
+if not sys.stdin.readline():
+    for k in kids:
+        os.kill(k, 15)
+    sys.exit(0)
+short = int(sys.argv[1])
+pid = client("cx-pcli-c", short, True, w)
+os.read(r, 1)
+os.waitpid(pid, 0)
+print(json.dumps({"short": short}), flush=True)
+sys.stdin.read()
+for k in kids:
+    os.kill(k, 15)
+"#;
+
+/// (direction, local address, service port, remote address, state, process) -> sockets.
+type PeerCounts = BTreeMap<(String, String, String, String, String, String), u64>;
+
+#[test]
+fn peers_split_by_the_process_ss_names_and_inbound_closes_take_the_listeners_owner() {
+    let ns = Netns::new("cxown-peers");
+    let e = ns.exporter(&["--collector.connections.owner"]);
+    let port = e.addr.port();
+    let mut script = tempfile::NamedTempFile::new().unwrap();
+    std::io::Write::write_all(&mut script, SERVER_AND_CLIENTS.as_bytes()).unwrap();
+    let short = 40u64;
+    let (mut held, facts) = ns.hold(script.path().to_str().unwrap(), &[&short.to_string()]);
+    let facts: serde_json::Value = serde_json::from_str(&facts).unwrap();
+    let service = facts["port"].to_string();
+
+    // The peers ss -tanp implies: direction from its listeners, process its lowest pid.
+    let users = ss_users(&ns, port);
+    let split = |ep: &str| {
+        let (a, p) = ep.rsplit_once(':').unwrap();
+        (a.to_owned(), p.to_owned())
+    };
+    let listening: Vec<(String, String)> = users.keys().filter(|k| k.0 == "LISTEN").map(|k| split(&k.1)).collect();
+    let mut want = PeerCounts::new();
+    for ((state, local, remote), u) in &users {
+        if state == "LISTEN" {
+            continue;
+        }
+        let ((la, lp), (ra, rp)) = (split(local), split(remote));
+        let inbound = listening.iter().any(|(a, p)| *p == lp && (*a == la || a == "0.0.0.0"));
+        let (dir, service_port) = if inbound { ("inbound", lp) } else { ("outbound", rp) };
+        let process = u.first().map_or(String::new(), |u| u.1.clone());
+        *want.entry((dir.to_owned(), la, service_port, ra, state.clone(), process)).or_insert(0) += 1;
+    }
+    let text = ns.scrape(&e, "");
+    assert_eq!(users, ss_users(&ns, port), "the test's sockets are stable");
+    let mut got = PeerCounts::new();
+    for (l, v) in samples(&text, "network_connection_peers") {
+        let service_port = l.get("source_port").or(l.get("destination_port")).cloned().unwrap_or_default();
+        if service_port == port.to_string() {
+            continue;
+        }
+        assert!(l.contains_key("systemd_unit"), "{l:?}");
+        let key = (
+            l["direction"].clone(),
+            l["source_address"].clone(),
+            service_port,
+            l["destination_address"].clone(),
+            l["state"].clone(),
+            l["process"].clone(),
+        );
+        *got.entry(key).or_insert(0) += v as u64;
+    }
+    assert_eq!(got, want, "network_connection_peers by process against ss -tanp\n{text}");
+    // The split the scenario made is there: one peer, three processes.
+    let of = |dir: &str, process: &str| {
+        got.iter().filter(|(k, _)| k.0 == dir && k.2 == service && k.5 == process).map(|(_, n)| *n).sum::<u64>()
+    };
+    assert_eq!((of("outbound", "cx-pcli-a"), of("outbound", "cx-pcli-b")), (3, 2), "{got:?}");
+    assert_eq!(of("inbound", "cx-psrv"), 5, "{got:?}");
+
+    // Short connections: inbound closes take the listener's owner (the one ss names),
+    // outbound ones have no owner left to name.
+    let listener = &users[&("LISTEN".to_owned(), format!("127.0.0.1:{service}"), "0.0.0.0:0".to_owned())];
+    assert_eq!(listener.first().map(|u| u.1.as_str()), Some("cx-psrv"), "{listener:?}");
+    let before = ns.scrape(&e, "");
+    let done: serde_json::Value = serde_json::from_str(&held.say("go")).unwrap();
+    assert_eq!(done["short"], short);
+    let closed = |t: &str, dir: &str, process: &str| {
+        let label = if dir == "inbound" { "source_port" } else { "destination_port" };
+        samples(t, "network_connections_closed_total")
+            .iter()
+            .filter(|(l, _)| l["direction"] == dir && l.get(label) == Some(&service) && l["process"] == process)
+            .map(|(_, v)| *v as u64)
+            .sum::<u64>()
+    };
+    let after = crate::util::wait_for(std::time::Duration::from_secs(20), "the short connections' closes", || {
+        let t = ns.scrape(&e, "");
+        (closed(&t, "inbound", "cx-psrv") >= short && closed(&t, "outbound", "") >= short).then_some(t)
+    });
+    assert_eq!(closed(&after, "inbound", "cx-psrv") - closed(&before, "inbound", "cx-psrv"), short, "{after}");
+    assert_eq!(closed(&after, "outbound", "") - closed(&before, "outbound", ""), short, "{after}");
+    let all = |t: &str| {
+        samples(t, "network_connections_closed_total")
+            .iter()
+            .filter(|(l, _)| l.get("source_port") == Some(&service) || l.get("destination_port") == Some(&service))
+            .map(|(_, v)| *v as u64)
+            .sum::<u64>()
+    };
+    assert_eq!(all(&after) - all(&before), 2 * short, "no close counted under another process\n{after}");
+}
