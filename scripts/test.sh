@@ -13,6 +13,9 @@ scripts/install-test-deps.sh
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
+step "eBPF object is what its source compiles to (byte for byte)"
+scripts/build-bpf.sh --check
+
 step "cargo clippy -D warnings"
 cargo clippy --all-targets --locked -- -D warnings
 
