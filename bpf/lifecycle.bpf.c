@@ -54,7 +54,6 @@ struct sock_common {
 	__be32 skc_daddr;
 	__be32 skc_rcv_saddr;
 	__be16 skc_dport;
-	__u16 skc_num;
 	unsigned short skc_family;
 	volatile unsigned char skc_state;
 	int skc_bound_dev_if;
@@ -66,6 +65,12 @@ struct sock_common {
 struct sock {
 	struct sock_common __sk_common;
 	__u16 sk_protocol;
+} __attribute__((preserve_access_index));
+
+/* The local port: skc_num is zeroed when the port is released, before the tracepoint
+ * of the transition to CLOSE fires; inet_sport stays. */
+struct inet_sock {
+	__be16 inet_sport;
 } __attribute__((preserve_access_index));
 
 struct tcp_sock {
@@ -176,7 +181,7 @@ static __always_inline int make_key(struct sock *sk, __u8 direction, struct peer
 	key->direction = direction;
 	key->ifindex = BPF_CORE_READ(sk, __sk_common.skc_bound_dev_if);
 	if (direction == INBOUND)
-		key->port = BPF_CORE_READ(sk, __sk_common.skc_num);
+		key->port = bpf_ntohs(BPF_CORE_READ((struct inet_sock *)sk, inet_sport));
 	else
 		key->port = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
 	return 0;

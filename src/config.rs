@@ -10,6 +10,7 @@ use thiserror::Error;
 
 use crate::classify::Folding;
 use crate::exporter::{ExporterConfig, REVISION, VERSION};
+pub use crate::lifecycle::ebpf::SourceChoice as LifecycleSource;
 use crate::logging::LogFormat;
 use crate::metrics::{CollectorName, CollectorSet};
 use crate::source::reader::SourceChoice;
@@ -128,6 +129,13 @@ pub struct Args {
     #[arg(long = "collector.lifecycle.max-series", value_name = "N", default_value_t = 5000)]
     pub lifecycle_max_series: usize,
 
+    /// Source of the lifecycle counters: ebpf (an eBPF program counting in the kernel;
+    /// needs CAP_BPF and CAP_PERFMON; keeps the port of failed connects), netlink
+    /// (socket-destroy notifications; no privileges), or auto (ebpf when the kernel allows
+    /// it, netlink otherwise).
+    #[arg(long = "collector.lifecycle.source", value_name = "SOURCE", value_enum, default_value_t = LifecycleSource::Auto)]
+    pub lifecycle_source: LifecycleSource,
+
     /// Most network_connection_peers label sets in a scrape; past it the remote addresses
     /// with the fewest sockets are merged into destination_address="other" (counts kept).
     /// 0 means no limit.
@@ -237,6 +245,8 @@ pub struct Config {
     pub log_level: LevelFilter,
     /// Log format.
     pub log_format: LogFormat,
+    /// `--collector.lifecycle.source`.
+    pub lifecycle_source: LifecycleSource,
 }
 
 /// Parses one `--web.listen-address` value.
@@ -311,6 +321,7 @@ impl Config {
             },
             log_level: args.log_level.into(),
             log_format: args.log_format,
+            lifecycle_source: args.lifecycle_source,
         })
     }
 }
@@ -408,5 +419,11 @@ mod tests {
         assert!(parse(&["--bogus"]).is_err());
         assert!(parse(&["--collector.peers.remote-prefix-length", "33"]).unwrap_err().contains("remote-prefix-length"));
         assert!(parse(&["--web.write-timeout", "10ms"]).unwrap_err().contains("write-timeout"));
+        assert!(parse(&["--collector.lifecycle.source", "bpf"]).unwrap_err().contains("collector.lifecycle.source"));
+        assert_eq!(parse(&[]).unwrap().lifecycle_source, LifecycleSource::Auto);
+        assert_eq!(
+            parse(&["--collector.lifecycle.source=netlink"]).unwrap().lifecycle_source,
+            LifecycleSource::Netlink
+        );
     }
 }

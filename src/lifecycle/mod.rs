@@ -1,6 +1,7 @@
 //! The lifecycle counters: every TCP socket the kernel destroys, folded into closed and
 //! failed connections, bytes and retransmits by peer. The state of one network
-//! namespace; [`subscription`] feeds it from the kernel's destroy notifications.
+//! namespace; [`subscription`] feeds it from the kernel's destroy notifications,
+//! [`ebpf`] from an eBPF program's in-kernel counts.
 //!
 //! Bounding keeps every exposed series non-decreasing: a label set, once admitted, is
 //! never merged later (a re-ranking like the peers gauge's would move its count into
@@ -10,6 +11,7 @@
 //! the bound less two to one of two fully folded series (one per direction). Memory is
 //! bounded by `max_series` label sets whatever the number of remote addresses.
 
+pub mod ebpf;
 pub mod subscription;
 
 use std::collections::HashMap;
@@ -153,6 +155,28 @@ pub enum Status {
     Failed = 2,
 }
 
+/// Which source feeds the counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// Not chosen yet.
+    None = 0,
+    /// The socket-destroy notifications.
+    Netlink = 1,
+    /// The eBPF program.
+    Ebpf = 2,
+}
+
+impl Source {
+    /// The `source` label value.
+    pub fn label(self) -> Option<&'static str> {
+        match self {
+            Source::None => None,
+            Source::Netlink => Some("netlink"),
+            Source::Ebpf => Some("ebpf"),
+        }
+    }
+}
+
 /// The lifecycle state shared by the receiving thread and the scrapes.
 #[derive(Debug)]
 pub struct Lifecycle {
@@ -163,6 +187,9 @@ pub struct Lifecycle {
     /// Destroy messages received.
     pub events: AtomicU64,
     status: AtomicU8,
+    source: AtomicU8,
+    /// The eBPF program, when it is the source: read at scrape time.
+    kernel: Mutex<Option<ebpf::Kernel>>,
 }
 
 impl Lifecycle {
@@ -173,6 +200,8 @@ impl Lifecycle {
             overruns: AtomicU64::new(0),
             events: AtomicU64::new(0),
             status: AtomicU8::new(Status::Starting as u8),
+            source: AtomicU8::new(Source::None as u8),
+            kernel: Mutex::new(None),
         }
     }
 
@@ -187,6 +216,19 @@ impl Lifecycle {
 
     fn set_status(&self, s: Status) {
         self.status.store(s as u8, Ordering::Relaxed);
+    }
+
+    /// The source feeding the counters.
+    pub fn source(&self) -> Source {
+        match self.source.load(Ordering::Relaxed) {
+            1 => Source::Netlink,
+            2 => Source::Ebpf,
+            _ => Source::None,
+        }
+    }
+
+    fn set_source(&self, s: Source) {
+        self.source.store(s as u8, Ordering::Relaxed);
     }
 
     /// The counters, even if a thread panicked while holding them (they are only ever
