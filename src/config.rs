@@ -419,7 +419,9 @@ mod tests {
         assert!(parse(&["--bogus"]).is_err());
         assert!(parse(&["--collector.peers.remote-prefix-length", "33"]).unwrap_err().contains("remote-prefix-length"));
         assert!(parse(&["--web.write-timeout", "10ms"]).unwrap_err().contains("write-timeout"));
-        assert!(parse(&["--collector.lifecycle.source", "bpf"]).unwrap_err().contains("collector.lifecycle.source"));
+        assert!(parse(&["--collector.lifecycle.source", "bpf"])
+            .unwrap_err()
+            .contains("invalid value 'bpf' for '--collector.lifecycle.source"));
         assert_eq!(parse(&[]).unwrap().lifecycle_source, LifecycleSource::Auto);
         assert_eq!(
             parse(&["--collector.lifecycle.source=netlink"]).unwrap().lifecycle_source,
