@@ -48,4 +48,7 @@ python3 bench/load.py --quick --exporter "$CONN_EXPORTER_BIN"
 step "lifecycle benchmark, quick run"
 python3 bench/lifecycle.py --quick --exporter "$CONN_EXPORTER_BIN"
 
+step "lifecycle maps bounded, quick run (ever new remote addresses, both sources)"
+python3 bench/lifecycle.py --quick --memory --exporter "$CONN_EXPORTER_BIN"
+
 step "all tests passed"
