@@ -3,7 +3,8 @@
 //! IPv6, from both sources (socket-destroy notifications and the eBPF program); the
 //! service user of the shipped unit receiving the notifications; a refused subscription
 //! failing the collector only; the eBPF program refused without its capabilities (auto
-//! falls back, ebpf fails the collector), and gone from the kernel once the exporter
+//! falls back, ebpf fails the collector), granted to an unprivileged user with exactly
+//! CAP_BPF and CAP_PERFMON (auto picks it), and gone from the kernel once the exporter
 //! stops.
 
 use std::collections::BTreeMap;
@@ -271,5 +272,40 @@ fn no_bpf_program_or_link_is_left_after_the_exporter_stops() {
     wait_for(Duration::from_secs(10), "the exporter's programs and links gone", || {
         let (p, l) = (bpftool_ids(&bpftool, "prog"), bpftool_ids(&bpftool, "link"));
         (!progs.iter().any(|id| p.contains(id)) && !links.iter().any(|id| l.contains(id))).then_some(())
+    });
+}
+
+#[test]
+fn an_unprivileged_user_with_exactly_cap_bpf_and_cap_perfmon_gets_the_ebpf_source() {
+    // What a privileged drop-in grants: uid 65534, CAP_BPF and CAP_PERFMON only.
+    let ns = Netns::new("connexp-lifecycle-capbpf");
+    let setpriv = require_tool("setpriv");
+    let caps = "-all,+bpf,+perfmon";
+    let e = Exporter::start_with(
+        &[
+            "ip",
+            "netns",
+            "exec",
+            &ns.0,
+            setpriv.to_str().unwrap(),
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            &format!("--inh-caps={caps}"),
+            &format!("--ambient-caps={caps}"),
+            &format!("--bounding-set={caps}"),
+            binary(),
+        ],
+        &[],
+    );
+    let log = e.wait_log("lifecycle collector: source");
+    assert!(log.contains("source ebpf (--collector.lifecycle.source=auto)"), "{log}");
+    let facts = make_connections(&ns, "4", 20, 10, 10, 5);
+    let (port, closed_port) = (facts["port"].to_string(), facts["closed_port"].to_string());
+    wait_for(Duration::from_secs(20), "20 inbound closes and 5 failed connects by port", || {
+        let t = ns.scrape(&e, "");
+        let inbound = sum(&t, "network_connections_closed_total", |l| l.get("source_port") == Some(&port));
+        let failed = sum(&t, "network_connections_failed_total", |l| l.get("destination_port") == Some(&closed_port));
+        (inbound == 20 && failed == 5).then_some(())
     });
 }
