@@ -4,8 +4,8 @@
 //! service user of the shipped unit receiving the notifications; a refused subscription
 //! failing the collector only; the eBPF program refused without its capabilities (auto
 //! falls back, ebpf fails the collector), granted to an unprivileged user with exactly
-//! CAP_BPF and CAP_PERFMON (auto picks it), and gone from the kernel once the exporter
-//! stops.
+//! CAP_BPF and CAP_PERFMON (auto picks it), connections older than it counted as
+//! untracked only, and gone from the kernel once the exporter stops.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -308,4 +308,26 @@ fn an_unprivileged_user_with_exactly_cap_bpf_and_cap_perfmon_gets_the_ebpf_sourc
         let failed = sum(&t, "network_connections_failed_total", |l| l.get("destination_port") == Some(&closed_port));
         (inbound == 20 && failed == 5).then_some(())
     });
+}
+
+#[test]
+fn connections_established_before_the_program_count_as_untracked_not_by_peer() {
+    let ns = Netns::new("connexp-lifecycle-untracked");
+    let script = repo().join("tests/scenarios/hold_established.py");
+    let (held, line) = ns.hold(script.to_str().unwrap(), &["30"]);
+    let facts: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
+    let port = facts["port"].to_string();
+    let e = ns.exporter(&["--collector.lifecycle.source=ebpf"]);
+    e.wait_log("source ebpf");
+    let untracked = "conn_exporter_lifecycle_untracked_total";
+    assert_eq!(value(&ns.scrape(&e, ""), untracked), 0);
+    drop(held);
+    // Both ends of each of the 30 connections close with no direction known.
+    let after = wait_for(Duration::from_secs(20), "60 untracked closes", || {
+        let t = ns.scrape(&e, "");
+        (value(&t, untracked) >= 60).then_some(t)
+    });
+    assert_eq!(value(&after, untracked), 60, "{after}");
+    let of_port = |l: &Labels| l.get("source_port") == Some(&port) || l.get("destination_port") == Some(&port);
+    assert_eq!(sum(&after, "network_connections_closed_total", of_port), 0, "not counted by peer");
 }
