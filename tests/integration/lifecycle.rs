@@ -5,7 +5,8 @@
 //! failing the collector only; the eBPF program refused without its capabilities (auto
 //! falls back, ebpf fails the collector), granted to an unprivileged user with exactly
 //! CAP_BPF and CAP_PERFMON (auto picks it), connections older than it counted as
-//! untracked only, and gone from the kernel once the exporter stops.
+//! untracked only, retransmits counted while connections are open (against the
+//! namespace's RetransSegs), and gone from the kernel once the exporter stops.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -330,4 +331,55 @@ fn connections_established_before_the_program_count_as_untracked_not_by_peer() {
     assert_eq!(value(&after, untracked), 60, "{after}");
     let of_port = |l: &Labels| l.get("source_port") == Some(&port) || l.get("destination_port") == Some(&port);
     assert_eq!(sum(&after, "network_connections_closed_total", of_port), 0, "not counted by peer");
+}
+
+/// `RetransSegs` of the namespace's TCP MIB (`/proc/net/snmp`).
+fn retrans_segs(ns: &Netns) -> u64 {
+    let snmp = ns.exec(&["cat", "/proc/net/snmp"]);
+    let mut tcp = snmp.lines().filter(|l| l.starts_with("Tcp:"));
+    let (names, values) = (tcp.next().unwrap(), tcp.next().unwrap());
+    let at = names.split_whitespace().position(|n| n == "RetransSegs").unwrap();
+    values.split_whitespace().nth(at).unwrap().parse().unwrap()
+}
+
+#[test]
+fn with_ebpf_retransmits_count_while_the_connection_is_open() {
+    let ns = Netns::new("connexp-lifecycle-retrans");
+    let port = "7000";
+    // A quarter of the segments to the service is lost: the clients retransmit.
+    ns.exec(&[
+        "iptables",
+        "-A",
+        "OUTPUT",
+        "-p",
+        "tcp",
+        "--dport",
+        port,
+        "-m",
+        "statistic",
+        "--mode",
+        "random",
+        "--probability",
+        "0.25",
+        "-j",
+        "DROP",
+    ]);
+    let e = ns.exporter(&["--collector.lifecycle.source=ebpf"]);
+    e.wait_log("source ebpf");
+    let before = retrans_segs(&ns);
+    let script = repo().join("tests/scenarios/retransmits.py");
+    let (_held, _) = ns.hold(script.to_str().unwrap(), &[port, "10", "200000"]);
+    let text = ns.scrape(&e, "");
+    let kernel = retrans_segs(&ns) - before;
+    let of_port = |l: &Labels| {
+        l.get("source_port").map(String::as_str) == Some(port)
+            || l.get("destination_port").map(String::as_str) == Some(port)
+    };
+    let counted = sum(&text, "network_connection_retransmits_total", of_port);
+    eprintln!("retransmits: counted {counted} by the program, RetransSegs {kernel}");
+    assert!(kernel > 0, "the drops caused no retransmission");
+    // The MIB also counts SYN-ACKs retransmitted by request sockets and every segment of a
+    // retransmitted GSO packet, which the tracepoint sees once: at most, not equal.
+    assert!(counted > 0 && counted <= kernel, "counted {counted}, the kernel's RetransSegs {kernel}\n{text}");
+    assert_eq!(sum(&text, "network_connections_closed_total", of_port), 0, "all still open");
 }
