@@ -116,7 +116,7 @@ pub struct Args {
     #[arg(long = "no-collector.listeners", overrides_with = "listeners")]
     pub no_listeners: bool,
 
-    /// Enable the lifecycle collector (closed and failed connections, bytes and retransmits from the kernel's socket-destroy notifications; default on).
+    /// Enable the lifecycle collector (closed and failed connections, bytes and retransmits, from an eBPF program or the kernel's socket-destroy notifications: see --collector.lifecycle.source; default on).
     #[arg(long = "collector.lifecycle", overrides_with = "no_lifecycle")]
     pub lifecycle: bool,
     /// Disable the lifecycle collector.
