@@ -7,6 +7,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 apt_pkgs=(prometheus prometheus-node-exporter iproute2 curl python3 python3-pip python3-seccomp procps util-linux openssl apache2-utils)
+# The eBPF object's rebuild check (scripts/build-bpf.sh --check) and `bpftool prog show`.
+# iptables: the eBPF retransmit test drops packets in its own namespace.
+apt_pkgs+=(clang llvm libbpf-dev bpftool iptables)
 pip_pkgs=(prometheus_client)
 cargo_tools=()
 

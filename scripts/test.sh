@@ -13,6 +13,9 @@ scripts/install-test-deps.sh
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
+step "eBPF object is what its source compiles to (byte for byte)"
+scripts/build-bpf.sh --check
+
 step "cargo clippy -D warnings"
 cargo clippy --all-targets --locked -- -D warnings
 
@@ -50,5 +53,7 @@ python3 bench/owners.py --quick --exporter "$CONN_EXPORTER_BIN"
 
 step "namespace churn, quick run (descriptors, threads and RSS stay within bounds)"
 python3 bench/netns_churn.py --quick --exporter "$CONN_EXPORTER_BIN"
+step "lifecycle maps bounded, quick run (ever new remote addresses, both sources)"
+python3 bench/lifecycle.py --quick --memory --exporter "$CONN_EXPORTER_BIN"
 
 step "all tests passed"

@@ -10,6 +10,7 @@ use thiserror::Error;
 
 use crate::classify::Folding;
 use crate::exporter::{ExporterConfig, REVISION, VERSION};
+pub use crate::lifecycle::ebpf::SourceChoice as LifecycleSource;
 use crate::logging::LogFormat;
 use crate::metrics::{CollectorName, CollectorSet};
 use crate::source::reader::SourceChoice;
@@ -115,7 +116,7 @@ pub struct Args {
     #[arg(long = "no-collector.listeners", overrides_with = "listeners")]
     pub no_listeners: bool,
 
-    /// Enable the lifecycle collector (closed and failed connections, bytes and retransmits from the kernel's socket-destroy notifications; default on).
+    /// Enable the lifecycle collector (closed and failed connections, bytes and retransmits, from an eBPF program or the kernel's socket-destroy notifications: see --collector.lifecycle.source; default on).
     #[arg(long = "collector.lifecycle", overrides_with = "no_lifecycle")]
     pub lifecycle: bool,
     /// Disable the lifecycle collector.
@@ -127,6 +128,13 @@ pub struct Args {
     /// 0 means no limit.
     #[arg(long = "collector.lifecycle.max-series", value_name = "N", default_value_t = 5000)]
     pub lifecycle_max_series: usize,
+
+    /// Source of the lifecycle counters: ebpf (an eBPF program counting in the kernel;
+    /// needs CAP_BPF and CAP_PERFMON; keeps the port of failed connects), netlink
+    /// (socket-destroy notifications; no privileges), or auto (ebpf when the kernel allows
+    /// it, netlink otherwise).
+    #[arg(long = "collector.lifecycle.source", value_name = "SOURCE", value_enum, default_value_t = LifecycleSource::Auto)]
+    pub lifecycle_source: LifecycleSource,
 
     /// Most network_connection_peers label sets in a scrape; past it the remote addresses
     /// with the fewest sockets are merged into destination_address="other" (counts kept).
@@ -208,6 +216,9 @@ pub enum ConfigError {
     /// Every collector switched off.
     #[error("every collector is disabled: enable at least one of --collector.connections, --collector.states, --collector.peers, --collector.listeners, --collector.lifecycle")]
     NoCollectors,
+    /// The eBPF lifecycle source asked for together with labels only the notifications give.
+    #[error("--collector.lifecycle.source=ebpf counts the exporter's own network namespace without owners; with {0} use --collector.lifecycle.source=auto or netlink (the socket-destroy notifications, per namespace and by owner)")]
+    EbpfWith(&'static str),
 }
 
 /// Where to listen: a wildcard bind for `:port`, or resolved addresses.
@@ -238,6 +249,8 @@ pub struct Config {
     pub log_level: LevelFilter,
     /// Log format.
     pub log_format: LogFormat,
+    /// `--collector.lifecycle.source`.
+    pub lifecycle_source: LifecycleSource,
 }
 
 /// Parses one `--web.listen-address` value.
@@ -292,6 +305,14 @@ impl Config {
         if collectors.is_empty() {
             return Err(ConfigError::NoCollectors);
         }
+        if args.lifecycle_source == LifecycleSource::Ebpf && collectors.contains(CollectorName::Lifecycle) {
+            if args.namespaces == crate::netns::NamespaceMode::All {
+                return Err(ConfigError::EbpfWith("--collector.namespaces=all"));
+            }
+            if args.owners {
+                return Err(ConfigError::EbpfWith("--collector.connections.owner"));
+            }
+        }
         Ok(Config {
             listen,
             telemetry_path: args.telemetry_path,
@@ -312,6 +333,7 @@ impl Config {
             },
             log_level: args.log_level.into(),
             log_format: args.log_format,
+            lifecycle_source: args.lifecycle_source,
         })
     }
 }
@@ -401,6 +423,20 @@ mod tests {
     }
 
     #[test]
+    fn the_ebpf_source_is_refused_with_labels_only_the_notifications_give() {
+        for (flag, named) in [
+            ("--collector.namespaces=all", "--collector.namespaces=all"),
+            ("--collector.connections.owner", "--collector.connections.owner"),
+        ] {
+            let err = parse(&["--collector.lifecycle.source=ebpf", flag]).unwrap_err();
+            assert!(err.contains("--collector.lifecycle.source=ebpf") && err.contains(named), "{err}");
+            assert!(parse(&["--collector.lifecycle.source=auto", flag]).is_ok());
+            assert!(parse(&["--collector.lifecycle.source=ebpf", "--no-collector.lifecycle", flag]).is_ok());
+        }
+        assert!(parse(&["--collector.lifecycle.source=ebpf"]).is_ok());
+    }
+
+    #[test]
     fn bad_values_say_which_flag() {
         assert!(parse(&["--collector.connections.max-series", "many"]).unwrap_err().contains("max-series"));
         assert!(parse(&["--log.level", "loud"]).unwrap_err().contains("log.level"));
@@ -409,5 +445,13 @@ mod tests {
         assert!(parse(&["--bogus"]).is_err());
         assert!(parse(&["--collector.peers.remote-prefix-length", "33"]).unwrap_err().contains("remote-prefix-length"));
         assert!(parse(&["--web.write-timeout", "10ms"]).unwrap_err().contains("write-timeout"));
+        assert!(parse(&["--collector.lifecycle.source", "bpf"])
+            .unwrap_err()
+            .contains("invalid value 'bpf' for '--collector.lifecycle.source"));
+        assert_eq!(parse(&[]).unwrap().lifecycle_source, LifecycleSource::Auto);
+        assert_eq!(
+            parse(&["--collector.lifecycle.source=netlink"]).unwrap().lifecycle_source,
+            LifecycleSource::Netlink
+        );
     }
 }

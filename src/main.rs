@@ -177,7 +177,13 @@ fn run(config: Config, web: Option<WebConfigFile>) -> Result<()> {
             config.exporter.collectors.names().collect::<Vec<_>>().join(",")
         );
         if config.exporter.collectors.contains(CollectorName::Lifecycle) {
-            conn_exporter::lifecycle::subscription::start(exporter.lifecycle(), &config.exporter.procfs);
+            conn_exporter::lifecycle::ebpf::start(
+                exporter.lifecycle(),
+                &config.exporter.procfs,
+                config.lifecycle_source,
+                config.exporter.lifecycle_max_series,
+                config.exporter.namespaces == conn_exporter::netns::NamespaceMode::All || config.exporter.owners,
+            );
         }
 
         let mut listeners = Vec::new();

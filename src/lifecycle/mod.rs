@@ -1,7 +1,8 @@
 //! The lifecycle counters: every TCP socket the kernel destroys, folded into closed and
 //! failed connections, bytes and retransmits by peer (and, in `all` mode, by network
 //! namespace; with owners, by process); [`subscription`] feeds them from the kernel's
-//! destroy notifications of each namespace.
+//! destroy notifications of each namespace, [`ebpf`] from an eBPF program's in-kernel
+//! counts (the exporter's own namespace).
 //!
 //! Bounding keeps every exposed series non-decreasing: a label set, once admitted, is
 //! never merged later (a re-ranking like the peers gauge's would move its count into
@@ -17,6 +18,7 @@
 //! directions, own and other namespaces) and the bound less four is where they start.
 //! When a namespace goes, its series go with it (its counters can never rise again).
 
+pub mod ebpf;
 pub mod subscription;
 
 use std::collections::HashMap;
@@ -299,6 +301,28 @@ pub enum Status {
     Failed = 2,
 }
 
+/// Which source feeds the counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// Not chosen yet.
+    None = 0,
+    /// The socket-destroy notifications.
+    Netlink = 1,
+    /// The eBPF program.
+    Ebpf = 2,
+}
+
+impl Source {
+    /// The `source` label value.
+    pub fn label(self) -> Option<&'static str> {
+        match self {
+            Source::None => None,
+            Source::Netlink => Some("netlink"),
+            Source::Ebpf => Some("ebpf"),
+        }
+    }
+}
+
 /// The lifecycle state shared by the receiving thread and the scrapes.
 pub struct Lifecycle {
     /// The counters.
@@ -313,6 +337,9 @@ pub struct Lifecycle {
     /// above 0 the collector reports failure, as the other collectors do.
     pub unsubscribed: AtomicU64,
     status: AtomicU8,
+    source: AtomicU8,
+    /// The eBPF program, when it is the source: read at scrape time.
+    kernel: Mutex<Option<ebpf::Kernel>>,
     /// Every namespace's threads, in `--collector.namespaces=all` mode (shared with the
     /// scrapes' reads).
     pub namespaces: Option<Arc<Namespaces>>,
@@ -344,6 +371,8 @@ impl Lifecycle {
             status: AtomicU8::new(Status::Starting as u8),
             namespaces: None,
             owners: None,
+            source: AtomicU8::new(Source::None as u8),
+            kernel: Mutex::new(None),
         }
     }
 
@@ -369,6 +398,19 @@ impl Lifecycle {
 
     fn set_status(&self, s: Status) {
         self.status.store(s as u8, Ordering::Relaxed);
+    }
+
+    /// The source feeding the counters.
+    pub fn source(&self) -> Source {
+        match self.source.load(Ordering::Relaxed) {
+            1 => Source::Netlink,
+            2 => Source::Ebpf,
+            _ => Source::None,
+        }
+    }
+
+    fn set_source(&self, s: Source) {
+        self.source.store(s as u8, Ordering::Relaxed);
     }
 
     /// The counters, even if a thread panicked while holding them (they are only ever

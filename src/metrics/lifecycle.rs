@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 
 use super::peers::{write_samples, Extra};
 use crate::classify::PeerKey;
-use crate::exposition::{Encoder, Kind, Number};
+use crate::exposition::{Encoder, Kind, Number, Value};
 use crate::lifecycle::{fixed_namespaces, Lifecycle, Status, Totals};
 
 /// Which value of [`Totals`] a family shows for a label set, if any.
@@ -23,7 +23,7 @@ const FAMILIES: [(&str, &str, Pick); 5] = [
     ),
     (
         "network_connections_failed_total",
-        "Outbound TCP connects that never reached ESTABLISHED (refused, timed out, reset in the handshake), by remote address; the kernel keeps no port for them.",
+        "Outbound TCP connects that never reached ESTABLISHED (refused, timed out, reset in the handshake), by remote address; with the ebpf source also by destination port (the notifications keep no port for them).",
         |t| (t.failed > 0).then_some(t.failed),
     ),
     (
@@ -38,8 +38,8 @@ const FAMILIES: [(&str, &str, Pick); 5] = [
     ),
     (
         "network_connection_retransmits_total",
-        "Segments retransmitted on closed connections (tcpi_total_retrans).",
-        |t| (t.closed > 0).then_some(t.retransmits),
+        "Segments retransmitted: on closed connections (tcpi_total_retrans) with the netlink source, as they happen (tcp:tcp_retransmit_skb) with the ebpf source.",
+        |t| (t.closed > 0 || t.retransmits > 0).then_some(t.retransmits),
     ),
 ];
 
@@ -50,6 +50,7 @@ pub fn write<W: Write>(enc: &mut Encoder<W>, state: &Lifecycle) -> io::Result<bo
     if state.status() != Status::Subscribed {
         return Ok(false);
     }
+    state.refresh();
     let (series, merged, table, names, all) = {
         let mut c = state.lock();
         (c.series(), c.merged(), c.interfaces(), c.names(), c.all_namespaces())
@@ -80,7 +81,7 @@ pub fn write<W: Write>(enc: &mut Encoder<W>, state: &Lifecycle) -> io::Result<bo
         ),
         (
             "conn_exporter_lifecycle_events_total",
-            "Socket-destroy messages received from the kernel (listeners and unconnected sockets included).",
+            "Socket-destroy messages received from the kernel, or with the ebpf source sockets seen entering CLOSE (listeners and unconnected sockets included).",
             state.events.load(Ordering::Relaxed),
         ),
         (
@@ -100,6 +101,20 @@ pub fn write<W: Write>(enc: &mut Encoder<W>, state: &Lifecycle) -> io::Result<bo
             "Network namespaces whose socket-destroy notifications are received, the exporter's own included (--collector.namespaces=all).",
         )?;
         enc.sample(name, &[], Number::Int(state.subscribed.load(Ordering::Relaxed)))?;
+    }
+    if let Some(n) = state.untracked() {
+        let name = "conn_exporter_lifecycle_untracked_total";
+        enc.family(
+            name,
+            Kind::Counter,
+            "Established connections the ebpf source saw close without knowing their direction (established before it was attached), not counted by peer.",
+        )?;
+        enc.sample(name, &[], Number::Int(n))?;
+    }
+    if let Some(source) = state.source().label() {
+        let name = "conn_exporter_lifecycle_source_info";
+        enc.family(name, Kind::Gauge, "The source of the lifecycle counters (netlink or ebpf); always 1.")?;
+        enc.sample(name, &[("source", Value::Str(source))], Number::Int(1))?;
     }
     Ok(state.unsubscribed.load(Ordering::Relaxed) == 0)
 }

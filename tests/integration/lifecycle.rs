@@ -1,7 +1,12 @@
 //! The lifecycle counters against connections the test makes in a namespace of its own:
 //! exact closed and failed counts and byte figures between two scrapes, over IPv4 and
-//! IPv6; the service user of the shipped unit receiving the notifications; a refused
-//! subscription failing the collector only.
+//! IPv6, from both sources (socket-destroy notifications and the eBPF program); the
+//! service user of the shipped unit receiving the notifications; a refused subscription
+//! failing the collector only; the eBPF program refused without its capabilities (auto
+//! falls back, ebpf fails the collector), granted to an unprivileged user with exactly
+//! CAP_BPF and CAP_PERFMON (auto picks it), connections older than it counted as
+//! untracked only, retransmits counted while connections are open (against the
+//! namespace's RetransSegs), and gone from the kernel once the exporter stops.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -37,10 +42,20 @@ fn make_connections(ns: &Netns, family: &str, n: u32, request: u32, response: u3
 }
 
 #[test]
-fn closed_and_failed_connections_and_bytes_are_counted_exactly() {
-    let ns = Netns::new("connexp-lifecycle");
-    let e = ns.exporter(&[]);
-    e.wait_log("subscribed to TCP socket-destroy notifications");
+fn closed_and_failed_connections_and_bytes_are_counted_exactly_from_notifications() {
+    exact_counts("netlink", "subscribed to TCP socket-destroy notifications");
+}
+
+#[test]
+fn closed_and_failed_connections_and_bytes_are_counted_exactly_from_ebpf() {
+    exact_counts("ebpf", "source ebpf (--collector.lifecycle.source=ebpf)");
+}
+
+/// The exact-count test with `--collector.lifecycle.source=SOURCE`, once its start is logged.
+fn exact_counts(source: &str, started: &str) {
+    let ns = Netns::new(&format!("connexp-lifecycle-{source}"));
+    let e = ns.exporter(&[&format!("--collector.lifecycle.source={source}")]);
+    e.wait_log(started);
     let promtool = require_tool("promtool");
     for family in ["4", "6"] {
         let (n, request, response, refused) = (2000u64, 1000u64, 300u64, 100u64);
@@ -79,10 +94,25 @@ fn closed_and_failed_connections_and_bytes_are_counted_exactly() {
             );
         }
         assert!(!after.contains("conn_exporter_lifecycle_namespaces"), "a gauge of all mode only");
-        // No failed series carries a port: the kernel forgot it.
-        assert!(samples(&after, "network_connections_failed_total")
-            .iter()
-            .all(|(l, _)| !l.contains_key("destination_port")));
+        let closed_port = facts["closed_port"].to_string();
+        let to_closed_port = |l: &Labels| failed_to(l) && l.get("destination_port") == Some(&closed_port);
+        if source == "ebpf" {
+            // The program reads the socket before the kernel forgets its remote port.
+            assert_eq!(
+                delta("network_connections_failed_total", &to_closed_port),
+                refused,
+                "IPv{family}: refused connects by port {closed_port}\n{after}"
+            );
+        } else {
+            // No failed series carries a port: the notification comes after the kernel
+            // forgot it.
+            assert!(samples(&after, "network_connections_failed_total")
+                .iter()
+                .all(|(l, _)| !l.contains_key("destination_port")));
+        }
+        let info = samples(&after, "conn_exporter_lifecycle_source_info");
+        assert_eq!(info.len(), 1, "{info:?}");
+        assert_eq!((info[0].0["source"].as_str(), info[0].1), (source, 1.0));
         // The documented figures: payload sent; received is payload plus the peer's FIN.
         assert_eq!(delta("network_connection_sent_bytes_total", &inbound), n * response, "IPv{family}");
         assert_eq!(delta("network_connection_sent_bytes_total", &outbound), n * request, "IPv{family}");
@@ -139,7 +169,7 @@ fn the_unprivileged_service_user_receives_the_notifications() {
 
 #[test]
 fn a_refused_subscription_fails_the_collector_not_the_exporter() {
-    let e = start_under_seccomp(REFUSE_NETLINK, &[]);
+    let e = start_under_seccomp(REFUSE_NETLINK, &["--collector.lifecycle.source=netlink"]);
     let log = e.wait_log("refused the socket-destroy subscription");
     assert!(log.contains("closed and failed connection counters are unavailable"), "{log}");
     let text = e.scrape();
@@ -317,4 +347,217 @@ fn in_all_mode_with_owners_one_series_bound_holds_across_namespaces() {
             .any(|(l, _)| l["netns"] == "other" && l["source_address"] == "other" && l["process"].is_empty()),
         "the namespaces' fully folded series\n{text}"
     );
+}
+
+/// The exporter in `ns` as root without CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN (dropped
+/// from the bounding set, so the exec'd binary does not get them back).
+fn exporter_without_bpf_capabilities(ns: &Netns, source: &str) -> Exporter {
+    let setpriv = require_tool("setpriv");
+    Exporter::start_with(
+        &[
+            "ip",
+            "netns",
+            "exec",
+            &ns.0,
+            setpriv.to_str().unwrap(),
+            "--bounding-set=-bpf,-perfmon,-sys_admin",
+            "--inh-caps=-bpf,-perfmon,-sys_admin",
+            binary(),
+        ],
+        &[&format!("--collector.lifecycle.source={source}")],
+    )
+}
+
+#[test]
+fn without_bpf_capabilities_auto_falls_back_to_notifications() {
+    let ns = Netns::new("connexp-lifecycle-nobpf");
+    let e = exporter_without_bpf_capabilities(&ns, "auto");
+    let log = e.wait_log("subscribed to TCP socket-destroy notifications");
+    assert!(
+        log.contains("source netlink (--collector.lifecycle.source=auto): the kernel refused the eBPF program"),
+        "{log}"
+    );
+    assert!(!log.contains("source ebpf"), "{log}");
+    let text = ns.scrape(&e, "");
+    let info = samples(&text, "conn_exporter_lifecycle_source_info");
+    assert_eq!(info.iter().map(|(l, _)| l["source"].as_str()).collect::<Vec<_>>(), ["netlink"], "{text}");
+    let facts = make_connections(&ns, "4", 20, 10, 10, 0);
+    let port = facts["port"].to_string();
+    wait_for(Duration::from_secs(20), "20 inbound closes from the notifications", || {
+        let t = ns.scrape(&e, "");
+        (sum(&t, "network_connections_closed_total", |l| l.get("source_port") == Some(&port)) == 20).then_some(())
+    });
+}
+
+#[test]
+fn without_bpf_capabilities_the_ebpf_source_fails_the_collector_only() {
+    let ns = Netns::new("connexp-lifecycle-nobpf-ebpf");
+    let e = exporter_without_bpf_capabilities(&ns, "ebpf");
+    let log = e.wait_log("the kernel refused the eBPF program");
+    assert!(log.contains("needs CAP_BPF and CAP_PERFMON (--collector.lifecycle.source=ebpf, no fallback)"), "{log}");
+    assert!(!log.contains("subscribed to TCP socket-destroy notifications"), "no fallback: {log}");
+    let text = ns.scrape(&e, "");
+    let success = samples(&text, "conn_exporter_scrape_collector_success");
+    assert!(success.iter().any(|(l, v)| l["collector"] == "lifecycle" && *v == 0.0), "{text}");
+    assert!(success.iter().any(|(l, v)| l["collector"] == "states" && *v == 1.0), "the rest still serves");
+    assert!(!text.contains("network_connections_closed_total"), "no counters that cannot count");
+    assert!(!text.contains("conn_exporter_lifecycle_source_info"), "{text}");
+}
+
+/// The BPF program and link ids a process holds, from its descriptors' fdinfo.
+fn bpf_objects(pid: u32) -> (Vec<u32>, Vec<u32>) {
+    let (mut progs, mut links) = (Vec::new(), Vec::new());
+    for fd in std::fs::read_dir(format!("/proc/{pid}/fdinfo")).unwrap() {
+        let Ok(info) = std::fs::read_to_string(fd.unwrap().path()) else { continue };
+        for line in info.lines() {
+            let id = |prefix: &str| line.strip_prefix(prefix).map(|v| v.trim().parse::<u32>().unwrap());
+            if let Some(id) = id("link_id:") {
+                links.push(id);
+            } else if let Some(id) = id("prog_id:") {
+                progs.push(id);
+            }
+        }
+    }
+    progs.sort_unstable();
+    progs.dedup();
+    links.sort_unstable();
+    (progs, links)
+}
+
+/// Ids that `bpftool OBJECT show` lists (`prog` or `link`).
+fn bpftool_ids(bpftool: &std::path::Path, object: &str) -> Vec<u32> {
+    let (code, out, err) = run(Command::new(bpftool).args([object, "show", "--json"]));
+    assert_eq!(code, 0, "bpftool {object} show: {err}");
+    let listed: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    listed.iter().map(|p| p["id"].as_u64().unwrap() as u32).collect()
+}
+
+#[test]
+fn no_bpf_program_or_link_is_left_after_the_exporter_stops() {
+    let bpftool = require_tool("bpftool");
+    let ns = Netns::new("connexp-lifecycle-bpftool");
+    let mut e = ns.exporter(&["--collector.lifecycle.source=ebpf"]);
+    e.wait_log("source ebpf");
+    let pid = e.child.id();
+    let (progs, links) = bpf_objects(pid);
+    assert_eq!((progs.len(), links.len()), (2, 2), "two raw tracepoint programs, two links");
+    let listed = bpftool_ids(&bpftool, "prog");
+    assert!(progs.iter().all(|p| listed.contains(p)), "bpftool lists the running exporter's {progs:?}");
+    let (code, _, _) = run(Command::new("kill").args(["-TERM", &pid.to_string()]));
+    assert_eq!(code, 0);
+    let status = e.child.wait().unwrap();
+    assert!(status.success(), "{status:?}: {}", e.log_text());
+    // The kernel frees a program once its last reference goes, after an RCU grace period.
+    wait_for(Duration::from_secs(10), "the exporter's programs and links gone", || {
+        let (p, l) = (bpftool_ids(&bpftool, "prog"), bpftool_ids(&bpftool, "link"));
+        (!progs.iter().any(|id| p.contains(id)) && !links.iter().any(|id| l.contains(id))).then_some(())
+    });
+}
+
+#[test]
+fn an_unprivileged_user_with_exactly_cap_bpf_and_cap_perfmon_gets_the_ebpf_source() {
+    // What a privileged drop-in grants: uid 65534, CAP_BPF and CAP_PERFMON only.
+    let ns = Netns::new("connexp-lifecycle-capbpf");
+    let setpriv = require_tool("setpriv");
+    let caps = "-all,+bpf,+perfmon";
+    let e = Exporter::start_with(
+        &[
+            "ip",
+            "netns",
+            "exec",
+            &ns.0,
+            setpriv.to_str().unwrap(),
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            &format!("--inh-caps={caps}"),
+            &format!("--ambient-caps={caps}"),
+            &format!("--bounding-set={caps}"),
+            binary(),
+        ],
+        &[],
+    );
+    let log = e.wait_log("lifecycle collector: source");
+    assert!(log.contains("source ebpf (--collector.lifecycle.source=auto)"), "{log}");
+    let facts = make_connections(&ns, "4", 20, 10, 10, 5);
+    let (port, closed_port) = (facts["port"].to_string(), facts["closed_port"].to_string());
+    wait_for(Duration::from_secs(20), "20 inbound closes and 5 failed connects by port", || {
+        let t = ns.scrape(&e, "");
+        let inbound = sum(&t, "network_connections_closed_total", |l| l.get("source_port") == Some(&port));
+        let failed = sum(&t, "network_connections_failed_total", |l| l.get("destination_port") == Some(&closed_port));
+        (inbound == 20 && failed == 5).then_some(())
+    });
+}
+
+#[test]
+fn connections_established_before_the_program_count_as_untracked_not_by_peer() {
+    let ns = Netns::new("connexp-lifecycle-untracked");
+    let script = repo().join("tests/scenarios/hold_established.py");
+    let (held, line) = ns.hold(script.to_str().unwrap(), &["30"]);
+    let facts: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
+    let port = facts["port"].to_string();
+    let e = ns.exporter(&["--collector.lifecycle.source=ebpf"]);
+    e.wait_log("source ebpf");
+    let untracked = "conn_exporter_lifecycle_untracked_total";
+    assert_eq!(value(&ns.scrape(&e, ""), untracked), 0);
+    drop(held);
+    // Both ends of each of the 30 connections close with no direction known.
+    let after = wait_for(Duration::from_secs(20), "60 untracked closes", || {
+        let t = ns.scrape(&e, "");
+        (value(&t, untracked) >= 60).then_some(t)
+    });
+    assert_eq!(value(&after, untracked), 60, "{after}");
+    let of_port = |l: &Labels| l.get("source_port") == Some(&port) || l.get("destination_port") == Some(&port);
+    assert_eq!(sum(&after, "network_connections_closed_total", of_port), 0, "not counted by peer");
+}
+
+/// `RetransSegs` of the namespace's TCP MIB (`/proc/net/snmp`).
+fn retrans_segs(ns: &Netns) -> u64 {
+    let snmp = ns.exec(&["cat", "/proc/net/snmp"]);
+    let mut tcp = snmp.lines().filter(|l| l.starts_with("Tcp:"));
+    let (names, values) = (tcp.next().unwrap(), tcp.next().unwrap());
+    let at = names.split_whitespace().position(|n| n == "RetransSegs").unwrap();
+    values.split_whitespace().nth(at).unwrap().parse().unwrap()
+}
+
+#[test]
+fn with_ebpf_retransmits_count_while_the_connection_is_open() {
+    let ns = Netns::new("connexp-lifecycle-retrans");
+    let port = "7000";
+    // A quarter of the segments to the service is lost: the clients retransmit.
+    ns.exec(&[
+        "iptables",
+        "-A",
+        "OUTPUT",
+        "-p",
+        "tcp",
+        "--dport",
+        port,
+        "-m",
+        "statistic",
+        "--mode",
+        "random",
+        "--probability",
+        "0.25",
+        "-j",
+        "DROP",
+    ]);
+    let e = ns.exporter(&["--collector.lifecycle.source=ebpf"]);
+    e.wait_log("source ebpf");
+    let before = retrans_segs(&ns);
+    let script = repo().join("tests/scenarios/retransmits.py");
+    let (_held, _) = ns.hold(script.to_str().unwrap(), &[port, "10", "200000"]);
+    let text = ns.scrape(&e, "");
+    let kernel = retrans_segs(&ns) - before;
+    let of_port = |l: &Labels| {
+        l.get("source_port").map(String::as_str) == Some(port)
+            || l.get("destination_port").map(String::as_str) == Some(port)
+    };
+    let counted = sum(&text, "network_connection_retransmits_total", of_port);
+    eprintln!("retransmits: counted {counted} by the program, RetransSegs {kernel}");
+    assert!(kernel > 0, "the drops caused no retransmission");
+    // The MIB also counts SYN-ACKs retransmitted by request sockets and every segment of a
+    // retransmitted GSO packet, which the tracepoint sees once: at most, not equal.
+    assert!(counted > 0 && counted <= kernel, "counted {counted}, the kernel's RetransSegs {kernel}\n{text}");
+    assert_eq!(sum(&text, "network_connections_closed_total", of_port), 0, "all still open");
 }

@@ -85,7 +85,7 @@ fi
 # --register=no --keep-unit: this host may have no systemd/machined to talk to.
 systemd-nspawn --boot --directory="$WORK/root" --machine="$MACHINE" --register=no --keep-unit \
     --private-network --console=passive \
-    --capability=CAP_BPF,CAP_PERFMON --system-call-filter='bpf perf_event_open' \
+    --capability=CAP_BPF,CAP_PERFMON --system-call-filter=bpf \
     --bind-ro="$REPO:/mnt/repo" --bind-ro="$WORK/bin:/mnt/bin" --bind-ro="$WORK/deb:/mnt/deb" \
     >"$WORK/nspawn.log" 2>&1 &
 NSPAWN_PID=$!

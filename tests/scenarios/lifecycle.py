@@ -50,4 +50,4 @@ for _ in range(refused):
 closed.close()
 listener.close()
 print(json.dumps({"address": addr, "port": port, "connections": n, "request": request,
-                  "response": response, "refused": failures}), flush=True)
+                  "response": response, "refused": failures, "closed_port": closed_port}), flush=True)

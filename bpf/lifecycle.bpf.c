@@ -1,0 +1,319 @@
+// SPDX-License-Identifier: MIT OR GPL-2.0
+/*
+ * The eBPF source of conn-exporter's lifecycle collector (issue 13): TCP connections
+ * closed and failed, bytes and retransmits, aggregated in the kernel by peer. User space
+ * reads the maps at scrape time; nothing crosses per connection.
+ *
+ * Rebuilt by scripts/build-bpf.sh into bpf/lifecycle.bpf.o (committed; the binary
+ * embeds it, so building conn-exporter needs no clang). scripts/test.sh checks that the
+ * committed object is what this source compiles to.
+ *
+ * Attached as raw tracepoints (BPF_RAW_TRACEPOINT_OPEN), which need no tracefs.
+ * Kernel structures are read with CO-RE: only the fields named below matter, their
+ * offsets are relocated against the running kernel's BTF when the object is loaded.
+ */
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_endian.h>
+
+#define AF_INET 2
+#define AF_INET6 10
+#define IPPROTO_TCP 6
+
+/* include/net/tcp_states.h */
+#define TCP_ESTABLISHED 1
+#define TCP_SYN_SENT 2
+#define TCP_SYN_RECV 3
+#define TCP_CLOSE 7
+#define TCP_LISTEN 10
+
+#define INBOUND 0
+#define OUTBOUND 1
+
+/* The fields read, as the kernel names them; layouts come from the kernel's BTF. */
+struct in6_addr {
+	union {
+		__u8 u6_addr8[16];
+	} in6_u;
+} __attribute__((preserve_access_index));
+
+struct ns_common {
+	unsigned int inum;
+} __attribute__((preserve_access_index));
+
+struct net {
+	struct ns_common ns;
+} __attribute__((preserve_access_index));
+
+typedef struct {
+	struct net *net;
+} possible_net_t;
+
+struct sock_common {
+	__be32 skc_daddr;
+	__be32 skc_rcv_saddr;
+	__be16 skc_dport;
+	unsigned short skc_family;
+	volatile unsigned char skc_state;
+	int skc_bound_dev_if;
+	possible_net_t skc_net;
+	struct in6_addr skc_v6_daddr;
+	struct in6_addr skc_v6_rcv_saddr;
+} __attribute__((preserve_access_index));
+
+struct sock {
+	struct sock_common __sk_common;
+	__u16 sk_protocol;
+} __attribute__((preserve_access_index));
+
+/* The local port: skc_num is zeroed when the port is released, before the tracepoint
+ * of the transition to CLOSE fires; inet_sport stays. */
+struct inet_sock {
+	__be16 inet_sport;
+} __attribute__((preserve_access_index));
+
+struct tcp_sock {
+	__u64 bytes_sent;
+	__u64 bytes_received;
+	__u64 bytes_acked;
+	__u64 bytes_retrans;
+	__u32 total_retrans;
+} __attribute__((preserve_access_index));
+
+/* A peer with the ephemeral port folded away. Mirrored by `PeerKeyRaw` in
+ * src/lifecycle/ebpf.rs: 40 bytes, no implicit padding. */
+struct peer_key {
+	__u8 local[16];  /* IPv4: first 4 bytes, network order */
+	__u8 remote[16];
+	__u32 ifindex;   /* sk_bound_dev_if, 0 when unbound */
+	__u16 port;      /* the service's port, host order: local inbound, remote outbound */
+	__u8 family;     /* AF_INET or AF_INET6 */
+	__u8 direction;  /* INBOUND or OUTBOUND */
+};
+
+/* Mirrored by `TotalsRaw` in src/lifecycle/ebpf.rs. */
+struct peer_totals {
+	__u64 closed;
+	__u64 failed;
+	__u64 sent_bytes;      /* min(bytes_acked less the SYN if outbound, bytes_sent - bytes_retrans) */
+	__u64 received_bytes;  /* bytes_received: payload plus the FIN if it came */
+	__u64 retransmits;     /* tcp:tcp_retransmit_skb, as they happen */
+	__u64 total_retrans;   /* total_retrans of the sockets closed, read at close */
+};
+
+/* Indexes of `stats`. */
+#define STAT_CLOSES 0          /* sockets of the namespace that entered CLOSE */
+#define STAT_UNTRACKED 1       /* established sockets closed with no direction known */
+#define STAT_OVERFLOW 2        /* additions merged into `overflow` because `peers` was full */
+#define STAT_DIRECTIONS_FULL 3 /* established sockets whose direction could not be kept */
+#define STAT_MAX 4
+
+/* The network namespace counted (its inode number); 0 counts every namespace. Set by
+ * the loader. */
+const volatile __u32 netns_ino = 0;
+
+/* Direction of each established socket, by the socket's address; deleted at close. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 1 << 20);
+	__type(key, __u64);
+	__type(value, __u8);
+} directions SEC(".maps");
+
+/* Totals by peer; max_entries is set by the loader from --collector.lifecycle.max-series. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct peer_key);
+	__type(value, struct peer_totals);
+} peers SEC(".maps");
+
+/* What did not fit in `peers`, by direction: user space shows it as `other`. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__type(value, struct peer_totals);
+} overflow SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, STAT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} stats SEC(".maps");
+
+static __always_inline void stat_add(__u32 i)
+{
+	__u64 *n = bpf_map_lookup_elem(&stats, &i);
+
+	if (n)
+		__sync_fetch_and_add(n, 1);
+}
+
+static __always_inline int tcp_of_namespace(struct sock *sk)
+{
+	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
+		return 0;
+	return netns_ino == 0 || BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum) == netns_ino;
+}
+
+static __always_inline int make_key(struct sock *sk, __u8 direction, struct peer_key *key)
+{
+	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
+
+	__builtin_memset(key, 0, sizeof(*key));
+	if (family == AF_INET) {
+		__be32 local = BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr);
+		__be32 remote = BPF_CORE_READ(sk, __sk_common.skc_daddr);
+
+		__builtin_memcpy(key->local, &local, 4);
+		__builtin_memcpy(key->remote, &remote, 4);
+	} else if (family == AF_INET6) {
+		BPF_CORE_READ_INTO(&key->local, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
+		BPF_CORE_READ_INTO(&key->remote, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
+	} else {
+		return -1;
+	}
+	key->family = family;
+	key->direction = direction;
+	key->ifindex = BPF_CORE_READ(sk, __sk_common.skc_bound_dev_if);
+	if (direction == INBOUND)
+		key->port = bpf_ntohs(BPF_CORE_READ((struct inet_sock *)sk, inet_sport));
+	else
+		key->port = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	return 0;
+}
+
+/* The totals of a peer, made when new; the direction's overflow slot when `peers` is
+ * full (counted in STAT_OVERFLOW). */
+static __always_inline struct peer_totals *totals_of(struct peer_key *key)
+{
+	static const struct peer_totals zero;
+	struct peer_totals *t = bpf_map_lookup_elem(&peers, key);
+	__u32 dir = key->direction;
+
+	if (t)
+		return t;
+	bpf_map_update_elem(&peers, key, &zero, BPF_NOEXIST);
+	t = bpf_map_lookup_elem(&peers, key);
+	if (t)
+		return t;
+	stat_add(STAT_OVERFLOW);
+	return bpf_map_lookup_elem(&overflow, &dir);
+}
+
+SEC("raw_tracepoint/inet_sock_set_state")
+int on_state(struct bpf_raw_tracepoint_args *ctx)
+{
+	struct sock *sk = (struct sock *)ctx->args[0];
+	int old = (int)ctx->args[1];
+	int new = (int)ctx->args[2];
+	__u64 addr = (__u64)sk;
+	struct peer_key key;
+	struct peer_totals *t;
+	__u8 *known;
+	__u8 dir;
+
+	if (new != TCP_ESTABLISHED && new != TCP_CLOSE)
+		return 0;
+	if (!tcp_of_namespace(sk))
+		return 0;
+	if (new == TCP_ESTABLISHED) {
+		if (old == TCP_SYN_RECV)
+			dir = INBOUND;
+		else if (old == TCP_SYN_SENT)
+			dir = OUTBOUND;
+		else
+			return 0;
+		if (bpf_map_update_elem(&directions, &addr, &dir, BPF_ANY))
+			stat_add(STAT_DIRECTIONS_FULL);
+		return 0;
+	}
+
+	stat_add(STAT_CLOSES);
+	known = bpf_map_lookup_elem(&directions, &addr);
+	if (known) {
+		dir = *known;
+		bpf_map_delete_elem(&directions, &addr);
+	} else if (old == TCP_SYN_SENT) {
+		/* A connect that failed: the socket still has its remote port. */
+		if (make_key(sk, OUTBOUND, &key))
+			return 0;
+		t = totals_of(&key);
+		if (t)
+			__sync_fetch_and_add(&t->failed, 1);
+		return 0;
+	} else if (old == TCP_SYN_RECV) {
+		/* Accepted but closed before it was established (a Fast Open child). */
+		dir = INBOUND;
+	} else {
+		/* A listener or a socket that never connected; or an established one whose
+		 * direction is unknown (established before the program was attached, or the
+		 * directions map was full). */
+		if (old != TCP_LISTEN && old != TCP_CLOSE)
+			stat_add(STAT_UNTRACKED);
+		return 0;
+	}
+
+	if (make_key(sk, dir, &key))
+		return 0;
+	t = totals_of(&key);
+	if (!t)
+		return 0;
+	{
+		struct tcp_sock *tp = (struct tcp_sock *)sk;
+		__u64 acked = BPF_CORE_READ(tp, bytes_acked);
+		__u64 sent = BPF_CORE_READ(tp, bytes_sent);
+		__u64 retrans = BPF_CORE_READ(tp, bytes_retrans);
+		__u64 payload;
+
+		/* An outbound socket's SYN is acknowledged sequence space, not payload. */
+		if (dir == OUTBOUND && acked > 0)
+			acked -= 1;
+		/* Acknowledged sequence space exceeds the payload ever sent only by the FIN. */
+		payload = sent > retrans ? sent - retrans : 0;
+		__sync_fetch_and_add(&t->closed, 1);
+		__sync_fetch_and_add(&t->sent_bytes, acked < payload ? acked : payload);
+		__sync_fetch_and_add(&t->received_bytes, BPF_CORE_READ(tp, bytes_received));
+		__sync_fetch_and_add(&t->total_retrans, BPF_CORE_READ(tp, total_retrans));
+	}
+	return 0;
+}
+
+SEC("raw_tracepoint/tcp_retransmit_skb")
+int on_retransmit(struct bpf_raw_tracepoint_args *ctx)
+{
+	struct sock *sk = (struct sock *)ctx->args[0];
+	__u64 addr = (__u64)sk;
+	struct peer_key key;
+	struct peer_totals *t;
+	__u8 *known;
+	__u8 dir;
+
+	if (!tcp_of_namespace(sk))
+		return 0;
+	known = bpf_map_lookup_elem(&directions, &addr);
+	if (known) {
+		dir = *known;
+	} else {
+		unsigned char state = BPF_CORE_READ(sk, __sk_common.skc_state);
+
+		if (state == TCP_SYN_SENT)
+			dir = OUTBOUND;
+		else if (state == TCP_SYN_RECV)
+			dir = INBOUND;
+		else
+			return 0;
+	}
+	if (make_key(sk, dir, &key))
+		return 0;
+	t = totals_of(&key);
+	if (t)
+		__sync_fetch_and_add(&t->retransmits, 1);
+	return 0;
+}
+
+char LICENSE[] SEC("license") = "Dual MIT/GPL";

@@ -1,0 +1,422 @@
+//! The eBPF source of the lifecycle counters (`--collector.lifecycle.source`): loads the
+//! embedded `bpf/lifecycle.bpf.o`, attaches its raw tracepoints, and at scrape time adds
+//! what the kernel's maps counted since the last scrape to the same [`Counters`] the
+//! socket-destroy notifications feed. Also picks the source (`auto`, `ebpf`, `netlink`).
+//!
+//! The program (bpf/lifecycle.bpf.c) aggregates in the kernel by peer, so no event per
+//! connection crosses into user space: a scrape reads at most the map's bound of entries.
+//! The kernel's totals only grow, so each scrape adds the difference from what the last
+//! one read. Raw tracepoints are attached with `BPF_RAW_TRACEPOINT_OPEN`, which needs no
+//! tracefs; the kernel refuses to load without CAP_BPF and CAP_PERFMON (or root).
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aya::maps::{Array, HashMap as BpfHashMap, MapData, MapError};
+use aya::programs::{ProgramError, RawTracePoint};
+use aya::{Ebpf, EbpfError, EbpfLoader};
+
+use super::{Counters, Lifecycle, Status, Totals};
+use crate::classify::{Direction, PeerKey, Remote};
+use crate::iface::{IfaceId, InterfaceTable};
+use crate::model::Endpoint;
+use crate::owners::OwnerId;
+use crate::source::{self, interfaces};
+
+/// The object `scripts/build-bpf.sh` compiles from `bpf/lifecycle.bpf.c`.
+static OBJECT: &[u8] = aya::include_bytes_aligned!("../../bpf/lifecycle.bpf.o");
+
+/// The programs and the raw tracepoints they attach to.
+const PROGRAMS: [(&str, &str); 2] = [("on_state", "inet_sock_set_state"), ("on_retransmit", "tcp_retransmit_skb")];
+
+/// `struct peer_key` of the program: local and remote address (16 bytes each, IPv4 in
+/// the first 4), ifindex (u32), service port (u16, host order), family, direction.
+type RawKey = [u8; 40];
+/// `struct peer_totals`: closed, failed, sent bytes, received bytes, retransmits (as they
+/// happen), total_retrans read at close.
+type RawTotals = [u64; 6];
+
+/// Indexes of the program's `stats` map.
+const STAT_CLOSES: u32 = 0;
+const STAT_UNTRACKED: u32 = 1;
+const STAT_OVERFLOW: u32 = 2;
+const STAT_DIRECTIONS_FULL: u32 = 3;
+
+const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
+/// How often the interface table is re-read (addresses change rarely).
+const INTERFACES_EVERY: Duration = Duration::from_secs(5);
+/// Peers the kernel map holds when `--collector.lifecycle.max-series` is 0 (no bound
+/// in user space; the kernel's map needs one).
+const UNBOUNDED_PEERS: u32 = 65_536;
+
+/// `--collector.lifecycle.source`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum SourceChoice {
+    /// eBPF when the kernel lets this process load it, the notifications otherwise.
+    #[default]
+    Auto,
+    /// The eBPF program only; the collector fails when it cannot be loaded.
+    Ebpf,
+    /// The socket-destroy notifications only.
+    Netlink,
+}
+
+/// Why the eBPF source could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The kernel refused the object (no CAP_BPF/CAP_PERFMON, lockdown, a field its BTF
+    /// lacks).
+    #[error("loading the eBPF object: {0}")]
+    Object(Box<EbpfError>),
+    /// A program could not be loaded or attached.
+    #[error("{what} {program} ({tracepoint}): {source}")]
+    Program {
+        /// Loading or attaching.
+        what: &'static str,
+        /// The program's name.
+        program: &'static str,
+        /// Its tracepoint.
+        tracepoint: &'static str,
+        /// The kernel's answer.
+        source: Box<ProgramError>,
+    },
+    /// A map of the object is missing or of another type.
+    #[error("map {name}: {source}")]
+    Map {
+        /// The map's name.
+        name: &'static str,
+        /// Why.
+        source: MapError,
+    },
+    /// The object lacks a program or map (a build of another source).
+    #[error("the embedded object has no {0}")]
+    Missing(&'static str),
+    /// This process's network namespace could not be read.
+    #[error("reading /proc/self/ns/net: {0}")]
+    Namespace(io::Error),
+}
+
+/// The loaded program and what the last scrape read from its maps.
+pub struct Kernel {
+    /// Owns the programs and their links: dropped, they are detached and unloaded.
+    _bpf: Ebpf,
+    peers: BpfHashMap<MapData, RawKey, RawTotals>,
+    overflow: Array<MapData, RawTotals>,
+    stats: Array<MapData, u64>,
+    /// The totals of each key as last read, to add only what is new.
+    seen: HashMap<RawKey, RawTotals>,
+    seen_overflow: [RawTotals; 2],
+    seen_overflow_adds: u64,
+    untracked: u64,
+    directions_full: u64,
+    interfaces: InterfaceTable,
+    interfaces_read: Option<Instant>,
+}
+
+impl std::fmt::Debug for Kernel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Kernel").field("peers_seen", &self.seen.len()).finish_non_exhaustive()
+    }
+}
+
+impl Kernel {
+    /// Loads and attaches the program, counting sockets of this process's network
+    /// namespace, with room for `max_peers` peers in the kernel's map.
+    pub fn load(max_peers: u32) -> Result<Kernel, LoadError> {
+        let netns = std::fs::metadata("/proc/self/ns/net").map_err(LoadError::Namespace)?.ino();
+        // An inode number is 32 bits in the kernel (ns_common.inum).
+        let netns = u32::try_from(netns).unwrap_or(0);
+        let mut bpf = EbpfLoader::new()
+            .override_global("netns_ino", &netns, true)
+            .map_max_entries("peers", max_peers)
+            .load(OBJECT)
+            .map_err(|e| LoadError::Object(Box::new(e)))?;
+        for (program, tracepoint) in PROGRAMS {
+            let p: &mut RawTracePoint = bpf
+                .program_mut(program)
+                .ok_or(LoadError::Missing(program))?
+                .try_into()
+                .map_err(program_error("a raw tracepoint", program, tracepoint))?;
+            p.load().map_err(program_error("loading", program, tracepoint))?;
+            p.attach(tracepoint).map_err(program_error("attaching", program, tracepoint))?;
+        }
+        fn take<T: TryFrom<aya::maps::Map, Error = MapError>>(
+            bpf: &mut Ebpf,
+            name: &'static str,
+        ) -> Result<T, LoadError> {
+            let map = bpf.take_map(name).ok_or(LoadError::Missing(name))?;
+            T::try_from(map).map_err(|source| LoadError::Map { name, source })
+        }
+        let peers = take(&mut bpf, "peers")?;
+        let overflow = take(&mut bpf, "overflow")?;
+        let stats = take(&mut bpf, "stats")?;
+        Ok(Kernel {
+            _bpf: bpf,
+            peers,
+            overflow,
+            stats,
+            seen: HashMap::new(),
+            seen_overflow: [[0; 6]; 2],
+            seen_overflow_adds: 0,
+            untracked: 0,
+            directions_full: 0,
+            interfaces: InterfaceTable::default(),
+            interfaces_read: None,
+        })
+    }
+
+    fn stat(&self, i: u32) -> u64 {
+        self.stats.get(&i, 0).unwrap_or(0)
+    }
+
+    /// Adds to `counters` what the kernel counted since the last call; returns the
+    /// sockets seen entering CLOSE in all.
+    fn drain(&mut self, counters: &mut Counters) -> u64 {
+        let now = Instant::now();
+        if self.interfaces_read.is_none_or(|t| now.duration_since(t) >= INTERFACES_EVERY) {
+            if let Ok(t) = interfaces::read_live() {
+                self.interfaces = t;
+            }
+            self.interfaces_read = Some(now);
+        }
+        for entry in self.peers.iter() {
+            // A key deleted meanwhile is skipped: the program never deletes one.
+            let Ok((key, totals)) = entry else { continue };
+            let before = self.seen.insert(key, totals).unwrap_or_default();
+            let delta = difference(&totals, &before);
+            if delta == Totals::default() {
+                continue;
+            }
+            if let Some((peer, if_index)) = decode(&key) {
+                counters.add_kernel(&peer, if_index, &self.interfaces, delta);
+            }
+        }
+        for dir in [0u32, 1] {
+            let Ok(totals) = self.overflow.get(&dir, 0) else { continue };
+            let slot = &mut self.seen_overflow[dir as usize];
+            let delta = difference(&totals, slot);
+            *slot = totals;
+            if delta != Totals::default() {
+                let direction = if dir == 0 { Direction::Inbound } else { Direction::Outbound };
+                counters.add_overflow(direction, delta);
+            }
+        }
+        let adds = self.stat(STAT_OVERFLOW);
+        counters.merged += adds.saturating_sub(self.seen_overflow_adds);
+        self.seen_overflow_adds = adds;
+        self.untracked = self.stat(STAT_UNTRACKED);
+        self.directions_full = self.stat(STAT_DIRECTIONS_FULL);
+        self.stat(STAT_CLOSES)
+    }
+}
+
+fn program_error(
+    what: &'static str,
+    program: &'static str,
+    tracepoint: &'static str,
+) -> impl FnOnce(ProgramError) -> LoadError {
+    move |source| LoadError::Program { what, program, tracepoint, source: Box::new(source) }
+}
+
+/// What `now` holds beyond `before`, as totals.
+fn difference(now: &RawTotals, before: &RawTotals) -> Totals {
+    let d = |i: usize| now[i].saturating_sub(before[i]);
+    Totals { closed: d(0), failed: d(1), sent_bytes: d(2), received_bytes: d(3), retransmits: d(4) }
+}
+
+/// A peer of the kernel's map: direction, local and remote endpoints (the service port on
+/// the service's side, 0 on the other) and the bound interface's index.
+fn decode(key: &RawKey) -> Option<((Direction, Endpoint, Endpoint), u32)> {
+    let ip = |b: &[u8]| -> Option<IpAddr> {
+        match key[38] {
+            AF_INET => Some(IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3]))),
+            AF_INET6 => Some(IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(b).ok()?))),
+            _ => None,
+        }
+    };
+    let (local, remote) = (ip(&key[0..16])?, ip(&key[16..32])?);
+    let if_index = u32::from_ne_bytes([key[32], key[33], key[34], key[35]]);
+    let port = u16::from_ne_bytes([key[36], key[37]]);
+    let direction = if key[39] == 0 { Direction::Inbound } else { Direction::Outbound };
+    let (local_port, remote_port) = if direction == Direction::Inbound { (port, 0) } else { (0, port) };
+    Some(((direction, Endpoint::new(local, local_port), Endpoint::new(remote, remote_port)), if_index))
+}
+
+impl Counters {
+    /// Adds totals the kernel counted for one peer.
+    fn add_kernel(
+        &mut self,
+        peer: &(Direction, Endpoint, Endpoint),
+        if_index: u32,
+        table: &InterfaceTable,
+        delta: Totals,
+    ) {
+        let (direction, local, remote) = peer;
+        let iface = self.intern(table.name(table.resolve(local, if_index)));
+        let key = PeerKey::of(*direction, local, remote, None, iface, &self.folding);
+        add(self.slot(key), delta);
+    }
+
+    /// Adds totals the kernel could not keep by peer (its map was full): the fully folded
+    /// `other` series of the direction.
+    fn add_overflow(&mut self, direction: Direction, delta: Totals) {
+        let key = PeerKey {
+            direction,
+            local: None,
+            service_port: None,
+            remote: Remote::Other,
+            state: None,
+            iface: IfaceId::UNKNOWN,
+            owner: OwnerId::default(),
+            netns: 0,
+        };
+        add(self.series.entry(key).or_default(), delta);
+    }
+}
+
+fn add(t: &mut Totals, d: Totals) {
+    t.closed += d.closed;
+    t.failed += d.failed;
+    t.sent_bytes += d.sent_bytes;
+    t.received_bytes += d.received_bytes;
+    t.retransmits += d.retransmits;
+}
+
+impl Lifecycle {
+    /// Adds what the eBPF program counted since the last call (nothing with the
+    /// notifications, which feed the counters from their thread).
+    pub fn refresh(&self) {
+        let mut kernel = self.kernel.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(k) = kernel.as_mut() else { return };
+        let closes = k.drain(&mut self.lock());
+        self.events.store(closes, Ordering::Relaxed);
+    }
+
+    /// Established sockets the eBPF program saw close with no direction known (opened
+    /// before it was attached, or its direction map was full); `None` with the
+    /// notifications.
+    pub fn untracked(&self) -> Option<u64> {
+        let kernel = self.kernel.lock().unwrap_or_else(|e| e.into_inner());
+        kernel.as_ref().map(|k| k.untracked + k.directions_full)
+    }
+}
+
+/// Size of the kernel's peer map for `--collector.lifecycle.max-series`: room for twice
+/// the label sets (a label set folds several kernel keys: prefixes, interfaces).
+fn kernel_peers(max_series: usize) -> u32 {
+    if max_series == 0 {
+        return UNBOUNDED_PEERS;
+    }
+    u32::try_from(max_series.saturating_mul(2)).unwrap_or(u32::MAX).clamp(1024, 1 << 20)
+}
+
+/// Starts the source `choice` picks. `auto` tries eBPF and falls back to the
+/// notifications on any refusal; `ebpf` leaves the collector failed instead. A `procfs`
+/// of another network namespace has no sockets of this process's to count: the
+/// notifications' start says so and leaves the collector off.
+///
+/// `needs_notifications`: `--collector.namespaces=all` or `--collector.connections.owner`
+/// asks for labels (every namespace, the listener's owner) that only the notifications
+/// give, so `auto` takes them (the configuration refuses `ebpf` with those flags).
+pub fn start(state: Arc<Lifecycle>, procfs: &Path, choice: SourceChoice, max_series: usize, needs_notifications: bool) {
+    if choice == SourceChoice::Auto && needs_notifications {
+        log::info!(
+            "lifecycle collector: source netlink (--collector.lifecycle.source=auto): every namespace and socket owners are counted from the socket-destroy notifications; the eBPF source counts the exporter's own namespace without owners"
+        );
+        state.set_source(super::Source::Netlink);
+        super::subscription::start(state, procfs);
+        return;
+    }
+    if choice == SourceChoice::Netlink || !source::is_own_namespace(procfs) {
+        if choice == SourceChoice::Netlink {
+            log::info!("lifecycle collector: source netlink (--collector.lifecycle.source=netlink)");
+        }
+        state.set_source(super::Source::Netlink);
+        super::subscription::start(state, procfs);
+        return;
+    }
+    match Kernel::load(kernel_peers(max_series)) {
+        Ok(k) => {
+            *state.kernel.lock().unwrap_or_else(|e| e.into_inner()) = Some(k);
+            state.set_source(super::Source::Ebpf);
+            state.set_status(Status::Subscribed);
+            log::info!(
+                "lifecycle collector: source ebpf (--collector.lifecycle.source={}): raw tracepoints inet_sock_set_state and tcp_retransmit_skb attached (no tracefs needed), {} peers in the kernel's map",
+                if choice == SourceChoice::Auto { "auto" } else { "ebpf" },
+                kernel_peers(max_series)
+            );
+        }
+        Err(e) if choice == SourceChoice::Auto => {
+            log::info!(
+                "lifecycle collector: source netlink (--collector.lifecycle.source=auto): the kernel refused the eBPF program ({e}); it needs CAP_BPF and CAP_PERFMON; using socket-destroy notifications"
+            );
+            state.set_source(super::Source::Netlink);
+            super::subscription::start(state, procfs);
+        }
+        Err(e) => {
+            log::error!(
+                "lifecycle collector: the kernel refused the eBPF program ({e}); it needs CAP_BPF and CAP_PERFMON (--collector.lifecycle.source=ebpf, no fallback); closed and failed connection counters are unavailable"
+            );
+            state.set_status(Status::Failed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::classify::Folding;
+
+    fn key(family: u8, local: &[u8], remote: &[u8], port: u16, direction: u8) -> RawKey {
+        let mut k = [0u8; 40];
+        k[..local.len()].copy_from_slice(local);
+        k[16..16 + remote.len()].copy_from_slice(remote);
+        k[36..38].copy_from_slice(&port.to_ne_bytes());
+        k[38] = family;
+        k[39] = direction;
+        k
+    }
+
+    #[test]
+    fn keys_decode_to_the_service_port_on_the_services_side() {
+        let ((dir, local, remote), _) = decode(&key(AF_INET, &[127, 0, 0, 1], &[127, 0, 0, 2], 8080, 0)).unwrap();
+        assert_eq!((dir, local.port, remote.port), (Direction::Inbound, 8080, 0));
+        assert_eq!(remote.ip, IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)));
+        let v6: Ipv6Addr = "2001:db8::7".parse().unwrap();
+        let ((dir, local, remote), _) = decode(&key(AF_INET6, &v6.octets(), &v6.octets(), 443, 1)).unwrap();
+        assert_eq!((dir, local.port, remote.port), (Direction::Outbound, 0, 443));
+        assert_eq!(local.ip, IpAddr::V6(v6));
+        assert!(decode(&key(7, &[1], &[1], 1, 0)).is_none(), "no such family");
+    }
+
+    #[test]
+    fn only_what_grew_is_added_and_failed_connects_keep_their_port() {
+        let mut c = Counters::new(100, Folding::default());
+        let t = InterfaceTable::default();
+        let k = key(AF_INET, &[127, 0, 0, 1], &[127, 0, 0, 1], 7399, 1);
+        let peer = decode(&k).unwrap();
+        let first: RawTotals = [0, 3, 0, 0, 0, 0];
+        c.add_kernel(&peer.0, peer.1, &t, difference(&first, &[0; 6]));
+        let second: RawTotals = [2, 5, 10, 12, 3, 1];
+        c.add_kernel(&peer.0, peer.1, &t, difference(&second, &first));
+        let s = c.series();
+        assert_eq!(s.len(), 1);
+        assert_eq!(s[0].0.service_port, Some(7399));
+        assert_eq!(s[0].1, Totals { closed: 2, failed: 5, sent_bytes: 10, received_bytes: 12, retransmits: 3 });
+    }
+
+    #[test]
+    fn the_kernel_map_is_bounded_whatever_the_flag() {
+        assert_eq!(kernel_peers(0), UNBOUNDED_PEERS);
+        assert_eq!(kernel_peers(10), 1024);
+        assert_eq!(kernel_peers(5000), 10_000);
+        assert_eq!(kernel_peers(usize::MAX), 1 << 20);
+    }
+}
