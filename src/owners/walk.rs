@@ -457,10 +457,22 @@ mod tests {
             assert_eq!(state.last.processes, 40usize.div_ceil(CYCLE));
             assert_eq!(state.last.unknown, 0);
         }
-        // Labels dedupe by (process, unit); no owner is id 0.
-        let (table, ids) = state.table(&[1000, 0, 4242, 1000]);
-        assert_eq!((ids[0], ids[1], ids[2], ids[3]), (OwnerId(1), OwnerId(0), OwnerId(0), OwnerId(1)));
-        assert_eq!((table.process(ids[0]), table.unit(ids[0]), table.len()), ("p100", "p100.service", 1));
+    }
+
+    #[test]
+    fn owners_with_the_same_name_and_unit_share_an_id() {
+        let fx = forty();
+        // Two more `p100` processes in `p100.service` (workers of one server).
+        fx.process(140, "p100", &[1040]);
+        fx.process(141, "p100", &[1041]);
+        let mut state = State::default();
+        let inodes = [1000, 0, 4242, 1040, 1001, 1041];
+        read(&mut state, &fx, &inodes);
+        let (table, ids) = state.table(&inodes);
+        // No owner is id 0; one id per (process, unit), or one scrape would hold
+        // duplicate series.
+        assert_eq!(ids, [OwnerId(1), OwnerId(0), OwnerId(0), OwnerId(1), OwnerId(2), OwnerId(1)]);
+        assert_eq!((table.process(ids[0]), table.unit(ids[0]), table.len()), ("p100", "p100.service", 2));
     }
 
     #[test]
