@@ -8,8 +8,8 @@
 //!   whose directory inode changed and whose start time differs is a reused pid: dropped
 //!   too); their sockets that are still open become unknown;
 //! - searches for unknown inodes only: first in processes not seen before (ascending
-//!   pid), then in processes whose sockets changed in the last [`HOT`] reads, stopping as
-//!   soon as none is unknown;
+//!   pid), then in processes whose sockets changed in the last [`HOT`] reads (fewest
+//!   sockets first), stopping as soon as none is unknown;
 //! - always re-reads the descriptors of a round-robin slice of 1/[`CYCLE`] of the
 //!   processes (ascending pid, wrapping), so that every process is read at least once
 //!   every [`CYCLE`] reads: a socket that moved between live processes, a lower pid that
@@ -18,10 +18,13 @@
 //!   (`process=""`) until a later read finds them.
 //!
 //! Every visit applies the lowest-pid rule: a socket found in a process with a lower pid
-//! than its cached owner moves to it. So the rule holds for a socket within [`CYCLE`]
-//! reads of a change; a socket whose owner let go of it (passed over a unix socket) is
-//! unknown from the owner's re-read (≤ [`CYCLE`] reads) until the new holder's
-//! (≤ [`CYCLE`] more).
+//! than its cached owner moves to it. As the search stops once every socket is found, a
+//! lower pid can be missed for a while: one that comes to hold a cached socket (passed
+//! to it), or a holder of a new socket not reached before another holder was (a parent
+//! that forked after making it, found after its new child). Each is corrected when that
+//! process is re-read, within [`CYCLE`] reads. A socket whose owner let go of it (passed
+//! over a unix socket) is unknown from the owner's re-read (≤ [`CYCLE`] reads) until
+//! the new holder's (at once when it is new or busy, else ≤ [`CYCLE`] more).
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
@@ -194,14 +197,17 @@ impl State {
             self.visit(&mut walk, pid, ino);
         }
         if !walk.unknown.is_empty() {
-            let mut hot: Vec<(u32, u64)> = self
+            // Fewest sockets first: the search stops once nothing is unknown, and the
+            // few new sockets of a quiet host (this exporter's own scrape connection)
+            // are more often in small processes than in the busiest.
+            let mut hot: Vec<(usize, u32, u64)> = self
                 .procs
                 .iter()
                 .filter(|(pid, p)| p.active > 0 && generation - p.active < HOT && !walk.visited.contains(*pid))
-                .map(|(&pid, p)| (pid, p.dir_ino))
+                .map(|(&pid, p)| (p.owned.len(), pid, p.dir_ino))
                 .collect();
             hot.sort_unstable();
-            for (pid, ino) in hot {
+            for (_, pid, ino) in hot {
                 if walk.unknown.is_empty() || walk.over() {
                     break;
                 }
