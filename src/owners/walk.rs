@@ -82,6 +82,7 @@ struct Proc {
     /// the directory's cache entry: the start time then tells).
     dir_ino: u64,
     start: u64,
+    parent: u32,
     comm: String,
     unit: String,
     /// The sockets it owned at its last visit, sorted.
@@ -121,9 +122,13 @@ pub struct Visits {
     pub unknown: usize,
 }
 
-fn start_time(dir: &Path) -> Option<u64> {
+/// A process's start time and parent pid, from its `stat`.
+fn start_and_parent(dir: &Path) -> Option<(u64, u32)> {
     let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
-    crate::parse::process::parse_stat(&stat).map(|s| s.starttime)
+    let start = crate::parse::process::parse_stat(&stat)?.starttime;
+    // Field 4 of proc(5), the second after the command name.
+    let ppid = stat[stat.rfind(')')? + 1..].split_whitespace().nth(1)?.parse().ok()?;
+    Some((start, ppid))
 }
 
 /// Pids under `procfs` with their directories' inodes, ascending.
@@ -174,7 +179,7 @@ impl State {
             match self.procs.get_mut(&pid) {
                 None => fresh.push((pid, ino)),
                 Some(p) if p.dir_ino != ino => {
-                    if start_time(&procfs.join(pid.to_string())) == Some(p.start) {
+                    if start_and_parent(&procfs.join(pid.to_string())).map(|s| s.0) == Some(p.start) {
                         p.dir_ino = ino;
                     } else {
                         gone.push(pid);
@@ -194,7 +199,16 @@ impl State {
             if walk.unknown.is_empty() || walk.over() {
                 break;
             }
-            self.visit(&mut walk, pid, ino);
+            if self.visit(&mut walk, pid, ino) == 0 {
+                continue;
+            }
+            // A new process with new sockets was often forked by a holder of them that
+            // stays (systemd's Accept=yes, a server forking per connection): the lower
+            // pid owns them, read it now rather than at its turn.
+            let parent = self.procs.get(&pid).map(|p| p.parent).filter(|pp| *pp < pid && !walk.visited.contains(pp));
+            if let Some((pp, pino)) = parent.and_then(|pp| Some((pp, self.procs.get(&pp)?.dir_ino))) {
+                self.visit(&mut walk, pp, pino);
+            }
         }
         if !walk.unknown.is_empty() {
             // Fewest sockets first: the search stops once nothing is unknown, and the
@@ -257,13 +271,14 @@ impl State {
     /// Reads a process's name, unit and descriptors and applies them: its sockets of
     /// the read become its own unless a lower pid holds them, sockets it owned and let
     /// go of become unknown.
-    fn visit(&mut self, walk: &mut Walk<'_>, pid: u32, dir_ino: u64) {
+    fn visit(&mut self, walk: &mut Walk<'_>, pid: u32, dir_ino: u64) -> usize {
         walk.visited.insert(pid);
         let dir = walk.procfs.join(pid.to_string());
         let first = !self.procs.contains_key(&pid);
         if first {
-            let Some(start) = start_time(&dir) else { return };
-            let p = Proc { dir_ino, start, comm: String::new(), unit: String::new(), owned: Vec::new(), active: 0 };
+            let Some((start, parent)) = start_and_parent(&dir) else { return 0 };
+            let p =
+                Proc { dir_ino, start, parent, comm: String::new(), unit: String::new(), owned: Vec::new(), active: 0 };
             self.procs.insert(pid, p);
         }
         // Read at every visit: exec and prctl change the name, a process may move to
@@ -272,7 +287,7 @@ impl State {
         let unit = std::fs::read_to_string(dir.join("cgroup")).map(|t| unit_of(&t)).unwrap_or_default();
         let Ok(mut fds) = Dir::open(&dir.join("fd"), OFlag::O_RDONLY | OFlag::O_DIRECTORY, Mode::empty()) else {
             // Not allowed, or it exited: what was known stays until it leaves the list.
-            return;
+            return 0;
         };
         walk.visits.processes += 1;
         let at = fds.as_raw_fd();
@@ -294,6 +309,7 @@ impl State {
         held.sort_unstable();
         held.dedup();
         let mut owned = Vec::with_capacity(held.len());
+        let mut claimed = 0;
         for &inode in &held {
             match self.holders.get_mut(&inode) {
                 Some(h) if h.pid < pid => {}
@@ -306,10 +322,11 @@ impl State {
                 None => {
                     self.holders.insert(inode, Holder { pid, seen: walk.generation });
                     owned.push(inode);
+                    claimed += 1;
                 }
             }
         }
-        let Some(p) = self.procs.get_mut(&pid) else { return };
+        let Some(p) = self.procs.get_mut(&pid) else { return claimed };
         for &inode in &p.owned {
             if held.binary_search(&inode).is_err() && self.holders.get(&inode).is_some_and(|h| h.pid == pid) {
                 self.holders.remove(&inode);
@@ -323,6 +340,7 @@ impl State {
         p.owned = owned;
         p.comm = comm;
         p.unit = unit;
+        claimed
     }
 
     /// The names of the owners of `inodes` and each one's owner, in order.
@@ -387,10 +405,11 @@ mod tests {
             self.dir.path()
         }
 
-        fn fill(dir: &Path, pid: u32, comm: &str, start: u64, sockets: &[u32]) {
+        fn fill(dir: &Path, pid: u32, parent: u32, comm: &str, start: u64, sockets: &[u32]) {
             std::fs::create_dir_all(dir.join("fd")).unwrap();
-            let stat =
-                format!("{pid} ({comm}) S 1 {pid} {pid} 0 -1 4194560 0 0 0 0 1 1 0 0 20 0 1 0 {start} 1000 10 0");
+            let stat = format!(
+                "{pid} ({comm}) S {parent} {pid} {pid} 0 -1 4194560 0 0 0 0 1 1 0 0 20 0 1 0 {start} 1000 10 0"
+            );
             std::fs::write(dir.join("stat"), stat).unwrap();
             std::fs::write(dir.join("comm"), format!("{comm}\n")).unwrap();
             std::fs::write(dir.join("cgroup"), format!("0::/system.slice/{comm}.service\n")).unwrap();
@@ -402,7 +421,11 @@ mod tests {
         }
 
         fn process(&self, pid: u32, comm: &str, sockets: &[u32]) {
-            Self::fill(&self.path().join(pid.to_string()), pid, comm, 1000 + u64::from(pid), sockets);
+            self.child(pid, 1, comm, sockets);
+        }
+
+        fn child(&self, pid: u32, parent: u32, comm: &str, sockets: &[u32]) {
+            Self::fill(&self.path().join(pid.to_string()), pid, parent, comm, 1000 + u64::from(pid), sockets);
         }
 
         /// Replaces a process's descriptors.
@@ -423,7 +446,7 @@ mod tests {
         /// before the old one goes, so that its inode differs) and a later start time.
         fn reuse(&self, pid: u32, comm: &str, sockets: &[u32]) {
             let next = self.path().join(format!("{pid}.next"));
-            Self::fill(&next, pid, comm, 90_000 + u64::from(pid), sockets);
+            Self::fill(&next, pid, 1, comm, 90_000 + u64::from(pid), sockets);
             self.exit(pid);
             std::fs::rename(next, self.path().join(pid.to_string())).unwrap();
         }
@@ -556,6 +579,20 @@ mod tests {
             seen.push(read(&mut state, &fx, &inodes).last().unwrap().clone());
         }
         assert_eq!(seen.last().unwrap(), "p105", "{seen:?}");
+    }
+
+    #[test]
+    fn a_parent_that_forked_with_a_new_socket_owns_it_at_once() {
+        let fx = forty();
+        let mut state = State::default();
+        let mut inodes = forty_inodes();
+        read(&mut state, &fx, &inodes);
+        // 110 accepts a connection and forks 150 to serve it, keeping its copy (as
+        // systemd does for Accept=yes services).
+        fx.hold(110, &[1010, 5000]);
+        fx.child(150, 110, "worker", &[5000]);
+        inodes.push(5000);
+        assert_eq!(read(&mut state, &fx, &inodes).last().unwrap(), "p110");
     }
 
     #[test]
