@@ -8,8 +8,10 @@
 //!   whose directory inode changed and whose start time differs is a reused pid: dropped
 //!   too); their sockets that are still open become unknown;
 //! - searches for unknown inodes only: first in processes not seen before (ascending
-//!   pid), then in processes whose sockets changed in the last [`HOT`] reads (fewest
-//!   sockets first), stopping as soon as none is unknown;
+//!   pid; one that had new sockets has its parent read too, as a parent that forked
+//!   with a socket usually keeps it and has the lower pid), then in processes whose
+//!   sockets changed in the last [`HOT`] reads (fewest sockets first), stopping as soon
+//!   as none is unknown;
 //! - always re-reads the descriptors of a round-robin slice of 1/[`CYCLE`] of the
 //!   processes (ascending pid, wrapping), so that every process is read at least once
 //!   every [`CYCLE`] reads: a socket that moved between live processes, a lower pid that
@@ -20,9 +22,9 @@
 //! Every visit applies the lowest-pid rule: a socket found in a process with a lower pid
 //! than its cached owner moves to it. As the search stops once every socket is found, a
 //! lower pid can be missed for a while: one that comes to hold a cached socket (passed
-//! to it), or a holder of a new socket not reached before another holder was (a parent
-//! that forked after making it, found after its new child). Each is corrected when that
-//! process is re-read, within [`CYCLE`] reads. A socket whose owner let go of it (passed
+//! to it), or a holder of a new socket, other than the new process's parent, not
+//! reached before another holder was. Each is corrected when that process is re-read,
+//! within [`CYCLE`] reads. A socket whose owner let go of it (passed
 //! over a unix socket) is unknown from the owner's re-read (≤ [`CYCLE`] reads) until
 //! the new holder's (at once when it is new or busy, else ≤ [`CYCLE`] more).
 
