@@ -1,6 +1,6 @@
 //! Which process owns a socket (`--collector.connections.owner`): socket inodes mapped
 //! to the command name (`comm`) and systemd unit of a process holding them, found by
-//! walking `<procfs>/<pid>/fd` incrementally ([`walk`]).
+//! walking `<procfs>/<pid>/fd` incrementally (`walk.rs`).
 //!
 //! A socket held by several processes (a pre-fork server's listener, a descriptor
 //! inherited over fork) takes the one with the lowest pid, usually the parent that made
@@ -106,7 +106,7 @@ impl Owners {
     /// The owners of the sockets of one read, given as their inodes (0 for a socket
     /// with none): the table of names and each socket's owner, in the order given.
     /// Inodes cached from earlier reads keep their owner without a visit to any
-    /// process; only the others are searched for (see [`walk`]).
+    /// process; only the others are searched for (see `walk.rs`).
     pub fn resolve(&self, inodes: &[u32]) -> (OwnerTable, Vec<OwnerId>) {
         let deadline = Instant::now() + self.budget;
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
