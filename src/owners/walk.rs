@@ -9,9 +9,10 @@
 //!   too); their sockets that are still open become unknown;
 //! - searches for unknown inodes only: first in processes not seen before (ascending
 //!   pid; one that had new sockets has its parent read too, as a parent that forked
-//!   with a socket usually keeps it and has the lower pid), then in processes whose
-//!   sockets changed in the last [`HOT`] reads (fewest sockets first), stopping as soon
-//!   as none is unknown;
+//!   with a socket usually keeps it and has the lower pid), then in the children of
+//!   processes that went (which often hold what their parent held), then in processes
+//!   whose sockets changed in the last [`HOT`] reads (fewest sockets first), stopping as
+//!   soon as none is unknown;
 //! - always re-reads the descriptors of a round-robin slice of 1/[`CYCLE`] of the
 //!   processes (ascending pid, wrapping), so that every process is read at least once
 //!   every [`CYCLE`] reads: a socket that moved between live processes, a lower pid that
@@ -191,6 +192,19 @@ impl State {
                 Some(_) => {}
             }
         }
+        // The children of a process that went often hold what it held (inherited over
+        // fork): they are searched before the others.
+        let mut orphans: Vec<(u32, u64)> = Vec::new();
+        if !gone.is_empty() {
+            let gone: IntSet<u32> = gone.iter().copied().collect();
+            orphans = self
+                .procs
+                .iter()
+                .filter(|(pid, p)| gone.contains(&p.parent) && !gone.contains(*pid))
+                .map(|(&pid, p)| (pid, p.dir_ino))
+                .collect();
+            orphans.sort_unstable();
+        }
         for pid in gone {
             self.forget(pid, &mut unknown);
         }
@@ -210,6 +224,14 @@ impl State {
             let parent = self.procs.get(&pid).map(|p| p.parent).filter(|pp| *pp < pid && !walk.visited.contains(pp));
             if let Some((pp, pino)) = parent.and_then(|pp| Some((pp, self.procs.get(&pp)?.dir_ino))) {
                 self.visit(&mut walk, pp, pino);
+            }
+        }
+        for (pid, ino) in orphans {
+            if walk.unknown.is_empty() || walk.over() {
+                break;
+            }
+            if !walk.visited.contains(&pid) {
+                self.visit(&mut walk, pid, ino);
             }
         }
         if !walk.unknown.is_empty() {
@@ -595,6 +617,22 @@ mod tests {
         fx.child(150, 110, "worker", &[5000]);
         inodes.push(5000);
         assert_eq!(read(&mut state, &fx, &inodes).last().unwrap(), "p110");
+    }
+
+    #[test]
+    fn the_children_of_an_owner_that_exits_are_searched_at_once() {
+        let fx = forty();
+        // 110 made a listener and forked two workers that inherited it.
+        fx.hold(110, &[1010, 7000]);
+        fx.child(150, 110, "worker", &[7000]);
+        fx.child(151, 110, "worker", &[7000]);
+        let mut state = State::default();
+        let mut inodes = forty_inodes();
+        inodes.push(7000);
+        assert_eq!(read(&mut state, &fx, &inodes).last().unwrap(), "p110");
+        fx.exit(110);
+        inodes.retain(|&i| i != 1010);
+        assert_eq!(read(&mut state, &fx, &inodes).last().unwrap(), "worker");
     }
 
     #[test]
