@@ -630,6 +630,14 @@ mod tests {
         let mut inodes = forty_inodes();
         inodes.push(7000);
         assert_eq!(read(&mut state, &fx, &inodes).last().unwrap(), "p110");
+        // Until the round-robin slice has read the workers (no longer new processes).
+        for _ in 0..CYCLE {
+            if state.procs.contains_key(&150) && state.procs.contains_key(&151) {
+                break;
+            }
+            read(&mut state, &fx, &inodes);
+        }
+        assert!(state.procs.contains_key(&150) && state.procs.contains_key(&151));
         fx.exit(110);
         inodes.retain(|&i| i != 1010);
         assert_eq!(read(&mut state, &fx, &inodes).last().unwrap(), "worker");
