@@ -25,9 +25,9 @@
 //! lower pid can be missed for a while: one that comes to hold a cached socket (passed
 //! to it), or a holder of a new socket, other than the new process's parent, not
 //! reached before another holder was. Each is corrected when that process is re-read,
-//! within [`CYCLE`] reads. A socket whose owner let go of it (passed
-//! over a unix socket) is unknown from the owner's re-read (≤ [`CYCLE`] reads) until
-//! the new holder's (at once when it is new or busy, else ≤ [`CYCLE`] more).
+//! within [`CYCLE`] reads. A socket whose owner let go of it (passed over a unix
+//! socket) is unknown from the owner's re-read (≤ [`CYCLE`] reads) until the new
+//! holder's (at once when it is new or busy, else ≤ [`CYCLE`] more).
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
