@@ -17,6 +17,13 @@ network namespace of its own, source addresses spread over 127.0.x.y; after each
 of sockets/processes sockets a `sleep` process is started that inherits them (and only
 them), and this script closes its copies: every socket then has exactly one holder.
 
+Churn (--churn-workers W, default 20; 0 skips it): after the rounds above, W more
+processes (Python) each hold --churn-held connections (both ends, with a listener of
+their own) and, before each of --rounds more rounds, close --churn-replace of them and
+open as many new ones: sockets the owner cache has not seen, in processes it knows. The
+report gives what owners add then, per scrape and per new socket; each owners-on scrape
+must name the churning processes on at least 99% of their sockets (found at once).
+
     python3 bench/owners.py                 # 5,000 processes, 100,000 sockets, 11 rounds
     python3 bench/owners.py --quick         # 200 processes, 4,000 sockets, 5 rounds (CI)
 
@@ -104,9 +111,65 @@ class Exporter:
         self.proc.wait()
 
 
-def owned(body: str) -> int:
+def owned(body: str, process: str = "sleep") -> int:
     return sum(1 for line in body.splitlines()
-               if line.startswith("network_connections_info{") and 'process="sleep"' in line)
+               if line.startswith("network_connections_info{") and f'process="{process}"' in line)
+
+
+CHURNER = r"""
+import socket, sys
+held, replace = int(sys.argv[1]), int(sys.argv[2])
+srv = socket.socket()
+srv.bind(("127.0.0.1", 0))
+srv.listen(4096)
+def pair():
+    c = socket.create_connection(srv.getsockname())
+    return c, srv.accept()[0]
+pairs = [pair() for _ in range(held)]
+print("ready", flush=True)
+for _ in sys.stdin:
+    for _ in range(replace):
+        for s in pairs.pop(0):
+            s.close()
+        pairs.append(pair())
+    print("done", flush=True)
+"""
+
+
+def churn(args, off: Exporter, on: Exporter) -> tuple[list, list, int]:
+    """Rounds with connections replaced before each: (off rows, on rows, sockets held)."""
+    workers = [subprocess.Popen([sys.executable, "-c", CHURNER, str(args.churn_held), str(args.churn_replace)],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+               for _ in range(args.churn_workers)]
+    # Named after the interpreter's comm, as the exporter sees it.
+    comm = open(f"/proc/{workers[0].pid}/comm").read().strip()
+    try:
+        for w in workers:
+            if w.stdout.readline().strip() != "ready":
+                raise SystemExit("a churning process did not start")
+        held = args.churn_workers * (2 * args.churn_held + 1)
+        off.scrape()
+        on.scrape()
+        rows_off, rows_on = [], []
+        for i in range(args.rounds):
+            for w in workers:
+                w.stdin.write("go\n")
+                w.stdin.flush()
+            for w in workers:
+                if w.stdout.readline().strip() != "done":
+                    raise SystemExit("a churning process stopped")
+            pair = (off, on) if i % 2 == 0 else (on, off)
+            got = {id(x): x.scrape() for x in pair}
+            rows_off.append(got[id(off)][:2])
+            rows_on.append(got[id(on)][:2])
+            n = owned(got[id(on)][2], comm)
+            if n < 0.99 * held:
+                raise SystemExit(f"churn round {i}: {n} sockets owned by {comm}, want {held}")
+        return rows_off, rows_on, held
+    finally:
+        for w in workers:
+            w.kill()
+            w.wait()
 
 
 def ms(xs: list[float]) -> str:
@@ -138,6 +201,7 @@ def run(args) -> int:
                 raise SystemExit(f"round {i}: the owners-off exporter labels owners")
         rss_on = nsb.status(on.proc.pid)["VmRSS"]
         rss_off = nsb.status(off.proc.pid)["VmRSS"]
+        churned = churn(args, off, on) if args.churn_workers else None
     finally:
         off.stop()
         on.stop()
@@ -158,6 +222,15 @@ def run(args) -> int:
     print(f"  added by owners (on - off, per round): wall {ms(d_wall)}, CPU {ms(d_cpu)}")
     print(f"  per socket: CPU {per_cpu:.2f} µs (range {min(d_cpu) / held * 1e6:.2f} to "
           f"{max(d_cpu) / held * 1e6:.2f}), wall {per_wall:.2f} µs; bound 1 µs; RSS on {rss_on} KiB, off {rss_off} KiB")
+    if churned:
+        c_off, c_on, c_held = churned
+        c_cpu = [b[1] - a[1] for a, b in zip(c_off, c_on)]
+        new = 2 * args.churn_workers * args.churn_replace
+        print(f"  churn: {args.churn_workers} processes holding {c_held} more sockets, {new} of them new before each "
+              f"of {args.rounds} rounds")
+        print(f"  churn, owners off: CPU {ms([r[1] for r in c_off])}; owners on: CPU {ms([r[1] for r in c_on])}")
+        print(f"  churn, added by owners: CPU {ms(c_cpu)}, {statistics.median(c_cpu) / (held + c_held) * 1e6:.2f} µs "
+              f"per socket of the read, {statistics.median(c_cpu) / new * 1e6:.1f} µs per new socket")
     if args.quick or args.no_check:
         return 0
     return 0 if per_cpu <= 1.0 else 1
@@ -171,9 +244,13 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=11)
     ap.add_argument("--quick", action="store_true", help="200 processes, 4,000 sockets, 5 rounds; report only")
     ap.add_argument("--no-check", action="store_true", help="report only; exit 0")
+    ap.add_argument("--churn-workers", type=int, default=20)
+    ap.add_argument("--churn-held", type=int, default=500, help="connections each churning process holds")
+    ap.add_argument("--churn-replace", type=int, default=100, help="connections each replaces before a round")
     args = ap.parse_args()
     if args.quick:
         args.processes, args.sockets, args.rounds = 200, 4000, 5
+        args.churn_workers, args.churn_held, args.churn_replace = 4, 50, 10
     if args.sockets // args.processes < 2:
         raise SystemExit("--sockets must be at least twice --processes")
     args.exporter = os.path.abspath(args.exporter)

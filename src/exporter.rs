@@ -60,7 +60,7 @@ pub enum FilterError {
 const SHARED_READ_WAIT: Duration = Duration::from_secs(60);
 
 /// Most time one scrape spends walking processes' descriptors for socket owners; the
-/// processes not reached keep the owners of the last scrape.
+/// sockets not found in time have no owner until a later scrape finds them.
 const OWNER_WALK_BUDGET: Duration = Duration::from_secs(2);
 
 /// The exporter: configuration plus what persists between scrapes.

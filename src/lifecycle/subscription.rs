@@ -53,7 +53,7 @@ use crate::iface::InterfaceTable;
 use crate::logging::RateLimit;
 use crate::model::{Endpoint, TcpState};
 use crate::netns::{Found, Namespaces};
-use crate::owners::OwnerTable;
+use crate::owners::{OwnerId, OwnerTable};
 use crate::parse::sock_destroy::{self, DestroyedSocket};
 use crate::parse::sock_diag::{self, Batch, DecodeError};
 use crate::snapshot::NsLabels;
@@ -81,10 +81,6 @@ const MAX_BATCH: usize = 16_384;
 const OVERRUN_LOG_EVERY: Duration = Duration::from_secs(60);
 /// How often the namespaces are listed again (`all` mode).
 pub const RESCAN: Duration = Duration::from_secs(2);
-/// Least time between two owner walks made for listeners whose owner is not known.
-const OWNERS_RETRY: Duration = Duration::from_secs(1);
-/// Most listener inodes remembered as having no owner to find.
-const MAX_TRIED: usize = 65_536;
 const TCP_LISTEN: u32 = 10;
 
 /// Why the subscription could not start.
@@ -317,16 +313,12 @@ impl Tables {
         Ok(out)
     }
 
-    /// Notes the owners of the open listeners; returns whether one has an inode the
-    /// table does not know (a walk would tell it).
-    fn note_owners(&mut self, table: &OwnerTable, tried: &HashSet<u32>) -> bool {
+    /// Notes the owners of the open listeners, `ids` in the order of `self.open`.
+    fn note_owners(&mut self, table: &OwnerTable, ids: &[OwnerId]) {
         let now = Instant::now();
-        let mut unknown = false;
         let mut seen: HashMap<Endpoint, (String, String)> = HashMap::new();
-        for &(ep, inode) in &self.open {
-            let id = table.owner(u64::from(inode));
+        for (&(ep, _), &id) in self.open.iter().zip(ids) {
             if id.0 == 0 {
-                unknown |= inode != 0 && !tried.contains(&inode);
                 continue;
             }
             let owner = (table.process(id).to_owned(), table.unit(id).to_owned());
@@ -342,7 +334,6 @@ impl Tables {
             self.owners.insert(ep, (owner, now));
         }
         self.owners.retain(|_, (_, t)| now.duration_since(*t) < CLOSED_LISTENER_GRACE);
-        unknown
     }
 
     /// The owner of an inbound socket: of the listener on its exact endpoint, else of the
@@ -376,10 +367,6 @@ struct Shared<'a> {
     batch: Vec<DestroyedSocket>,
     last_overrun_log: Option<Instant>,
     overruns_unlogged: u64,
-    /// The owner walk's last table (inode -> owner), with owners on.
-    owner_table: Option<(OwnerTable, Instant)>,
-    /// Listener inodes a walk did not find, so as not to walk again for them.
-    owner_tried: HashSet<u32>,
 }
 
 impl Shared<'_> {
@@ -421,28 +408,13 @@ impl Shared<'_> {
         false
     }
 
-    /// Updates a namespace's listener owners, walking the processes again when a
-    /// listener's owner is not known (at most every [`OWNERS_RETRY`]).
+    /// Updates a namespace's listener owners from what the scrapes' owner walks found
+    /// (see [`Owners::known`](crate::owners::Owners::known)).
     fn owners_for(&mut self, tables: &mut Tables) {
         let Some(owners) = &self.state.owners else { return };
-        let empty = OwnerTable::default();
-        let table = self.owner_table.as_ref().map_or(&empty, |t| &t.0);
-        let unknown = tables.note_owners(table, &self.owner_tried);
-        let due = self.owner_table.as_ref().is_none_or(|t| t.1.elapsed() >= OWNERS_RETRY);
-        if unknown && due {
-            // Bounded: past it, owners not found are looked for again (once a second).
-            if self.owner_tried.len() > MAX_TRIED {
-                self.owner_tried.clear();
-            }
-            let table = owners.table();
-            for &(_, inode) in &tables.open {
-                if table.owner(u64::from(inode)).0 == 0 {
-                    self.owner_tried.insert(inode);
-                }
-            }
-            tables.note_owners(&table, &self.owner_tried);
-            self.owner_table = Some((table, Instant::now()));
-        }
+        let inodes: Vec<u32> = tables.open.iter().map(|&(_, inode)| inode).collect();
+        let (table, ids) = owners.known(&inodes);
+        tables.note_owners(&table, &ids);
     }
 
     /// Reads a subscription's queue and counts what is ready; returns whether its queue
@@ -594,8 +566,6 @@ fn run(socket: Socket, state: &Lifecycle) {
         batch: Vec::with_capacity(1024),
         last_overrun_log: None,
         overruns_unlogged: 0,
-        owner_table: None,
-        owner_tried: HashSet::new(),
     };
     loop {
         if let Some(namespaces) = state.namespaces.as_deref() {

@@ -1,17 +1,14 @@
 //! Which process owns a socket (`--collector.connections.owner`): socket inodes mapped
 //! to the command name (`comm`) and systemd unit of a process holding them, found by
-//! walking `<procfs>/<pid>/fd`.
+//! walking `<procfs>/<pid>/fd` incrementally (`walk.rs`).
 //!
 //! A socket held by several processes (a pre-fork server's listener, a descriptor
 //! inherited over fork) takes the one with the lowest pid, usually the parent that made
 //! it. A socket whose holder cannot be seen (permissions, a race with exit, TIME_WAIT
 //! with no holder) has no owner and is still counted, as `process=""`.
-//!
-//! The walk is incremental: a process's name and unit are read once per process (kept
-//! while its pid and start time stay), and its descriptors every scrape until a time
-//! budget is spent; processes not reached in time keep the sockets they had last time.
 
-use std::collections::HashMap;
+mod walk;
+
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -20,23 +17,20 @@ use std::time::{Duration, Instant};
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct OwnerId(pub u32);
 
-/// Owners of the sockets of one read.
-#[derive(Debug, Default)]
+/// The owners' names of one read; sockets refer to them by [`OwnerId`].
+#[derive(Debug)]
 pub struct OwnerTable {
-    /// (process, systemd_unit) per id; id 0 is ("", "").
+    /// (process, systemd_unit) per id, each pair once; id 0 is ("", "").
     names: Vec<(String, String)>,
-    by_inode: HashMap<u64, OwnerId>,
+}
+
+impl Default for OwnerTable {
+    fn default() -> OwnerTable {
+        OwnerTable { names: vec![(String::new(), String::new())] }
+    }
 }
 
 impl OwnerTable {
-    /// The owner of a socket inode (0 and unknown inodes have none).
-    pub fn owner(&self, inode: u64) -> OwnerId {
-        if inode == 0 {
-            return OwnerId::default();
-        }
-        self.by_inode.get(&inode).copied().unwrap_or_default()
-    }
-
     /// `process` label.
     pub fn process(&self, id: OwnerId) -> &str {
         self.names.get(id.0 as usize).map_or("", |n| n.0.as_str())
@@ -47,14 +41,14 @@ impl OwnerTable {
         self.names.get(id.0 as usize).map_or("", |n| n.1.as_str())
     }
 
-    /// How many socket inodes have an owner.
+    /// How many distinct owners (pairs of process and unit) the read has.
     pub fn len(&self) -> usize {
-        self.by_inode.len()
+        self.names.len() - 1
     }
 
-    /// Whether no socket has an owner.
+    /// Whether no socket of the read has an owner.
     pub fn is_empty(&self) -> bool {
-        self.by_inode.is_empty()
+        self.len() == 0
     }
 }
 
@@ -93,89 +87,40 @@ pub fn socket_inode(link: &str) -> Option<u64> {
     crate::parse::process::link_inode(link, "socket")
 }
 
-/// What is kept of a process between scrapes.
-struct Known {
-    start: u64,
-    comm: String,
-    unit: String,
-    sockets: Vec<u64>,
-}
+pub use walk::CYCLE;
 
-/// The walker and its cache.
+/// The owner walk and the cache it keeps between reads.
 pub struct Owners {
     procfs: PathBuf,
     budget: Duration,
-    cache: Mutex<HashMap<u32, Known>>,
-}
-
-fn start_time(procfs: &Path, pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(procfs.join(pid.to_string()).join("stat")).ok()?;
-    crate::parse::process::parse_stat(&stat).map(|s| s.starttime)
+    state: Mutex<walk::State>,
 }
 
 impl Owners {
-    /// Owners from the processes under `procfs`, the descriptor walk of one scrape
+    /// Owners from the processes under `procfs`, the descriptor walk of one read
     /// bounded by `budget`.
     pub fn new(procfs: PathBuf, budget: Duration) -> Owners {
-        Owners { procfs, budget, cache: Mutex::new(HashMap::new()) }
+        Owners { procfs, budget, state: Mutex::new(walk::State::default()) }
     }
 
-    /// Walks the processes and returns the owners of every socket seen.
-    pub fn table(&self) -> OwnerTable {
+    /// The owners of the sockets of one read, given as their inodes (0 for a socket
+    /// with none): the table of names and each socket's owner, in the order given.
+    /// Inodes cached from earlier reads keep their owner without a visit to any
+    /// process; only the others are searched for (see `walk.rs`).
+    pub fn resolve(&self, inodes: &[u32]) -> (OwnerTable, Vec<OwnerId>) {
         let deadline = Instant::now() + self.budget;
-        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        let mut pids: Vec<u32> = std::fs::read_dir(&self.procfs)
-            .map(|d| d.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect())
-            .unwrap_or_default();
-        pids.sort_unstable();
-        cache.retain(|pid, _| pids.binary_search(pid).is_ok());
-        let mut link = PathBuf::new();
-        for &pid in &pids {
-            let dir = self.procfs.join(pid.to_string());
-            let Some(start) = start_time(&self.procfs, pid) else {
-                cache.remove(&pid);
-                continue;
-            };
-            let fresh = cache.get(&pid).is_none_or(|k| k.start != start);
-            if fresh {
-                let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default().trim_end().to_owned();
-                let unit = std::fs::read_to_string(dir.join("cgroup")).map(|t| unit_of(&t)).unwrap_or_default();
-                cache.insert(pid, Known { start, comm, unit, sockets: Vec::new() });
-            } else if Instant::now() >= deadline {
-                // Past the budget: this process keeps last scrape's sockets.
-                continue;
-            }
-            let Ok(fds) = std::fs::read_dir(dir.join("fd")) else { continue };
-            let mut sockets = Vec::new();
-            for fd in fds.flatten() {
-                link.clone_from(&fd.path());
-                if let Some(inode) =
-                    std::fs::read_link(&link).ok().as_deref().and_then(Path::to_str).and_then(socket_inode)
-                {
-                    sockets.push(inode);
-                }
-            }
-            if let Some(k) = cache.get_mut(&pid) {
-                k.sockets = sockets;
-            }
-        }
-        let mut table = OwnerTable { names: vec![(String::new(), String::new())], by_inode: HashMap::new() };
-        let mut ids: HashMap<(&str, &str), OwnerId> = HashMap::new();
-        // Lowest pid first, so that it wins a shared socket.
-        for pid in pids {
-            let Some(k) = cache.get(&pid) else { continue };
-            if k.sockets.is_empty() {
-                continue;
-            }
-            let id = *ids.entry((k.comm.as_str(), k.unit.as_str())).or_insert_with(|| {
-                table.names.push((k.comm.clone(), k.unit.clone()));
-                OwnerId(table.names.len() as u32 - 1)
-            });
-            for &inode in &k.sockets {
-                table.by_inode.entry(inode).or_insert(id);
-            }
-        }
-        table
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.update(&self.procfs, inodes, deadline);
+        state.table(inodes)
+    }
+
+    /// The owners the reads so far found for `inodes`, without a walk: for the lifecycle
+    /// thread, which needs its listeners' owners between scrapes. A walk for so few
+    /// inodes would drop every other socket from the cache; the scrapes' reads, which see
+    /// the listeners too, keep it current.
+    pub fn known(&self, inodes: &[u32]) -> (OwnerTable, Vec<OwnerId>) {
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.table(inodes)
     }
 }
 
@@ -214,10 +159,9 @@ mod tests {
             socket_inode(link.to_str().unwrap()).unwrap()
         };
         let owners = Owners::new(PathBuf::from("/proc"), Duration::from_secs(30));
-        let t = owners.table();
-        let id = t.owner(inode);
+        let (t, ids) = owners.resolve(&[0, inode as u32]);
         let comm = std::fs::read_to_string("/proc/self/comm").unwrap();
-        assert_eq!(t.process(id), comm.trim_end());
-        assert_eq!(t.owner(0), OwnerId::default());
+        assert_eq!(t.process(ids[1]), comm.trim_end());
+        assert_eq!(ids[0], OwnerId::default());
     }
 }

@@ -12,7 +12,7 @@ use crate::iface::InterfaceTable;
 use crate::logging::RateLimit;
 use crate::model::{Connection, Family, TcpState};
 use crate::netns::{NamespaceMode, Namespaces};
-use crate::owners::{OwnerId, OwnerTable, Owners};
+use crate::owners::{OwnerId, Owners};
 use crate::snapshot::{ListenerRecord, NsLabels, SeriesKey, Snapshot, Space, StateCounts};
 
 /// Where sockets are read from (`--collector.connections.source`).
@@ -58,34 +58,80 @@ pub struct Reader {
     owners: Option<Arc<Owners>>,
 }
 
-/// What a read fills in, so that a fallback can start it over.
-struct Fill<'a> {
-    table: &'a InterfaceTable,
-    owners: Option<&'a OwnerTable>,
-    counts: StateCounts,
-    keys: Vec<SeriesKey>,
-    listeners: Vec<ListenerRecord>,
-    want_keys: bool,
+/// The socket inodes of one part of a read (the own namespace, or another one), kept
+/// with `--collector.connections.owner` to look their owners up once the read is done.
+#[derive(Default)]
+struct Inodes {
+    /// Every socket's, in read order: with keys wanted, key `i` is socket `i`.
+    all: Vec<u32>,
+    /// Each listener's place in `all`.
+    listeners: Vec<u32>,
 }
 
-impl<'a> Fill<'a> {
-    fn new(table: &'a InterfaceTable, owners: Option<&'a OwnerTable>, want_keys: bool) -> Fill<'a> {
-        Fill { table, owners, counts: StateCounts::new(table), keys: Vec::new(), listeners: Vec::new(), want_keys }
-    }
-
-    /// The counts, keys (sorted when `sort`) and sorted listeners.
-    fn finish(self, sort: bool) -> (StateCounts, Vec<SeriesKey>, Vec<ListenerRecord>) {
-        let Fill { counts, mut keys, mut listeners, .. } = self;
+impl Inodes {
+    /// Gives the part its owners (`ids` in the order of `all`), then sorts it as
+    /// [`Fill::finish`] would have.
+    fn apply(&self, ids: &[OwnerId], keys: &mut [SeriesKey], listeners: &mut [ListenerRecord], sort: bool) {
+        for (k, id) in keys.iter_mut().zip(ids) {
+            k.owner = *id;
+        }
+        for (l, &at) in listeners.iter_mut().zip(&self.listeners) {
+            l.owner = ids.get(at as usize).copied().unwrap_or_default();
+        }
         if sort {
             keys.sort_unstable();
         }
         listeners.sort_unstable();
-        (counts, keys, listeners)
+    }
+}
+
+/// What a read fills in, so that a fallback can start it over.
+struct Fill<'a> {
+    table: &'a InterfaceTable,
+    counts: StateCounts,
+    keys: Vec<SeriesKey>,
+    listeners: Vec<ListenerRecord>,
+    want_keys: bool,
+    /// With owners: the inodes, the keys and listeners then left unsorted until the
+    /// owners are known.
+    inodes: Option<Inodes>,
+}
+
+impl<'a> Fill<'a> {
+    fn new(table: &'a InterfaceTable, owners: bool, want_keys: bool) -> Fill<'a> {
+        Fill {
+            table,
+            counts: StateCounts::new(table),
+            keys: Vec::new(),
+            listeners: Vec::new(),
+            want_keys,
+            inodes: owners.then(Inodes::default),
+        }
+    }
+
+    /// The counts, keys (sorted when `sort`) and sorted listeners; with owners, the
+    /// inodes, and keys and listeners unsorted ([`Inodes::apply`] sorts them).
+    fn finish(self, sort: bool) -> (StateCounts, Vec<SeriesKey>, Vec<ListenerRecord>, Option<Inodes>) {
+        let Fill { counts, mut keys, mut listeners, inodes, .. } = self;
+        if inodes.is_none() {
+            if sort {
+                keys.sort_unstable();
+            }
+            listeners.sort_unstable();
+        }
+        (counts, keys, listeners, inodes)
     }
 
     fn add(&mut self, c: Connection) {
         let iface = self.table.resolve(&c.local, c.if_index);
-        let owner = self.owners.map_or(OwnerId::default(), |o| o.owner(u64::from(c.inode)));
+        // Set once the read is done, from the inodes.
+        let owner = OwnerId::default();
+        if let Some(inodes) = &mut self.inodes {
+            if c.state == TcpState::Listen {
+                inodes.listeners.push(inodes.all.len() as u32);
+            }
+            inodes.all.push(c.inode);
+        }
         self.counts.add(c.family(), iface, c.state);
         if c.state == TcpState::Listen {
             self.listeners.push(ListenerRecord {
@@ -105,21 +151,24 @@ impl<'a> Fill<'a> {
         self.counts.clear();
         self.keys.clear();
         self.listeners.clear();
+        if let Some(inodes) = &mut self.inodes {
+            *inodes = Inodes::default();
+        }
     }
 }
 
 /// Reads the namespace the calling thread is in, over netlink only (a namespace's
 /// thread has no procfs of its own to fall back to). The labels are the caller's.
-fn dump_namespace(want_keys: bool, sort: bool, owners: Option<&OwnerTable>) -> Result<Space, SourceError> {
+fn dump_namespace(want_keys: bool, sort: bool, owners: bool) -> Result<(Space, Option<Inodes>), SourceError> {
     let table = interfaces::read_live()?;
     let mut fill = Fill::new(&table, owners, want_keys);
     let diag = SockDiag::open()?;
     for result in diag.dump_all(&mut |c| fill.add(c)) {
         result?;
     }
-    let (counts, keys, listeners) = fill.finish(sort);
+    let (counts, keys, listeners, inodes) = fill.finish(sort);
     let labels = NsLabels { netns: String::new(), container_id: String::new(), pod_uid: String::new() };
-    Ok(Space { labels, table, keys, listeners, counts, queue_limits: true })
+    Ok((Space { labels, table, keys, listeners, counts, queue_limits: true }, inodes))
 }
 
 /// Errors that mean the kernel or a sandbox will not serve netlink to this process, as
@@ -266,34 +315,54 @@ impl Reader {
     /// order, which saves a sort of every socket on a peers-only scrape).
     pub fn read_with(&self, want_keys: bool, sort: bool) -> Snapshot {
         let start = Instant::now();
-        let owners = self.owners.as_ref().map(|o| Arc::new(o.table()));
-        let mut snap = match &self.namespaces {
-            None => self.read_own(want_keys, sort, owners.as_deref()),
-            Some(namespaces) => self.read_all(namespaces, want_keys, sort, owners.as_ref()),
+        let owners = self.owners.is_some();
+        let (mut snap, inodes) = match &self.namespaces {
+            None => {
+                let (snap, inodes) = self.read_own(want_keys, sort, owners);
+                (snap, vec![inodes])
+            }
+            Some(namespaces) => self.read_all(namespaces, want_keys, sort, owners),
         };
-        snap.owners = owners;
+        if let Some(o) = &self.owners {
+            // One lookup for the sockets of every namespace: inodes are the host's.
+            let inodes: Vec<Inodes> = inodes.into_iter().map(Option::unwrap_or_default).collect();
+            let all: Vec<u32> = inodes.iter().flat_map(|i| i.all.iter().copied()).collect();
+            let (table, ids) = o.resolve(&all);
+            if snap.spaces.is_empty() {
+                if let Some(i) = inodes.first() {
+                    i.apply(&ids, &mut snap.keys, &mut snap.listeners, sort);
+                }
+            } else {
+                let mut at = 0;
+                for (space, i) in snap.spaces.iter_mut().zip(&inodes) {
+                    i.apply(&ids[at..at + i.all.len()], &mut space.keys, &mut space.listeners, sort);
+                    at += i.all.len();
+                }
+            }
+            snap.owners = Some(Arc::new(table));
+        }
         snap.read_time = start.elapsed();
         snap
     }
 
+    /// Every namespace's part, and with owners the inodes of each (in the order of the
+    /// snapshot's spaces).
     fn read_all(
         &self,
         namespaces: &Namespaces,
         want_keys: bool,
         sort: bool,
-        owners: Option<&Arc<OwnerTable>>,
-    ) -> Snapshot {
+        owners: bool,
+    ) -> (Snapshot, Vec<Option<Inodes>>) {
         let start = Instant::now();
         let found = namespaces.discover();
         let pending: Vec<_> = found
             .iter()
             .filter(|f| !f.own)
-            .map(|f| {
-                let owners = owners.cloned();
-                (f, namespaces.run(f, move || dump_namespace(want_keys, sort, owners.as_deref())))
-            })
+            .map(|f| (f, namespaces.run(f, move || dump_namespace(want_keys, sort, owners))))
             .collect();
-        let own = self.read_own(want_keys, sort, owners.map(|o| &**o));
+        let (own, own_inodes) = self.read_own(want_keys, sort, owners);
+        let mut all_inodes = vec![own_inodes];
         let mut ok = own.ok;
         let labels = |f: &crate::netns::Found| NsLabels {
             netns: f.name.clone(),
@@ -317,7 +386,10 @@ impl Reader {
                         .and_then(|r| r.map_err(|e| (true, e.to_string())))
                 });
             match result {
-                Ok(dump) => spaces.push(Space { labels: labels(f), ..dump }),
+                Ok((dump, inodes)) => {
+                    spaces.push(Space { labels: labels(f), ..dump });
+                    all_inodes.push(inodes);
+                }
                 Err((failed, e)) => {
                     // A namespace that went between listing and entering is no failure.
                     ok &= !failed;
@@ -327,7 +399,7 @@ impl Reader {
                 }
             }
         }
-        Snapshot {
+        let snap = Snapshot {
             table: InterfaceTable::default(),
             keys: Vec::new(),
             listeners: Vec::new(),
@@ -337,24 +409,28 @@ impl Reader {
             read_time: start.elapsed(),
             spaces,
             owners: None,
-        }
+        };
+        (snap, all_inodes)
     }
 
     /// Reads interfaces and sockets. Per socket: resolve the interface, count, keep
     /// listeners, and (when `want_keys`) a 44-byte key; nothing else is allocated.
-    fn read_own(&self, want_keys: bool, sort: bool, owners: Option<&OwnerTable>) -> Snapshot {
+    fn read_own(&self, want_keys: bool, sort: bool, owners: bool) -> (Snapshot, Option<Inodes>) {
         let start = Instant::now();
         let (table, table_ok) = self.read_interfaces();
         let mut fill = Fill::new(&table, owners, want_keys);
         if want_keys {
             fill.keys.reserve(self.last_socket_count.load(Ordering::Relaxed) + 64);
         }
+        if let Some(inodes) = &mut fill.inodes {
+            inodes.all.reserve(self.last_socket_count.load(Ordering::Relaxed) + 64);
+        }
         let (sockets_ok, queue_limits) = self.read_sockets(&mut fill);
-        let (counts, keys, listeners) = fill.finish(sort);
+        let (counts, keys, listeners, inodes) = fill.finish(sort);
         if want_keys {
             self.last_socket_count.store(keys.len(), Ordering::Relaxed);
         }
-        Snapshot {
+        let snap = Snapshot {
             table,
             keys,
             listeners,
@@ -364,7 +440,8 @@ impl Reader {
             read_time: start.elapsed(),
             spaces: Vec::new(),
             owners: None,
-        }
+        };
+        (snap, inodes)
     }
 
     /// Fills from the chosen source; returns whether every read succeeded and whether

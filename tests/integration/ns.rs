@@ -76,6 +76,19 @@ impl Held {
 /// scripts go) and sends SIGTERM (which stops bench/loadgen.py), then waits for it.
 pub struct Held(Child);
 
+impl Held {
+    /// Sends the script one command line and waits for its one-line answer.
+    pub fn command(&mut self, line: &str) -> String {
+        let stdin = self.0.stdin.as_mut().expect("the script's stdin is open");
+        writeln!(stdin, "{line}").unwrap();
+        stdin.flush().unwrap();
+        let mut answer = String::new();
+        BufReader::new(self.0.stdout.as_mut().unwrap()).read_line(&mut answer).unwrap();
+        assert!(!answer.is_empty(), "the script ended at {line:?}");
+        answer
+    }
+}
+
 impl Drop for Held {
     fn drop(&mut self) {
         if let Some(mut stdin) = self.0.stdin.take() {

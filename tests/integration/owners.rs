@@ -255,3 +255,73 @@ fn peers_split_by_the_process_ss_names_and_inbound_closes_take_the_listeners_own
     };
     assert_eq!(all(&after) - all(&before), 2 * short, "no close counted under another process\n{after}");
 }
+
+/// (state, local, remote) -> `process`, of the sockets in a scrape (the scrape's own
+/// connection left out, as in [`ss_users`]).
+fn scraped_owners(text: &str, port: u16) -> BTreeMap<(String, String, String), String> {
+    let mut got = BTreeMap::new();
+    for (l, _) in samples(text, "network_connections_info") {
+        if l["state"] != "LISTEN" && (l["source_port"] == port.to_string() || l["destination_port"] == port.to_string())
+        {
+            continue;
+        }
+        let local = format!("{}:{}", l["source_address"], l["source_port"]);
+        let remote = format!("{}:{}", l["destination_address"], l["destination_port"]);
+        got.insert((l["state"].clone(), local, remote), l["process"].clone());
+    }
+    got
+}
+
+/// Every process is re-read at least once every 16 scrapes (README, "Every namespace,
+/// every owner"); a socket that moved between two living processes is seen within two
+/// such cycles.
+const BOUND: usize = 2 * 16;
+
+#[test]
+fn owners_follow_processes_that_exit_and_sockets_that_move_within_the_bound() {
+    let ns = Netns::new("cxmove");
+    let (mut held, facts) = ns.hold(repo().join("tests/scenarios/owners_moves.py").to_str().unwrap(), &[]);
+    let facts: serde_json::Value = serde_json::from_str(&facts).unwrap();
+    let e = ns.exporter(&["--collector.connections.owner"]);
+    let port = e.addr.port();
+    let lowest = |users: Users| -> BTreeMap<_, _> {
+        users.into_iter().map(|(k, u)| (k, u.first().map_or(String::new(), |u| u.1.clone()))).collect()
+    };
+    let listener = ("LISTEN".to_owned(), "127.0.0.1:7071".to_owned(), "0.0.0.0:0".to_owned());
+    let want = lowest(ss_users(&ns, port));
+    let mut before = scraped_owners(&ns.scrape(&e, ""), port);
+    assert_eq!(before, want, "the first scrape");
+    assert_eq!(before[&listener], "cx-parent", "parent pid {} < child pid {}", facts["parent"], facts["child"]);
+
+    for cmd in ["exit", "pass"] {
+        held.command(cmd);
+        let want = lowest(ss_users(&ns, port));
+        let mut scrapes = 0;
+        let got = loop {
+            scrapes += 1;
+            let got = scraped_owners(&ns.scrape(&e, ""), port);
+            assert_eq!(lowest(ss_users(&ns, port)), want, "{cmd}: the test's sockets are stable");
+            // Until corrected, a socket shows its old owner or none, never another.
+            for (k, p) in &got {
+                let ok = p.is_empty() || Some(p) == want.get(k) || Some(p) == before.get(k);
+                assert!(
+                    ok,
+                    "{cmd}, scrape {scrapes}: {k:?} has process {p:?}; ss: {:?}, before: {:?}",
+                    want.get(k),
+                    before.get(k)
+                );
+            }
+            if got == want || scrapes == BOUND {
+                break got;
+            }
+        };
+        assert_eq!(got, want, "{cmd}: still wrong after {scrapes} scrapes");
+        eprintln!("{cmd}: owners equal ss -tanp after {scrapes} scrape(s)");
+        before = got;
+    }
+    assert_eq!(before[&listener], "cx-child");
+    assert!(
+        before.iter().any(|(k, p)| k.0 == "ESTABLISHED" && k.1 == "127.0.0.1:7071" && p == "cx-top"),
+        "the passed socket is cx-top's: {before:?}"
+    );
+}
