@@ -242,7 +242,11 @@ impl Counters {
         // Fully folded series: two per direction in host mode; in `all` mode two more,
         // for every namespace but the own one.
         let folded = if self.all_namespaces { 4 } else { 2 };
-        let key = if max == 0 || self.series.contains_key(&key) || len < max - max / 4 {
+        // Room is left for the fully folded series however small the bound: a label set
+        // is admitted as it is only below three quarters of the bound and below the bound
+        // less those series.
+        let key = if max == 0 || self.series.contains_key(&key) || len < (max - max / 4).min(max.saturating_sub(folded))
+        {
             key
         } else {
             self.merged += 1;
