@@ -29,8 +29,8 @@
 //!
 //! Owners (`--collector.connections.owner`): an inbound socket takes the owner of the
 //! listener on its local endpoint (the exact address before a wildcard; among several,
-//! the lowest `(process, systemd_unit)`), read from the listener dump's inode and the
-//! owner walk, and kept [`CLOSED_LISTENER_GRACE`] after the listener closes. An outbound
+//! the lowest `(process, systemd_unit)`), read from the listener dump's inode and what
+//! the scrapes' owner walk found for it, and kept 5 s after the listener closes. An outbound
 //! socket has `process=""`: the kernel reports a socket after its process let go of it
 //! (the message carries no inode), and a short connection is gone before any walk sees
 //! it.
