@@ -189,16 +189,39 @@ fn time_wait_to(ns: &Netns, port: &str) -> usize {
 }
 
 #[test]
-fn in_all_mode_each_namespace_counts_its_own_closed_connections_only() {
-    let root = Netns::new("cxlc-root");
-    let quiet = Netns::new("cxlc-quiet");
-    let busy = Netns::new("cxlc-busy");
-    let other = Netns::new("cxlc-other");
-    let e = root.exporter(&["--collector.namespaces=all", "--log.level=debug"]);
-    for ns in [&quiet, &busy, &other] {
-        wait_for(Duration::from_secs(20), &format!("the subscription in {}", ns.0), || {
-            e.log_text().contains(&format!("subscribed in network namespace {}\"", ns.0)).then_some(())
-        });
+fn in_all_mode_each_namespace_counts_its_own_closed_connections_only_from_notifications() {
+    in_all_mode_each_namespace_counts_its_own_closed_connections_only("netlink");
+}
+
+#[test]
+fn in_all_mode_each_namespace_counts_its_own_closed_connections_only_from_ebpf() {
+    in_all_mode_each_namespace_counts_its_own_closed_connections_only("ebpf");
+}
+
+/// With `--collector.lifecycle.source=SOURCE`: namespaces of their own per source, as
+/// the two run at once.
+fn in_all_mode_each_namespace_counts_its_own_closed_connections_only(source: &str) {
+    let prefix = if source == "ebpf" { "cxle" } else { "cxlc" };
+    let root = Netns::new(&format!("{prefix}-root"));
+    let quiet = Netns::new(&format!("{prefix}-quiet"));
+    let busy = Netns::new(&format!("{prefix}-busy"));
+    let other = Netns::new(&format!("{prefix}-other"));
+    let other_name = other.0.clone();
+    let e = root.exporter(&[
+        "--collector.namespaces=all",
+        &format!("--collector.lifecycle.source={source}"),
+        "--log.level=debug",
+    ]);
+    if source == "ebpf" {
+        // The program counts every namespace from the moment it is attached; the
+        // namespaces are named at scrape time.
+        e.wait_log("source ebpf (--collector.lifecycle.source=ebpf)");
+    } else {
+        for ns in [&quiet, &busy, &other] {
+            wait_for(Duration::from_secs(20), &format!("the subscription in {}", ns.0), || {
+                e.log_text().contains(&format!("subscribed in network namespace {}\"", ns.0)).then_some(())
+            });
+        }
     }
     let before = root.scrape(&e, "");
     // Known counts, different in each busy namespace, none in `quiet`.
@@ -273,7 +296,7 @@ fn in_all_mode_each_namespace_counts_its_own_closed_connections_only() {
     drop(other);
     wait_for(Duration::from_secs(20), "the series of the deleted namespace to go", || {
         let t = root.scrape(&e, "");
-        (!samples(&t, "network_connections_closed_total").iter().any(|(l, _)| l["netns"] == "cxlc-other")).then_some(())
+        (!samples(&t, "network_connections_closed_total").iter().any(|(l, _)| l["netns"] == other_name)).then_some(())
     });
 }
 
