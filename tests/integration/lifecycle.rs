@@ -292,12 +292,45 @@ fn in_all_mode_each_namespace_counts_its_own_closed_connections_only(source: &st
     let success = samples(&after, "conn_exporter_scrape_collector_success");
     assert!(success.iter().any(|(l, v)| l["collector"] == "lifecycle" && *v == 1.0), "{after}");
 
-    // A namespace that goes takes its series with it.
+    // A namespace that goes takes its series with it; with eBPF its keys also leave the
+    // kernel's map (as bpftool reads it), which would otherwise fill with dead namespaces.
+    let other_inode = {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(format!("/run/netns/{other_name}")).unwrap().ino()
+    };
+    let keys_of_other = || peer_key_namespaces(e.child.id()).iter().filter(|&&n| n == other_inode).count();
+    if source == "ebpf" {
+        assert!(keys_of_other() > 0, "the kernel's map keys {other_name} by its inode {other_inode}");
+    }
     drop(other);
     wait_for(Duration::from_secs(20), "the series of the deleted namespace to go", || {
         let t = root.scrape(&e, "");
         (!samples(&t, "network_connections_closed_total").iter().any(|(l, _)| l["netns"] == other_name)).then_some(())
     });
+    if source == "ebpf" {
+        assert_eq!(keys_of_other(), 0, "keys of the deleted {other_name} left in the kernel's map");
+    }
+}
+
+/// The `netns` field of every key of the `peers` map the process holds, as bpftool
+/// formats it from the map's BTF.
+fn peer_key_namespaces(pid: u32) -> Vec<u64> {
+    let bpftool = require_tool("bpftool");
+    let mut out = Vec::new();
+    for fd in std::fs::read_dir(format!("/proc/{pid}/fdinfo")).unwrap() {
+        let Ok(info) = std::fs::read_to_string(fd.unwrap().path()) else { continue };
+        let Some(id) = info.lines().find_map(|l| l.strip_prefix("map_id:")).map(str::trim) else { continue };
+        let (code, shown, err) = run(Command::new(&bpftool).args(["map", "show", "id", id, "--json"]));
+        assert_eq!(code, 0, "bpftool map show: {err}");
+        if serde_json::from_str::<serde_json::Value>(&shown).unwrap()["name"] != "peers" {
+            continue;
+        }
+        let (code, dumped, err) = run(Command::new(&bpftool).args(["map", "dump", "id", id, "--json"]));
+        assert_eq!(code, 0, "bpftool map dump: {err}");
+        let entries: Vec<serde_json::Value> = serde_json::from_str(&dumped).unwrap();
+        out.extend(entries.iter().map(|e| e["formatted"]["key"]["netns"].as_u64().unwrap()));
+    }
+    out
 }
 
 /// Connections from `n` distinct client addresses (127.0.0.2 and up) to a server on
