@@ -207,6 +207,13 @@ fn in_all_mode_each_namespace_counts_its_own_closed_connections_only(source: &st
     let busy = Netns::new(&format!("{prefix}-busy"));
     let other = Netns::new(&format!("{prefix}-other"));
     let other_name = other.0.clone();
+    // An address on an interface that only `busy` has (a veth pair kept inside): its
+    // interface indexes and names are its own, so closes there must be labelled from
+    // `busy`'s interface table.
+    busy.exec(&["ip", "link", "add", "cxd0", "type", "veth", "peer", "name", "cxd1"]);
+    busy.exec(&["ip", "addr", "add", &format!("{VETH_ADDRESS}/32"), "dev", "cxd0"]);
+    busy.exec(&["ip", "link", "set", "cxd0", "up"]);
+    busy.exec(&["ip", "link", "set", "cxd1", "up"]);
     let e = root.exporter(&[
         "--collector.namespaces=all",
         &format!("--collector.lifecycle.source={source}"),
@@ -292,6 +299,21 @@ fn in_all_mode_each_namespace_counts_its_own_closed_connections_only(source: &st
     let success = samples(&after, "conn_exporter_scrape_collector_success");
     assert!(success.iter().any(|(l, v)| l["collector"] == "lifecycle" && *v == 1.0), "{after}");
 
+    // The interface of the veth's address, as `ip` inside `busy` names it.
+    let held_by = busy.exec(&["ip", "-o", "-4", "addr", "show", "to", VETH_ADDRESS]);
+    let iface = held_by.split_whitespace().nth(1).expect("ip names the address's interface").to_owned();
+    let on_iface =
+        |t: &str| sum(t, "network_connections_closed_total", |l| l["netns"] == busy.0 && l["interface"] == iface);
+    let k = 4u64;
+    let mut script = tempfile::NamedTempFile::new().unwrap();
+    script.write_all(ONE_ADDRESS.as_bytes()).unwrap();
+    busy.exec(&["python3", script.path().to_str().unwrap(), VETH_ADDRESS, &k.to_string()]);
+    let on_veth = wait_for(Duration::from_secs(30), "the closes on the veth interface", || {
+        let t = root.scrape(&e, "");
+        (on_iface(&t) - on_iface(&after) >= 2 * k).then_some(t)
+    });
+    assert_eq!(on_iface(&on_veth) - on_iface(&after), 2 * k, "closes of {busy:?} on {iface}\n{on_veth}", busy = busy.0);
+
     // A namespace that goes takes its series with it; with eBPF its keys also leave the
     // kernel's map (as bpftool reads it), which would otherwise fill with dead namespaces.
     let other_inode = {
@@ -332,6 +354,27 @@ fn peer_key_namespaces(pid: u32) -> Vec<u64> {
     }
     out
 }
+
+/// The address of the test's veth interface in one namespace.
+const VETH_ADDRESS: &str = "10.231.0.1";
+
+/// `n` connections from and to one address, each closed by both sides.
+const ONE_ADDRESS: &str = r#"
+import socket, sys
+addr, n = sys.argv[1], int(sys.argv[2])
+srv = socket.socket()
+srv.bind((addr, 0))
+srv.listen(16)
+for _ in range(n):
+    c = socket.create_connection(srv.getsockname(), source_address=(addr, 0))
+    s, _ = srv.accept()
+    c.shutdown(socket.SHUT_WR)
+    s.recv(1)
+    s.close()
+    c.recv(1)
+    c.close()
+srv.close()
+"#;
 
 /// Connections from `n` distinct client addresses (127.0.0.2 and up) to a server on
 /// 127.0.0.1, each closed by both sides; prints how many.
