@@ -355,6 +355,17 @@ fn peer_key_namespaces(pid: u32) -> Vec<u64> {
     out
 }
 
+#[test]
+fn in_all_mode_auto_takes_ebpf_unless_owners_are_asked_for() {
+    let ns = Netns::new("cxla-auto");
+    let e = ns.exporter(&["--collector.namespaces=all"]);
+    e.wait_log("source ebpf (--collector.lifecycle.source=auto)");
+    assert!(e.log_text().contains("every network namespace counted"), "{}", e.log_text());
+    drop(e);
+    let e = ns.exporter(&["--collector.namespaces=all", "--collector.connections.owner"]);
+    e.wait_log("source netlink (--collector.lifecycle.source=auto): socket owners");
+}
+
 /// The address of the test's veth interface in one namespace.
 const VETH_ADDRESS: &str = "10.231.0.1";
 
