@@ -35,8 +35,9 @@ use super::subscription::RESCAN;
 use super::{Counters, Lifecycle, Status, Totals};
 use crate::classify::{Direction, PeerKey, Remote};
 use crate::iface::{IfaceId, InterfaceTable};
+use crate::logging::RateLimit;
 use crate::model::Endpoint;
-use crate::netns::{Found, Namespaces};
+use crate::netns::{Found, Namespaces, NetnsError};
 use crate::owners::OwnerId;
 use crate::snapshot::NsLabels;
 use crate::source::{self, interfaces, SourceError};
@@ -126,11 +127,15 @@ struct Space {
     interfaces_read: Option<Instant>,
     /// An interface read running on the namespace's thread.
     job: Option<Receiver<Result<InterfaceTable, SourceError>>>,
+    /// Its thread could not enter it (a missing capability): counted, but labelled by
+    /// address only, and the collector reports failure as the notifications do.
+    refused: bool,
 }
 
 impl Space {
-    /// Takes a finished interface read and starts another when the table is stale.
-    fn refresh_interfaces(&mut self, namespaces: &Namespaces, now: Instant) {
+    /// Takes a finished interface read and starts another when the table is stale;
+    /// returns why the namespace could not be entered, when it could not.
+    fn refresh_interfaces(&mut self, namespaces: &Namespaces, now: Instant) -> Option<NetnsError> {
         if let Some(job) = &self.job {
             match job.try_recv() {
                 Ok(Ok(t)) => {
@@ -144,8 +149,19 @@ impl Space {
         if self.job.is_none() && self.interfaces_read.is_none_or(|t| now.duration_since(t) >= INTERFACES_EVERY) {
             self.interfaces_read = Some(now);
             // getifaddrs asks in the calling thread's namespace: its thread reads it.
-            self.job = namespaces.run(&self.found, interfaces::read_live).ok();
+            match namespaces.run(&self.found, interfaces::read_live) {
+                Ok(rx) => {
+                    self.job = Some(rx);
+                    self.refused = false;
+                }
+                Err(e) if e.is_gone() && e.missing_capability().is_none() => {}
+                Err(e) => {
+                    self.refused = true;
+                    return Some(e);
+                }
+            }
         }
+        None
     }
 
     /// The interface table, waiting a little for the first read.
@@ -182,6 +198,7 @@ pub struct Kernel {
     /// The other namespaces by inode (`all` mode).
     spaces: HashMap<u64, Space>,
     rescanned: Option<Instant>,
+    warn_limit: RateLimit,
 }
 
 impl std::fmt::Debug for Kernel {
@@ -239,6 +256,7 @@ impl Kernel {
             own_netns,
             spaces: HashMap::new(),
             rescanned: None,
+            warn_limit: RateLimit::new(Duration::from_secs(60)),
         })
     }
 
@@ -265,6 +283,7 @@ impl Kernel {
                 interfaces: None,
                 interfaces_read: None,
                 job: None,
+                refused: false,
             });
             // The labels may change (a name clash with a new namespace); the thread's path too.
             space.found = f.clone();
@@ -305,7 +324,14 @@ impl Kernel {
                 self.rescan(ns, counters, now);
             }
             for space in self.spaces.values_mut() {
-                space.refresh_interfaces(ns, now);
+                if let Some(e) = space.refresh_interfaces(ns, now) {
+                    if self.warn_limit.allow() {
+                        log::warn!(
+                            "lifecycle collector: cannot read the interfaces of network namespace {}: {e}; its closed connections are counted with interfaces by address only",
+                            space.found.name
+                        );
+                    }
+                }
             }
         }
         let default_table = InterfaceTable::default();
@@ -349,9 +375,11 @@ impl Kernel {
         self.stat(STAT_CLOSES)
     }
 
-    /// Namespaces counted, the own one included.
-    fn namespaces(&self) -> u64 {
-        self.spaces.len() as u64 + 1
+    /// Namespaces entered (their interfaces read), the own one included, and those that
+    /// could not be.
+    fn namespaces(&self) -> (u64, u64) {
+        let refused = self.spaces.values().filter(|s| s.refused).count() as u64;
+        (self.spaces.len() as u64 - refused + 1, refused)
     }
 }
 
@@ -442,7 +470,9 @@ impl Lifecycle {
         let Some(k) = kernel.as_mut() else { return };
         let closes = k.drain(&mut self.lock(), self.namespaces.as_deref());
         self.events.store(closes, Ordering::Relaxed);
-        self.subscribed.store(k.namespaces(), Ordering::Relaxed);
+        let (entered, refused) = k.namespaces();
+        self.subscribed.store(entered, Ordering::Relaxed);
+        self.unsubscribed.store(refused, Ordering::Relaxed);
     }
 
     /// Established sockets the eBPF program saw close with no direction known (opened
