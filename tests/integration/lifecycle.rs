@@ -6,7 +6,10 @@
 //! falls back, ebpf fails the collector), granted to an unprivileged user with exactly
 //! CAP_BPF and CAP_PERFMON (auto picks it), connections older than it counted as
 //! untracked only, retransmits counted while connections are open (against the
-//! namespace's RetransSegs), and gone from the kernel once the exporter stops.
+//! namespace's RetransSegs), and gone from the kernel once the exporter stops. In `all`
+//! mode, from both sources: each namespace's closes counted in it only, labelled with its
+//! own interfaces, and gone with it (with eBPF, from the kernel's map too); `auto` takes
+//! eBPF there unless owners are asked for.
 
 use std::collections::BTreeMap;
 use std::io::Write;
