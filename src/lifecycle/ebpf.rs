@@ -312,7 +312,7 @@ impl Kernel {
             }
             self.interfaces_read = Some(now);
         }
-        // A key deleted meanwhile is skipped: only `rescan` deletes keys.
+        // A key deleted meanwhile is skipped: only this thread deletes keys.
         let entries: Vec<(RawKey, RawTotals)> = self.peers.iter().flatten().collect();
         if let Some(ns) = namespaces {
             let own = self.own_netns;
@@ -338,15 +338,19 @@ impl Kernel {
         for (key, totals) in entries {
             let inode = key_netns(&key);
             let netns = if inode == self.own_netns { 0 } else { u64::from(inode) };
-            let table = if netns == 0 {
-                &self.interfaces
-            } else {
-                // Counted in a namespace that is gone (deleted from the map by `rescan`),
-                // or before `all` mode's first listing: nothing to label it with.
-                let Some(space) = self.spaces.get_mut(&netns) else { continue };
+            if netns != 0 && !self.spaces.contains_key(&netns) {
+                // Not found by the listing just made: a namespace that went before any
+                // scrape named it. Nothing to label its counts with; its key would stay
+                // in the kernel's map for good.
+                self.seen.remove(&key);
+                let _ = self.peers.remove(&key);
+                continue;
+            }
+            let table = match self.spaces.get_mut(&netns) {
                 // No table read (the namespace's thread failed): addresses only, as the
                 // notifications do.
-                space.interfaces().unwrap_or(&default_table)
+                Some(space) => space.interfaces().unwrap_or(&default_table),
+                None => &self.interfaces,
             };
             let before = self.seen.insert(key, totals).unwrap_or_default();
             let delta = difference(&totals, &before);

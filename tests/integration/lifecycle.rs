@@ -369,6 +369,35 @@ fn in_all_mode_auto_takes_ebpf_unless_owners_are_asked_for() {
     e.wait_log("source netlink (--collector.lifecycle.source=auto): socket owners");
 }
 
+#[test]
+fn with_ebpf_a_namespace_gone_before_any_scrape_leaves_nothing_in_the_kernels_map() {
+    let root = Netns::new("cxle-gone-root");
+    let e = root.exporter(&["--collector.namespaces=all", "--collector.lifecycle.source=ebpf"]);
+    e.wait_log("source ebpf (--collector.lifecycle.source=ebpf)");
+    // A namespace that lives only as long as one connection: nothing holds it after.
+    let mut script = tempfile::NamedTempFile::new().unwrap();
+    script.write_all(ONE_ADDRESS.as_bytes()).unwrap();
+    let inode: u64 = root
+        .exec(&[
+            "unshare",
+            "--net",
+            "sh",
+            "-ec",
+            &format!(
+                "ip link set lo up; stat -L -c %i /proc/self/ns/net; /usr/bin/python3 {} 127.0.0.1 1",
+                script.path().display()
+            ),
+        ])
+        .trim()
+        .parse()
+        .unwrap();
+    let keys = || peer_key_namespaces(e.child.id()).iter().filter(|&&n| n == inode).count();
+    assert_eq!(keys(), 2, "its inbound and outbound keys, before a scrape");
+    let text = root.scrape(&e, "");
+    assert!(!text.contains(&format!("netns-{inode}")), "{text}");
+    assert_eq!(keys(), 0, "keys of namespace {inode}, gone before any scrape, left in the kernel's map");
+}
+
 /// The address of the test's veth interface in one namespace.
 const VETH_ADDRESS: &str = "10.231.0.1";
 
