@@ -122,6 +122,10 @@ pub enum LoadError {
 /// A namespace other than the own one (`all` mode), as the drains know it.
 struct Space {
     found: Found,
+    /// Its namespace file, held open: the namespace cannot be freed, and its inode number
+    /// given to a new one, until a listing no longer finds it and its keys are deleted
+    /// (the program keys by inode; a reused one would carry the old counts on).
+    _held: Option<std::fs::File>,
     /// Its interfaces, once its thread has read them.
     interfaces: Option<InterfaceTable>,
     interfaces_read: Option<Instant>,
@@ -280,6 +284,7 @@ impl Kernel {
             );
             let space = self.spaces.entry(inode).or_insert_with(|| Space {
                 found: f.clone(),
+                _held: hold(f),
                 interfaces: None,
                 interfaces_read: None,
                 job: None,
@@ -385,6 +390,13 @@ impl Kernel {
         let refused = self.spaces.values().filter(|s| s.refused).count() as u64;
         (self.spaces.len() as u64 - refused + 1, refused)
     }
+}
+
+/// Opens a namespace's file, if it still is that namespace (a process's may have exited
+/// and its pid gone to another).
+fn hold(f: &Found) -> Option<std::fs::File> {
+    let file = std::fs::File::open(&f.path).ok()?;
+    (file.metadata().ok()?.ino() == f.inode).then_some(file)
 }
 
 /// The nsfs inode of a key's namespace.
