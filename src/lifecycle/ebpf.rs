@@ -23,7 +23,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -66,7 +66,7 @@ const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 /// How often the interface table is re-read (addresses change rarely).
 const INTERFACES_EVERY: Duration = Duration::from_secs(5);
-/// How long a scrape waits for a new namespace's first interface table.
+/// How long a scrape waits for new namespaces' first interface tables.
 const FIRST_INTERFACES_WAIT: Duration = Duration::from_millis(500);
 /// Peers the kernel map holds when `--collector.lifecycle.max-series` is 0 (no bound
 /// in user space; the kernel's map needs one).
@@ -168,17 +168,21 @@ impl Space {
         None
     }
 
-    /// The interface table, waiting a little for the first read.
-    fn interfaces(&mut self) -> Option<&InterfaceTable> {
+    /// The interface table, `fallback` (addresses only) when none could be read; `None`
+    /// while the first read is still running at `deadline`: the counts wait for a later
+    /// scrape rather than take a wrong interface for good.
+    fn interfaces<'a>(&'a mut self, fallback: &'a InterfaceTable, deadline: Instant) -> Option<&'a InterfaceTable> {
         if self.interfaces.is_none() {
             if let Some(job) = &self.job {
-                if let Ok(Ok(t)) = job.recv_timeout(FIRST_INTERFACES_WAIT) {
-                    self.interfaces = Some(t);
+                match job.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                    Ok(Ok(t)) => self.interfaces = Some(t),
+                    Err(RecvTimeoutError::Timeout) => return None,
+                    Ok(Err(_)) | Err(RecvTimeoutError::Disconnected) => {}
                 }
                 self.job = None;
             }
         }
-        self.interfaces.as_ref()
+        Some(self.interfaces.as_ref().unwrap_or(fallback))
     }
 }
 
@@ -340,6 +344,7 @@ impl Kernel {
             }
         }
         let default_table = InterfaceTable::default();
+        let deadline = now + FIRST_INTERFACES_WAIT;
         for (key, totals) in entries {
             let inode = key_netns(&key);
             let netns = if inode == self.own_netns { 0 } else { u64::from(inode) };
@@ -354,7 +359,11 @@ impl Kernel {
             let table = match self.spaces.get_mut(&netns) {
                 // No table read (the namespace's thread failed): addresses only, as the
                 // notifications do.
-                Some(space) => space.interfaces().unwrap_or(&default_table),
+                Some(space) => match space.interfaces(&default_table, deadline) {
+                    Some(t) => t,
+                    // Not yet: `seen` keeps the old totals, so the next scrape adds it all.
+                    None => continue,
+                },
                 None => &self.interfaces,
             };
             let before = self.seen.insert(key, totals).unwrap_or_default();
