@@ -81,18 +81,20 @@ struct tcp_sock {
 	__u32 total_retrans;
 } __attribute__((preserve_access_index));
 
-/* A peer with the ephemeral port folded away. Mirrored by `PeerKeyRaw` in
- * src/lifecycle/ebpf.rs: 40 bytes, no implicit padding. */
+/* A peer with the ephemeral port folded away, in its network namespace. Mirrored by
+ * `RawKey` in src/lifecycle/ebpf.rs: 44 bytes, no implicit padding. */
 struct peer_key {
 	__u8 local[16];  /* IPv4: first 4 bytes, network order */
 	__u8 remote[16];
-	__u32 ifindex;   /* sk_bound_dev_if, 0 when unbound */
+	__u32 ifindex;   /* sk_bound_dev_if, 0 when unbound; an index of the namespace's */
+	__u32 netns;     /* the socket's network namespace, its nsfs inode (ns.inum) */
 	__u16 port;      /* the service's port, host order: local inbound, remote outbound */
 	__u8 family;     /* AF_INET or AF_INET6 */
 	__u8 direction;  /* INBOUND or OUTBOUND */
 };
+_Static_assert(sizeof(struct peer_key) == 44, "struct peer_key has implicit padding");
 
-/* Mirrored by `TotalsRaw` in src/lifecycle/ebpf.rs. */
+/* Mirrored by `RawTotals` in src/lifecycle/ebpf.rs. */
 struct peer_totals {
 	__u64 closed;
 	__u64 failed;
@@ -180,6 +182,7 @@ static __always_inline int make_key(struct sock *sk, __u8 direction, struct peer
 	key->family = family;
 	key->direction = direction;
 	key->ifindex = BPF_CORE_READ(sk, __sk_common.skc_bound_dev_if);
+	key->netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
 	if (direction == INBOUND)
 		key->port = bpf_ntohs(BPF_CORE_READ((struct inet_sock *)sk, inet_sport));
 	else

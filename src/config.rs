@@ -216,8 +216,8 @@ pub enum ConfigError {
     /// Every collector switched off.
     #[error("every collector is disabled: enable at least one of --collector.connections, --collector.states, --collector.peers, --collector.listeners, --collector.lifecycle")]
     NoCollectors,
-    /// The eBPF lifecycle source asked for together with labels only the notifications give.
-    #[error("--collector.lifecycle.source=ebpf counts the exporter's own network namespace without owners; with {0} use --collector.lifecycle.source=auto or netlink (the socket-destroy notifications, per namespace and by owner)")]
+    /// The eBPF lifecycle source asked for together with a label only the notifications give.
+    #[error("--collector.lifecycle.source=ebpf counts without owners; with {0} use --collector.lifecycle.source=auto or netlink (the socket-destroy notifications, by owner)")]
     EbpfWith(&'static str),
 }
 
@@ -305,13 +305,11 @@ impl Config {
         if collectors.is_empty() {
             return Err(ConfigError::NoCollectors);
         }
-        if args.lifecycle_source == LifecycleSource::Ebpf && collectors.contains(CollectorName::Lifecycle) {
-            if args.namespaces == crate::netns::NamespaceMode::All {
-                return Err(ConfigError::EbpfWith("--collector.namespaces=all"));
-            }
-            if args.owners {
-                return Err(ConfigError::EbpfWith("--collector.connections.owner"));
-            }
+        if args.lifecycle_source == LifecycleSource::Ebpf
+            && collectors.contains(CollectorName::Lifecycle)
+            && args.owners
+        {
+            return Err(ConfigError::EbpfWith("--collector.connections.owner"));
         }
         Ok(Config {
             listen,
@@ -424,16 +422,14 @@ mod tests {
 
     #[test]
     fn the_ebpf_source_is_refused_with_labels_only_the_notifications_give() {
-        for (flag, named) in [
-            ("--collector.namespaces=all", "--collector.namespaces=all"),
-            ("--collector.connections.owner", "--collector.connections.owner"),
-        ] {
-            let err = parse(&["--collector.lifecycle.source=ebpf", flag]).unwrap_err();
-            assert!(err.contains("--collector.lifecycle.source=ebpf") && err.contains(named), "{err}");
-            assert!(parse(&["--collector.lifecycle.source=auto", flag]).is_ok());
-            assert!(parse(&["--collector.lifecycle.source=ebpf", "--no-collector.lifecycle", flag]).is_ok());
-        }
+        let flag = "--collector.connections.owner";
+        let err = parse(&["--collector.lifecycle.source=ebpf", flag]).unwrap_err();
+        assert!(err.contains("--collector.lifecycle.source=ebpf") && err.contains(flag), "{err}");
+        assert!(parse(&["--collector.lifecycle.source=auto", flag]).is_ok());
+        assert!(parse(&["--collector.lifecycle.source=ebpf", "--no-collector.lifecycle", flag]).is_ok());
         assert!(parse(&["--collector.lifecycle.source=ebpf"]).is_ok());
+        // Every namespace is counted by the program too.
+        assert!(parse(&["--collector.lifecycle.source=ebpf", "--collector.namespaces=all"]).is_ok());
     }
 
     #[test]

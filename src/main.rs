@@ -182,7 +182,7 @@ fn run(config: Config, web: Option<WebConfigFile>) -> Result<()> {
                 &config.exporter.procfs,
                 config.lifecycle_source,
                 config.exporter.lifecycle_max_series,
-                config.exporter.namespaces == conn_exporter::netns::NamespaceMode::All || config.exporter.owners,
+                config.exporter.owners,
             );
         }
 

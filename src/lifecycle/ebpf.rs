@@ -8,6 +8,14 @@
 //! The kernel's totals only grow, so each scrape adds the difference from what the last
 //! one read. Raw tracepoints are attached with `BPF_RAW_TRACEPOINT_OPEN`, which needs no
 //! tracefs; the kernel refuses to load without CAP_BPF and CAP_PERFMON (or root).
+//!
+//! Every namespace (`--collector.namespaces=all`): the program counts the sockets of all
+//! of them, keyed by their nsfs inode. At scrape time the inodes are named from the
+//! namespace registry (listed again every [`RESCAN`], or at once when the map holds an
+//! inode not known yet); the counts of a namespace no longer found are dropped with its
+//! series and deleted from the kernel's map, as the notifications drop a namespace that
+//! goes. Interface indexes are a namespace's own: each namespace's interface table is
+//! read by a job on its `netns` thread.
 
 use std::collections::HashMap;
 use std::io;
@@ -15,6 +23,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,12 +31,16 @@ use aya::maps::{Array, HashMap as BpfHashMap, MapData, MapError};
 use aya::programs::{ProgramError, RawTracePoint};
 use aya::{Ebpf, EbpfError, EbpfLoader};
 
+use super::subscription::RESCAN;
 use super::{Counters, Lifecycle, Status, Totals};
 use crate::classify::{Direction, PeerKey, Remote};
 use crate::iface::{IfaceId, InterfaceTable};
+use crate::logging::RateLimit;
 use crate::model::Endpoint;
+use crate::netns::{Found, Namespaces, NetnsError};
 use crate::owners::OwnerId;
-use crate::source::{self, interfaces};
+use crate::snapshot::NsLabels;
+use crate::source::{self, interfaces, SourceError};
 
 /// The object `scripts/build-bpf.sh` compiles from `bpf/lifecycle.bpf.c`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!("../../bpf/lifecycle.bpf.o");
@@ -36,8 +49,9 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!("../../bpf/lifecycle.bpf.o");
 const PROGRAMS: [(&str, &str); 2] = [("on_state", "inet_sock_set_state"), ("on_retransmit", "tcp_retransmit_skb")];
 
 /// `struct peer_key` of the program: local and remote address (16 bytes each, IPv4 in
-/// the first 4), ifindex (u32), service port (u16, host order), family, direction.
-type RawKey = [u8; 40];
+/// the first 4), ifindex (u32), network namespace's nsfs inode (u32), service port (u16,
+/// host order), family, direction.
+type RawKey = [u8; 44];
 /// `struct peer_totals`: closed, failed, sent bytes, received bytes, retransmits (as they
 /// happen), total_retrans read at close.
 type RawTotals = [u64; 6];
@@ -52,6 +66,8 @@ const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 /// How often the interface table is re-read (addresses change rarely).
 const INTERFACES_EVERY: Duration = Duration::from_secs(5);
+/// How long a scrape waits for new namespaces' first interface tables.
+const FIRST_INTERFACES_WAIT: Duration = Duration::from_millis(500);
 /// Peers the kernel map holds when `--collector.lifecycle.max-series` is 0 (no bound
 /// in user space; the kernel's map needs one).
 const UNBOUNDED_PEERS: u32 = 65_536;
@@ -103,6 +119,73 @@ pub enum LoadError {
     Namespace(io::Error),
 }
 
+/// A namespace other than the own one (`all` mode), as the drains know it.
+struct Space {
+    found: Found,
+    /// Its namespace file, held open: the namespace cannot be freed, and its inode number
+    /// given to a new one, until a listing no longer finds it and its keys are deleted
+    /// (the program keys by inode; a reused one would carry the old counts on).
+    _held: Option<std::fs::File>,
+    /// Its interfaces, once its thread has read them.
+    interfaces: Option<InterfaceTable>,
+    interfaces_read: Option<Instant>,
+    /// An interface read running on the namespace's thread.
+    job: Option<Receiver<Result<InterfaceTable, SourceError>>>,
+    /// Its thread could not enter it (a missing capability): counted, but labelled by
+    /// address only, and the collector reports failure as the notifications do.
+    refused: bool,
+}
+
+impl Space {
+    /// Takes a finished interface read and starts another when the table is stale;
+    /// returns why the namespace could not be entered, when it could not.
+    fn refresh_interfaces(&mut self, namespaces: &Namespaces, now: Instant) -> Option<NetnsError> {
+        if let Some(job) = &self.job {
+            match job.try_recv() {
+                Ok(Ok(t)) => {
+                    self.interfaces = Some(t);
+                    self.job = None;
+                }
+                Ok(Err(_)) | Err(TryRecvError::Disconnected) => self.job = None,
+                Err(TryRecvError::Empty) => {}
+            }
+        }
+        if self.job.is_none() && self.interfaces_read.is_none_or(|t| now.duration_since(t) >= INTERFACES_EVERY) {
+            self.interfaces_read = Some(now);
+            // getifaddrs asks in the calling thread's namespace: its thread reads it.
+            match namespaces.run(&self.found, interfaces::read_live) {
+                Ok(rx) => {
+                    self.job = Some(rx);
+                    self.refused = false;
+                }
+                Err(e) if e.is_gone() && e.missing_capability().is_none() => {}
+                Err(e) => {
+                    self.refused = true;
+                    return Some(e);
+                }
+            }
+        }
+        None
+    }
+
+    /// The interface table, `fallback` (addresses only) when none could be read; `None`
+    /// while the first read is still running at `deadline`: the counts wait for a later
+    /// scrape rather than take a wrong interface for good.
+    fn interfaces<'a>(&'a mut self, fallback: &'a InterfaceTable, deadline: Instant) -> Option<&'a InterfaceTable> {
+        if self.interfaces.is_none() {
+            if let Some(job) = &self.job {
+                match job.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                    Ok(Ok(t)) => self.interfaces = Some(t),
+                    Err(RecvTimeoutError::Timeout) => return None,
+                    Ok(Err(_)) | Err(RecvTimeoutError::Disconnected) => {}
+                }
+                self.job = None;
+            }
+        }
+        Some(self.interfaces.as_ref().unwrap_or(fallback))
+    }
+}
+
 /// The loaded program and what the last scrape read from its maps.
 pub struct Kernel {
     /// Owns the programs and their links: dropped, they are detached and unloaded.
@@ -118,6 +201,12 @@ pub struct Kernel {
     directions_full: u64,
     interfaces: InterfaceTable,
     interfaces_read: Option<Instant>,
+    /// The exporter's own namespace's inode: its keys count as `netns` 0.
+    own_netns: u32,
+    /// The other namespaces by inode (`all` mode).
+    spaces: HashMap<u64, Space>,
+    rescanned: Option<Instant>,
+    warn_limit: RateLimit,
 }
 
 impl std::fmt::Debug for Kernel {
@@ -128,13 +217,16 @@ impl std::fmt::Debug for Kernel {
 
 impl Kernel {
     /// Loads and attaches the program, counting sockets of this process's network
-    /// namespace, with room for `max_peers` peers in the kernel's map.
-    pub fn load(max_peers: u32) -> Result<Kernel, LoadError> {
-        let netns = std::fs::metadata("/proc/self/ns/net").map_err(LoadError::Namespace)?.ino();
+    /// namespace (of every one with `all_namespaces`), with room for `max_peers` peers in
+    /// the kernel's map.
+    pub fn load(max_peers: u32, all_namespaces: bool) -> Result<Kernel, LoadError> {
+        let own = std::fs::metadata("/proc/self/ns/net").map_err(LoadError::Namespace)?.ino();
         // An inode number is 32 bits in the kernel (ns_common.inum).
-        let netns = u32::try_from(netns).unwrap_or(0);
+        let own_netns = u32::try_from(own).unwrap_or(0);
+        // 0: the program counts every namespace.
+        let counted = if all_namespaces { 0 } else { own_netns };
         let mut bpf = EbpfLoader::new()
-            .override_global("netns_ino", &netns, true)
+            .override_global("netns_ino", &counted, true)
             .map_max_entries("peers", max_peers)
             .load(OBJECT)
             .map_err(|e| LoadError::Object(Box::new(e)))?;
@@ -169,6 +261,10 @@ impl Kernel {
             directions_full: 0,
             interfaces: InterfaceTable::default(),
             interfaces_read: None,
+            own_netns,
+            spaces: HashMap::new(),
+            rescanned: None,
+            warn_limit: RateLimit::new(Duration::from_secs(60)),
         })
     }
 
@@ -176,9 +272,48 @@ impl Kernel {
         self.stats.get(&i, 0).unwrap_or(0)
     }
 
+    /// Lists the namespaces (`all` mode): names the new ones in `counters`, forgets
+    /// those gone with their series, and deletes their keys from the kernel's map (their
+    /// sockets are gone with them; the map would otherwise fill with dead namespaces).
+    fn rescan(&mut self, namespaces: &Namespaces, counters: &mut Counters, now: Instant) {
+        self.rescanned = Some(now);
+        let live: HashMap<u64, Found> =
+            namespaces.discover().into_iter().filter(|f| !f.own).map(|f| (f.inode, f)).collect();
+        self.spaces.retain(|n, _| live.contains_key(n));
+        counters.retain_namespaces(|n| live.contains_key(&n));
+        for (&inode, f) in &live {
+            counters.set_namespace(
+                inode,
+                NsLabels { netns: f.name.clone(), container_id: f.container_id.clone(), pod_uid: f.pod_uid.clone() },
+            );
+            let space = self.spaces.entry(inode).or_insert_with(|| Space {
+                found: f.clone(),
+                _held: hold(f),
+                interfaces: None,
+                interfaces_read: None,
+                job: None,
+                refused: false,
+            });
+            // The labels may change (a name clash with a new namespace); the thread's path too.
+            space.found = f.clone();
+        }
+        let own = self.own_netns;
+        let gone: Vec<RawKey> = self
+            .seen
+            .keys()
+            .filter(|k| key_netns(k) != own && !live.contains_key(&u64::from(key_netns(k))))
+            .copied()
+            .collect();
+        for k in gone {
+            self.seen.remove(&k);
+            // Deleted meanwhile by nobody else: the program never deletes a key.
+            let _ = self.peers.remove(&k);
+        }
+    }
+
     /// Adds to `counters` what the kernel counted since the last call; returns the
-    /// sockets seen entering CLOSE in all.
-    fn drain(&mut self, counters: &mut Counters) -> u64 {
+    /// sockets seen entering CLOSE in all. `namespaces` in `all` mode.
+    fn drain(&mut self, counters: &mut Counters, namespaces: Option<&Namespaces>) -> u64 {
         let now = Instant::now();
         if self.interfaces_read.is_none_or(|t| now.duration_since(t) >= INTERFACES_EVERY) {
             if let Ok(t) = interfaces::read_live() {
@@ -186,16 +321,58 @@ impl Kernel {
             }
             self.interfaces_read = Some(now);
         }
-        for entry in self.peers.iter() {
-            // A key deleted meanwhile is skipped: the program never deletes one.
-            let Ok((key, totals)) = entry else { continue };
+        // A key deleted meanwhile is skipped: only this thread deletes keys.
+        let entries: Vec<(RawKey, RawTotals)> = self.peers.iter().flatten().collect();
+        if let Some(ns) = namespaces {
+            let own = self.own_netns;
+            let unknown = entries.iter().any(|(k, _)| {
+                let n = key_netns(k);
+                n != own && !self.spaces.contains_key(&u64::from(n))
+            });
+            if unknown || self.rescanned.is_none_or(|t| now.duration_since(t) >= RESCAN) {
+                self.rescan(ns, counters, now);
+            }
+            for space in self.spaces.values_mut() {
+                if let Some(e) = space.refresh_interfaces(ns, now) {
+                    if self.warn_limit.allow() {
+                        log::warn!(
+                            "lifecycle collector: cannot read the interfaces of network namespace {}: {e}; its closed connections are counted with interfaces by address only",
+                            space.found.name
+                        );
+                    }
+                }
+            }
+        }
+        let default_table = InterfaceTable::default();
+        let deadline = now + FIRST_INTERFACES_WAIT;
+        for (key, totals) in entries {
+            let inode = key_netns(&key);
+            let netns = if inode == self.own_netns { 0 } else { u64::from(inode) };
+            if netns != 0 && !self.spaces.contains_key(&netns) {
+                // Not found by the listing just made: a namespace that went before any
+                // scrape named it. Nothing to label its counts with; its key would stay
+                // in the kernel's map for good.
+                self.seen.remove(&key);
+                let _ = self.peers.remove(&key);
+                continue;
+            }
+            let table = match self.spaces.get_mut(&netns) {
+                // No table read (the namespace's thread failed): addresses only, as the
+                // notifications do.
+                Some(space) => match space.interfaces(&default_table, deadline) {
+                    Some(t) => t,
+                    // Not yet: `seen` keeps the old totals, so the next scrape adds it all.
+                    None => continue,
+                },
+                None => &self.interfaces,
+            };
             let before = self.seen.insert(key, totals).unwrap_or_default();
             let delta = difference(&totals, &before);
             if delta == Totals::default() {
                 continue;
             }
             if let Some((peer, if_index)) = decode(&key) {
-                counters.add_kernel(&peer, if_index, &self.interfaces, delta);
+                counters.add_kernel(&peer, if_index, netns, table, delta);
             }
         }
         for dir in [0u32, 1] {
@@ -215,6 +392,25 @@ impl Kernel {
         self.directions_full = self.stat(STAT_DIRECTIONS_FULL);
         self.stat(STAT_CLOSES)
     }
+
+    /// Namespaces entered (their interfaces read), the own one included, and those that
+    /// could not be.
+    fn namespaces(&self) -> (u64, u64) {
+        let refused = self.spaces.values().filter(|s| s.refused).count() as u64;
+        (self.spaces.len() as u64 - refused + 1, refused)
+    }
+}
+
+/// Opens a namespace's file, if it still is that namespace (a process's may have exited
+/// and its pid gone to another).
+fn hold(f: &Found) -> Option<std::fs::File> {
+    let file = std::fs::File::open(&f.path).ok()?;
+    (file.metadata().ok()?.ino() == f.inode).then_some(file)
+}
+
+/// The nsfs inode of a key's namespace.
+fn key_netns(key: &RawKey) -> u32 {
+    u32::from_ne_bytes([key[36], key[37], key[38], key[39]])
 }
 
 fn program_error(
@@ -235,7 +431,7 @@ fn difference(now: &RawTotals, before: &RawTotals) -> Totals {
 /// the service's side, 0 on the other) and the bound interface's index.
 fn decode(key: &RawKey) -> Option<((Direction, Endpoint, Endpoint), u32)> {
     let ip = |b: &[u8]| -> Option<IpAddr> {
-        match key[38] {
+        match key[42] {
             AF_INET => Some(IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3]))),
             AF_INET6 => Some(IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(b).ok()?))),
             _ => None,
@@ -243,24 +439,26 @@ fn decode(key: &RawKey) -> Option<((Direction, Endpoint, Endpoint), u32)> {
     };
     let (local, remote) = (ip(&key[0..16])?, ip(&key[16..32])?);
     let if_index = u32::from_ne_bytes([key[32], key[33], key[34], key[35]]);
-    let port = u16::from_ne_bytes([key[36], key[37]]);
-    let direction = if key[39] == 0 { Direction::Inbound } else { Direction::Outbound };
+    let port = u16::from_ne_bytes([key[40], key[41]]);
+    let direction = if key[43] == 0 { Direction::Inbound } else { Direction::Outbound };
     let (local_port, remote_port) = if direction == Direction::Inbound { (port, 0) } else { (0, port) };
     Some(((direction, Endpoint::new(local, local_port), Endpoint::new(remote, remote_port)), if_index))
 }
 
 impl Counters {
-    /// Adds totals the kernel counted for one peer.
+    /// Adds totals the kernel counted for one peer of namespace `netns` (0: the own one),
+    /// whose interfaces `table` holds.
     fn add_kernel(
         &mut self,
         peer: &(Direction, Endpoint, Endpoint),
         if_index: u32,
+        netns: u64,
         table: &InterfaceTable,
         delta: Totals,
     ) {
         let (direction, local, remote) = peer;
         let iface = self.intern(table.name(table.resolve(local, if_index)));
-        let key = PeerKey::of(*direction, local, remote, None, iface, &self.folding);
+        let key = PeerKey { netns, ..PeerKey::of(*direction, local, remote, None, iface, &self.folding) };
         add(self.slot(key), delta);
     }
 
@@ -295,8 +493,11 @@ impl Lifecycle {
     pub fn refresh(&self) {
         let mut kernel = self.kernel.lock().unwrap_or_else(|e| e.into_inner());
         let Some(k) = kernel.as_mut() else { return };
-        let closes = k.drain(&mut self.lock());
+        let closes = k.drain(&mut self.lock(), self.namespaces.as_deref());
         self.events.store(closes, Ordering::Relaxed);
+        let (entered, refused) = k.namespaces();
+        self.subscribed.store(entered, Ordering::Relaxed);
+        self.unsubscribed.store(refused, Ordering::Relaxed);
     }
 
     /// Established sockets the eBPF program saw close with no direction known (opened
@@ -322,13 +523,14 @@ fn kernel_peers(max_series: usize) -> u32 {
 /// of another network namespace has no sockets of this process's to count: the
 /// notifications' start says so and leaves the collector off.
 ///
-/// `needs_notifications`: `--collector.namespaces=all` or `--collector.connections.owner`
-/// asks for labels (every namespace, the listener's owner) that only the notifications
-/// give, so `auto` takes them (the configuration refuses `ebpf` with those flags).
+/// With `--collector.namespaces=all` (`state.namespaces`) the program counts every
+/// namespace. `needs_notifications`: `--collector.connections.owner` asks for a label
+/// (the listener's owner) that only the notifications give, so `auto` takes them (the
+/// configuration refuses `ebpf` with that flag).
 pub fn start(state: Arc<Lifecycle>, procfs: &Path, choice: SourceChoice, max_series: usize, needs_notifications: bool) {
     if choice == SourceChoice::Auto && needs_notifications {
         log::info!(
-            "lifecycle collector: source netlink (--collector.lifecycle.source=auto): every namespace and socket owners are counted from the socket-destroy notifications; the eBPF source counts the exporter's own namespace without owners"
+            "lifecycle collector: source netlink (--collector.lifecycle.source=auto): socket owners are counted from the socket-destroy notifications; the eBPF source counts without owners"
         );
         state.set_source(super::Source::Netlink);
         super::subscription::start(state, procfs);
@@ -342,15 +544,17 @@ pub fn start(state: Arc<Lifecycle>, procfs: &Path, choice: SourceChoice, max_ser
         super::subscription::start(state, procfs);
         return;
     }
-    match Kernel::load(kernel_peers(max_series)) {
+    let all_namespaces = state.namespaces.is_some();
+    match Kernel::load(kernel_peers(max_series), all_namespaces) {
         Ok(k) => {
             *state.kernel.lock().unwrap_or_else(|e| e.into_inner()) = Some(k);
             state.set_source(super::Source::Ebpf);
             state.set_status(Status::Subscribed);
             log::info!(
-                "lifecycle collector: source ebpf (--collector.lifecycle.source={}): raw tracepoints inet_sock_set_state and tcp_retransmit_skb attached (no tracefs needed), {} peers in the kernel's map",
+                "lifecycle collector: source ebpf (--collector.lifecycle.source={}): raw tracepoints inet_sock_set_state and tcp_retransmit_skb attached (no tracefs needed), {} peers in the kernel's map, {}",
                 if choice == SourceChoice::Auto { "auto" } else { "ebpf" },
-                kernel_peers(max_series)
+                kernel_peers(max_series),
+                if all_namespaces { "every network namespace counted" } else { "the exporter's network namespace counted" }
             );
         }
         Err(e) if choice == SourceChoice::Auto => {
@@ -375,13 +579,45 @@ mod tests {
     use crate::classify::Folding;
 
     fn key(family: u8, local: &[u8], remote: &[u8], port: u16, direction: u8) -> RawKey {
-        let mut k = [0u8; 40];
+        let mut k = [0u8; 44];
         k[..local.len()].copy_from_slice(local);
         k[16..16 + remote.len()].copy_from_slice(remote);
-        k[36..38].copy_from_slice(&port.to_ne_bytes());
-        k[38] = family;
-        k[39] = direction;
+        k[40..42].copy_from_slice(&port.to_ne_bytes());
+        k[42] = family;
+        k[43] = direction;
         k
+    }
+
+    fn in_namespace(mut k: RawKey, if_index: u32, netns: u32) -> RawKey {
+        k[32..36].copy_from_slice(&if_index.to_ne_bytes());
+        k[36..40].copy_from_slice(&netns.to_ne_bytes());
+        k
+    }
+
+    #[test]
+    fn the_namespace_and_interface_fields_do_not_touch_the_peer() {
+        let plain = key(AF_INET, &[10, 0, 0, 1], &[10, 0, 0, 2], 8080, 0);
+        let k = in_namespace(plain, 7, 4_026_532_999);
+        assert_eq!(key_netns(&k), 4_026_532_999);
+        assert_eq!(key_netns(&plain), 0);
+        let (peer, if_index) = decode(&k).unwrap();
+        assert_eq!(if_index, 7);
+        assert_eq!(peer, decode(&plain).unwrap().0);
+    }
+
+    #[test]
+    fn keys_of_another_namespace_count_under_its_inode() {
+        let mut c = Counters::new(100, Folding::default());
+        c.set_all_namespaces();
+        let t = InterfaceTable::default();
+        let k = key(AF_INET, &[127, 0, 0, 1], &[127, 0, 0, 1], 7399, 1);
+        let (peer, if_index) = decode(&k).unwrap();
+        let one = difference(&[1, 0, 0, 0, 0, 0], &[0; 6]);
+        c.add_kernel(&peer, if_index, 0, &t, one);
+        c.add_kernel(&peer, if_index, 4_026_532_999, &t, one);
+        c.add_kernel(&peer, if_index, 4_026_532_999, &t, one);
+        let by_netns: Vec<(u64, u64)> = c.series().iter().map(|(k, t)| (k.netns, t.closed)).collect();
+        assert_eq!(by_netns, vec![(0, 1), (4_026_532_999, 2)]);
     }
 
     #[test]
@@ -403,9 +639,9 @@ mod tests {
         let k = key(AF_INET, &[127, 0, 0, 1], &[127, 0, 0, 1], 7399, 1);
         let peer = decode(&k).unwrap();
         let first: RawTotals = [0, 3, 0, 0, 0, 0];
-        c.add_kernel(&peer.0, peer.1, &t, difference(&first, &[0; 6]));
+        c.add_kernel(&peer.0, peer.1, 0, &t, difference(&first, &[0; 6]));
         let second: RawTotals = [2, 5, 10, 12, 3, 1];
-        c.add_kernel(&peer.0, peer.1, &t, difference(&second, &first));
+        c.add_kernel(&peer.0, peer.1, 0, &t, difference(&second, &first));
         let s = c.series();
         assert_eq!(s.len(), 1);
         assert_eq!(s[0].0.service_port, Some(7399));

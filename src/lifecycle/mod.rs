@@ -2,7 +2,7 @@
 //! failed connections, bytes and retransmits by peer (and, in `all` mode, by network
 //! namespace; with owners, by process); [`subscription`] feeds them from the kernel's
 //! destroy notifications of each namespace, [`ebpf`] from an eBPF program's in-kernel
-//! counts (the exporter's own namespace).
+//! counts (keyed by namespace too in `all` mode).
 //!
 //! Bounding keeps every exposed series non-decreasing: a label set, once admitted, is
 //! never merged later (a re-ranking like the peers gauge's would move its count into

@@ -98,7 +98,7 @@ pub fn write<W: Write>(enc: &mut Encoder<W>, state: &Lifecycle) -> io::Result<bo
         enc.family(
             name,
             Kind::Gauge,
-            "Network namespaces whose socket-destroy notifications are received, the exporter's own included (--collector.namespaces=all).",
+            "Network namespaces whose socket-destroy notifications are received, or with the ebpf source the namespaces its counts are named from, the exporter's own included (--collector.namespaces=all).",
         )?;
         enc.sample(name, &[], Number::Int(state.subscribed.load(Ordering::Relaxed)))?;
     }

@@ -6,7 +6,10 @@
 //! falls back, ebpf fails the collector), granted to an unprivileged user with exactly
 //! CAP_BPF and CAP_PERFMON (auto picks it), connections older than it counted as
 //! untracked only, retransmits counted while connections are open (against the
-//! namespace's RetransSegs), and gone from the kernel once the exporter stops.
+//! namespace's RetransSegs), and gone from the kernel once the exporter stops. In `all`
+//! mode, from both sources: each namespace's closes counted in it only, labelled with its
+//! own interfaces, and gone with it (with eBPF, from the kernel's map too); `auto` takes
+//! eBPF there unless owners are asked for.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -189,16 +192,46 @@ fn time_wait_to(ns: &Netns, port: &str) -> usize {
 }
 
 #[test]
-fn in_all_mode_each_namespace_counts_its_own_closed_connections_only() {
-    let root = Netns::new("cxlc-root");
-    let quiet = Netns::new("cxlc-quiet");
-    let busy = Netns::new("cxlc-busy");
-    let other = Netns::new("cxlc-other");
-    let e = root.exporter(&["--collector.namespaces=all", "--log.level=debug"]);
-    for ns in [&quiet, &busy, &other] {
-        wait_for(Duration::from_secs(20), &format!("the subscription in {}", ns.0), || {
-            e.log_text().contains(&format!("subscribed in network namespace {}\"", ns.0)).then_some(())
-        });
+fn in_all_mode_each_namespace_counts_its_own_closed_connections_only_from_notifications() {
+    in_all_mode_each_namespace_counts_its_own_closed_connections_only("netlink");
+}
+
+#[test]
+fn in_all_mode_each_namespace_counts_its_own_closed_connections_only_from_ebpf() {
+    in_all_mode_each_namespace_counts_its_own_closed_connections_only("ebpf");
+}
+
+/// With `--collector.lifecycle.source=SOURCE`: namespaces of their own per source, as
+/// the two run at once.
+fn in_all_mode_each_namespace_counts_its_own_closed_connections_only(source: &str) {
+    let prefix = if source == "ebpf" { "cxle" } else { "cxlc" };
+    let root = Netns::new(&format!("{prefix}-root"));
+    let quiet = Netns::new(&format!("{prefix}-quiet"));
+    let busy = Netns::new(&format!("{prefix}-busy"));
+    let other = Netns::new(&format!("{prefix}-other"));
+    let other_name = other.0.clone();
+    // An address on an interface that only `busy` has (a veth pair kept inside): its
+    // interface indexes and names are its own, so closes there must be labelled from
+    // `busy`'s interface table.
+    busy.exec(&["ip", "link", "add", "cxd0", "type", "veth", "peer", "name", "cxd1"]);
+    busy.exec(&["ip", "addr", "add", &format!("{VETH_ADDRESS}/32"), "dev", "cxd0"]);
+    busy.exec(&["ip", "link", "set", "cxd0", "up"]);
+    busy.exec(&["ip", "link", "set", "cxd1", "up"]);
+    let e = root.exporter(&[
+        "--collector.namespaces=all",
+        &format!("--collector.lifecycle.source={source}"),
+        "--log.level=debug",
+    ]);
+    if source == "ebpf" {
+        // The program counts every namespace from the moment it is attached; the
+        // namespaces are named at scrape time.
+        e.wait_log("source ebpf (--collector.lifecycle.source=ebpf)");
+    } else {
+        for ns in [&quiet, &busy, &other] {
+            wait_for(Duration::from_secs(20), &format!("the subscription in {}", ns.0), || {
+                e.log_text().contains(&format!("subscribed in network namespace {}\"", ns.0)).then_some(())
+            });
+        }
     }
     let before = root.scrape(&e, "");
     // Known counts, different in each busy namespace, none in `quiet`.
@@ -269,13 +302,131 @@ fn in_all_mode_each_namespace_counts_its_own_closed_connections_only() {
     let success = samples(&after, "conn_exporter_scrape_collector_success");
     assert!(success.iter().any(|(l, v)| l["collector"] == "lifecycle" && *v == 1.0), "{after}");
 
-    // A namespace that goes takes its series with it.
+    // The interface of the veth's address, as `ip` inside `busy` names it.
+    let held_by = busy.exec(&["ip", "-o", "-4", "addr", "show", "to", VETH_ADDRESS]);
+    let iface = held_by.split_whitespace().nth(1).expect("ip names the address's interface").to_owned();
+    let on_iface =
+        |t: &str| sum(t, "network_connections_closed_total", |l| l["netns"] == busy.0 && l["interface"] == iface);
+    let k = 4u64;
+    let mut script = tempfile::NamedTempFile::new().unwrap();
+    script.write_all(ONE_ADDRESS.as_bytes()).unwrap();
+    busy.exec(&["python3", script.path().to_str().unwrap(), VETH_ADDRESS, &k.to_string()]);
+    let on_veth = wait_for(Duration::from_secs(30), "the closes on the veth interface", || {
+        let t = root.scrape(&e, "");
+        (on_iface(&t) - on_iface(&after) >= 2 * k).then_some(t)
+    });
+    assert_eq!(on_iface(&on_veth) - on_iface(&after), 2 * k, "closes of {busy:?} on {iface}\n{on_veth}", busy = busy.0);
+
+    // A namespace that goes takes its series with it; with eBPF its keys also leave the
+    // kernel's map (as bpftool reads it), which would otherwise fill with dead namespaces.
+    let other_inode = {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(format!("/run/netns/{other_name}")).unwrap().ino()
+    };
+    // The kernel reuses a freed namespace's inode number for the next one (another test's,
+    // perhaps): its keys are told apart by the port too.
+    let other_port: u64 = other_port.parse().unwrap();
+    let keys_of_other =
+        || peer_key_namespaces(e.child.id()).iter().filter(|&&(n, p)| n == other_inode && p == other_port).count();
+    if source == "ebpf" {
+        assert!(keys_of_other() > 0, "the kernel's map keys {other_name} by its inode {other_inode}");
+    }
     drop(other);
     wait_for(Duration::from_secs(20), "the series of the deleted namespace to go", || {
         let t = root.scrape(&e, "");
-        (!samples(&t, "network_connections_closed_total").iter().any(|(l, _)| l["netns"] == "cxlc-other")).then_some(())
+        (!samples(&t, "network_connections_closed_total").iter().any(|(l, _)| l["netns"] == other_name)).then_some(())
     });
+    if source == "ebpf" {
+        assert_eq!(keys_of_other(), 0, "keys of the deleted {other_name} left in the kernel's map");
+    }
 }
+
+/// The `netns` and `port` fields of every key of the `peers` map the process holds, as
+/// bpftool formats them from the map's BTF.
+fn peer_key_namespaces(pid: u32) -> Vec<(u64, u64)> {
+    let bpftool = require_tool("bpftool");
+    let mut out = Vec::new();
+    for fd in std::fs::read_dir(format!("/proc/{pid}/fdinfo")).unwrap() {
+        let Ok(info) = std::fs::read_to_string(fd.unwrap().path()) else { continue };
+        let Some(id) = info.lines().find_map(|l| l.strip_prefix("map_id:")).map(str::trim) else { continue };
+        let (code, shown, err) = run(Command::new(&bpftool).args(["map", "show", "id", id, "--json"]));
+        assert_eq!(code, 0, "bpftool map show: {err}");
+        if serde_json::from_str::<serde_json::Value>(&shown).unwrap()["name"] != "peers" {
+            continue;
+        }
+        let (code, dumped, err) = run(Command::new(&bpftool).args(["map", "dump", "id", id, "--json"]));
+        assert_eq!(code, 0, "bpftool map dump: {err}");
+        let entries: Vec<serde_json::Value> = serde_json::from_str(&dumped).unwrap();
+        out.extend(entries.iter().map(|e| {
+            let key = &e["formatted"]["key"];
+            (key["netns"].as_u64().unwrap(), key["port"].as_u64().unwrap())
+        }));
+    }
+    out
+}
+
+#[test]
+fn in_all_mode_auto_takes_ebpf_unless_owners_are_asked_for() {
+    let ns = Netns::new("cxla-auto");
+    let e = ns.exporter(&["--collector.namespaces=all"]);
+    e.wait_log("source ebpf (--collector.lifecycle.source=auto)");
+    assert!(e.log_text().contains("every network namespace counted"), "{}", e.log_text());
+    drop(e);
+    let e = ns.exporter(&["--collector.namespaces=all", "--collector.connections.owner"]);
+    e.wait_log("source netlink (--collector.lifecycle.source=auto): socket owners");
+}
+
+#[test]
+fn with_ebpf_a_namespace_gone_before_any_scrape_leaves_nothing_in_the_kernels_map() {
+    let root = Netns::new("cxle-gone-root");
+    let e = root.exporter(&["--collector.namespaces=all", "--collector.lifecycle.source=ebpf"]);
+    e.wait_log("source ebpf (--collector.lifecycle.source=ebpf)");
+    // A namespace that lives only as long as one connection: nothing holds it after.
+    let mut script = tempfile::NamedTempFile::new().unwrap();
+    script.write_all(ONE_ADDRESS.as_bytes()).unwrap();
+    let made = root.exec(&[
+        "unshare",
+        "--net",
+        "sh",
+        "-ec",
+        &format!(
+            "ip link set lo up; stat -L -c %i /proc/self/ns/net; /usr/bin/python3 {} 127.0.0.1 1",
+            script.path().display()
+        ),
+    ]);
+    let (inode, port) = {
+        let mut lines = made.lines().map(|l| l.trim().parse::<u64>().unwrap());
+        (lines.next().unwrap(), lines.next().unwrap())
+    };
+    // The kernel may give the inode number to another test's namespace once this one is
+    // freed: keys are told apart by the port too.
+    let keys = || peer_key_namespaces(e.child.id()).iter().filter(|&&k| k == (inode, port)).count();
+    assert_eq!(keys(), 2, "its inbound and outbound keys, before a scrape");
+    root.scrape(&e, "");
+    assert_eq!(keys(), 0, "keys of namespace {inode}, gone before any scrape, left in the kernel's map");
+}
+
+/// The address of the test's veth interface in one namespace.
+const VETH_ADDRESS: &str = "10.231.0.1";
+
+/// `n` connections from and to one address, each closed by both sides; prints the port.
+const ONE_ADDRESS: &str = r#"
+import socket, sys
+addr, n = sys.argv[1], int(sys.argv[2])
+srv = socket.socket()
+srv.bind((addr, 0))
+srv.listen(16)
+print(srv.getsockname()[1], flush=True)
+for _ in range(n):
+    c = socket.create_connection(srv.getsockname(), source_address=(addr, 0))
+    s, _ = srv.accept()
+    c.shutdown(socket.SHUT_WR)
+    s.recv(1)
+    s.close()
+    c.recv(1)
+    c.close()
+srv.close()
+"#;
 
 /// Connections from `n` distinct client addresses (127.0.0.2 and up) to a server on
 /// 127.0.0.1, each closed by both sides; prints how many.
