@@ -352,9 +352,13 @@ for f in /usr/share/man/man1/conn-exporter.1.gz /usr/share/bash-completion/compl
 done
 unit_path=$(cexec systemctl show -p FragmentPath --value conn-exporter)
 cexec cmp "$unit_path" /mnt/repo/deploy/systemd/conn-exporter.service || fail "deb: $unit_path differs from deploy/systemd/conn-exporter.service"
+# "active" comes at the fork, before systemd has dropped to the dynamic user and exec'd
+# the exporter: its credentials are read once it listens.
+deb_listens() { cexec ss -Htln 'sport = :9100' | grep -q .; }
+wait_until 20 "the .deb's exporter listening on :9100" deb_listens
 pid=$(cexec systemctl show -p MainPID --value conn-exporter)
 uid=$(cexec cat "/proc/$pid/status" | awk '/^Uid:/{print $2}')
-((uid != 0)) || fail "deb: the exporter runs as root"
+((uid != 0)) || fail "deb: the exporter (pid $pid, $(cexec cat "/proc/$pid/comm")) runs as root"
 metrics_ok() {
     local body
     body=$(scrape) && grep -q '^network_connection_states' <<<"$body"
