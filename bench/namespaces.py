@@ -237,6 +237,25 @@ def cost(args) -> int:
     return 0 if aw / hw <= 1.3 or args.no_check else 1
 
 
+def private_world(tools: tuple[str, ...], tmpfs: str, home: str) -> int | None:
+    """Re-runs this script under `unshare --mount --pid --fork --mount-proc` (its exit
+    status returned), or, already there, mounts a tmpfs named `tmpfs` on /run/netns and
+    moves this process into a namespace `home` of its own, then returns None: the
+    exporters find only the bench's namespaces and processes."""
+    if os.environ.get(MARK) != "1":
+        for tool in ("unshare", *tools):
+            if not shutil.which(tool):
+                raise SystemExit(f"{tool} is needed")
+        env = dict(os.environ, **{MARK: "1"})
+        argv = [sys.executable, os.path.abspath(sys.argv[0]), *sys.argv[1:]]
+        return subprocess.run(["unshare", "--mount", "--pid", "--fork", "--mount-proc", *argv], env=env).returncode
+    os.makedirs("/run/netns", exist_ok=True)
+    sh("mount", "-t", "tmpfs", tmpfs, "/run/netns")
+    make_ns(home)
+    enter(home)
+    return None
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("what", choices=["cost"])
@@ -251,21 +270,13 @@ def main() -> int:
     ap.add_argument("--no-check", action="store_true", help="report only; exit 0")
     args = ap.parse_args()
     args.exporter = os.path.abspath(args.exporter)
-    if os.environ.get(MARK) != "1":
-        for tool in ("unshare", "ip", "curl"):
-            if not shutil.which(tool):
-                raise SystemExit(f"{tool} is needed")
-        env = dict(os.environ, **{MARK: "1"})
-        argv = [sys.executable, os.path.abspath(__file__), *sys.argv[1:]]
-        return subprocess.run(["unshare", "--mount", "--pid", "--fork", "--mount-proc", *argv], env=env).returncode
-    os.makedirs("/run/netns", exist_ok=True)
-    sh("mount", "-t", "tmpfs", "bench-netns", "/run/netns")
-    global PRIVATE_EHASH
-    PRIVATE_EHASH = int(args.private_ehash)
     # This process, and every command it starts, lives in a namespace of the bench too,
     # so that the namespace it came from (and that namespace's hash table) is not read.
-    make_ns("bench-home")
-    enter("bench-home")
+    rc = private_world(("ip", "curl"), "bench-netns", "bench-home")
+    if rc is not None:
+        return rc
+    global PRIVATE_EHASH
+    PRIVATE_EHASH = int(args.private_ehash)
     try:
         return cost(args)
     finally:

@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import ctypes
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -43,7 +42,6 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import namespaces as nsb  # noqa: E402  (bench/namespaces.py: make_ns, enter, Exporter, status)
 
-MARK = "CONN_EXPORTER_NETNS_CHURN_PRIVATE"
 CLONE_NEWNET = 0x40000000
 
 
@@ -180,18 +178,9 @@ def main() -> int:
     args.exporter = os.path.abspath(args.exporter)
     if not os.access(args.exporter, os.X_OK):
         raise SystemExit(f"no exporter binary at {args.exporter} (cargo build --release, or --exporter)")
-    if os.environ.get(MARK) != "1":
-        for tool in ("unshare", "ip", "curl"):
-            if not shutil.which(tool):
-                raise SystemExit(f"{tool} is needed")
-        env = dict(os.environ, **{MARK: "1"})
-        argv = [sys.executable, os.path.abspath(__file__), *sys.argv[1:]]
-        return subprocess.run(["unshare", "--mount", "--pid", "--fork", "--mount-proc", *argv], env=env).returncode
-    os.makedirs("/run/netns", exist_ok=True)
-    nsb.sh("mount", "-t", "tmpfs", "churn-netns", "/run/netns")
-    # This process and what it starts live in a namespace of their own, not the caller's.
-    nsb.make_ns("churn-home")
-    nsb.enter("churn-home")
+    rc = nsb.private_world(("ip", "curl"), "churn-netns", "churn-home")
+    if rc is not None:
+        return rc
     return run(args)
 
 

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import socket
 import statistics
 import subprocess
@@ -47,7 +46,6 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import namespaces as nsb  # noqa: E402  (make_ns, enter, cpu_seconds, status)
 
-MARK = "CONN_EXPORTER_OWNERS_PRIVATE"
 PORT = 7000
 
 
@@ -256,17 +254,9 @@ def main() -> int:
     args.exporter = os.path.abspath(args.exporter)
     if not os.access(args.exporter, os.X_OK):
         raise SystemExit(f"no exporter binary at {args.exporter} (cargo build --release, or --exporter)")
-    if os.environ.get(MARK) != "1":
-        for tool in ("unshare", "ip", "sleep"):
-            if not shutil.which(tool):
-                raise SystemExit(f"{tool} is needed")
-        env = dict(os.environ, **{MARK: "1"})
-        argv = [sys.executable, os.path.abspath(__file__), *sys.argv[1:]]
-        return subprocess.run(["unshare", "--mount", "--pid", "--fork", "--mount-proc", *argv], env=env).returncode
-    os.makedirs("/run/netns", exist_ok=True)
-    nsb.sh("mount", "-t", "tmpfs", "owners-netns", "/run/netns")
-    nsb.make_ns("owners-bench")
-    nsb.enter("owners-bench")
+    rc = nsb.private_world(("ip", "sleep"), "owners-netns", "owners-bench")
+    if rc is not None:
+        return rc
     return run(args)
 
 
