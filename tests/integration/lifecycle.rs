@@ -138,22 +138,7 @@ fn exact_counts(source: &str, started: &str) {
 fn the_unprivileged_service_user_receives_the_notifications() {
     // The shipped unit runs as a dynamic user with no capabilities: uid 65534 here.
     let ns = Netns::new("connexp-lifecycle-uid");
-    let setpriv = require_tool("setpriv");
-    let e = Exporter::start_with(
-        &[
-            "ip",
-            "netns",
-            "exec",
-            &ns.0,
-            setpriv.to_str().unwrap(),
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-            binary(),
-        ],
-        &[],
-    );
+    let e = exporter_under_setpriv(&ns, &["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"], &[]);
     let log = e.wait_log("subscribed to TCP socket-destroy notifications");
     assert!(log.contains("SO_RCVBUF, capped by net.core.rmem_max"), "no CAP_NET_ADMIN, no SO_RCVBUFFORCE: {log}");
     let facts = make_connections(&ns, "4", 50, 10, 10, 0);
@@ -503,20 +488,21 @@ fn in_all_mode_with_owners_one_series_bound_holds_across_namespaces() {
 /// The exporter in `ns` as root without CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN (dropped
 /// from the bounding set, so the exec'd binary does not get them back).
 fn exporter_without_bpf_capabilities(ns: &Netns, source: &str) -> Exporter {
-    let setpriv = require_tool("setpriv");
-    Exporter::start_with(
-        &[
-            "ip",
-            "netns",
-            "exec",
-            &ns.0,
-            setpriv.to_str().unwrap(),
-            "--bounding-set=-bpf,-perfmon,-sys_admin",
-            "--inh-caps=-bpf,-perfmon,-sys_admin",
-            binary(),
-        ],
+    exporter_under_setpriv(
+        ns,
+        &["--bounding-set=-bpf,-perfmon,-sys_admin", "--inh-caps=-bpf,-perfmon,-sys_admin"],
         &[&format!("--collector.lifecycle.source={source}")],
     )
+}
+
+/// The exporter in `ns`, started by `setpriv` with `setpriv_args` (another user, fewer
+/// capabilities), with `flags`.
+fn exporter_under_setpriv(ns: &Netns, setpriv_args: &[&str], flags: &[&str]) -> Exporter {
+    let setpriv = require_tool("setpriv");
+    let mut argv = vec!["ip", "netns", "exec", &ns.0, setpriv.to_str().unwrap()];
+    argv.extend_from_slice(setpriv_args);
+    argv.push(binary());
+    Exporter::start_with(&argv, flags)
 }
 
 #[test]
@@ -609,23 +595,12 @@ fn no_bpf_program_or_link_is_left_after_the_exporter_stops() {
 fn an_unprivileged_user_with_exactly_cap_bpf_and_cap_perfmon_gets_the_ebpf_source() {
     // What a privileged drop-in grants: uid 65534, CAP_BPF and CAP_PERFMON only.
     let ns = Netns::new("connexp-lifecycle-capbpf");
-    let setpriv = require_tool("setpriv");
     let caps = "-all,+bpf,+perfmon";
-    let e = Exporter::start_with(
-        &[
-            "ip",
-            "netns",
-            "exec",
-            &ns.0,
-            setpriv.to_str().unwrap(),
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            &format!("--inh-caps={caps}"),
-            &format!("--ambient-caps={caps}"),
-            &format!("--bounding-set={caps}"),
-            binary(),
-        ],
+    let (inh, ambient, bounding) =
+        (format!("--inh-caps={caps}"), format!("--ambient-caps={caps}"), format!("--bounding-set={caps}"));
+    let e = exporter_under_setpriv(
+        &ns,
+        &["--reuid=65534", "--regid=65534", "--clear-groups", &inh, &ambient, &bounding],
         &[],
     );
     let log = e.wait_log("lifecycle collector: source");
