@@ -1,10 +1,28 @@
 //! Pure classification of sockets into peers: which side of a connection is the service
 //! (direction), the folding of the ephemeral port, and the bounded merge of remote
 //! addresses into `other`. No kernel access: listeners and sockets in, keys out.
+//!
+//! Direction is decided by [`DirectionRule`], in this order:
+//! 1. a listener of the namespace, open now or seen within [`LISTENER_MEMORY`]
+//!    ([`ListenerMemory`]), on the local end: inbound; on the remote end: outbound;
+//! 2. else `net.ipv4.ip_local_port_range` ([`PortRange`]): the end whose port is inside
+//!    it picked its port at `connect()`, so it is the client;
+//! 3. else (both ports inside, or neither) the end that more of the sockets left
+//!    undecided share is the service, and a tie is outbound.
+//!
+//! Why each step: the sockets a listener leaves behind when it closes (TIME_WAIT for a
+//! minute, FIN_WAIT, LAST_ACK, connections a draining service still holds) would
+//! otherwise look outbound, fold the service's port and keep the client's, one label set
+//! per connection. Step 1 keeps the listener as long as they can last; step 2 catches
+//! those of a listener the exporter never saw (it started later, or the listener lived
+//! between two scrapes); step 3 settles a service on a port inside the range (many bind
+//! port 0): its leftover sockets share its endpoint while each client's is its own, so
+//! the count of label sets stays one per remote, not one per connection.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::time::{Duration, Instant};
 
 use crate::iface::IfaceId;
 use crate::model::{Endpoint, TcpState};
@@ -67,16 +85,162 @@ impl ListenerSet {
         self.exact.is_empty() && self.any_v4.is_empty() && self.any_v6.is_empty()
     }
 
-    /// Inbound when a listener has the socket's local port on its local address or on a
-    /// wildcard that accepts it. An `AF_INET` socket can only have come from an IPv4
-    /// listener (0.0.0.0); an `AF_INET6` one, IPv4-mapped ones included, only from an
-    /// IPv6 listener (`::`, dual-stack for mapped addresses).
-    pub fn direction(&self, local: &Endpoint) -> Direction {
-        let wildcard = match local.ip {
+    /// Whether a listener has this port on this address or on a wildcard that accepts
+    /// it. An `AF_INET` socket can only have come from an IPv4 listener (0.0.0.0); an
+    /// `AF_INET6` one, IPv4-mapped ones included, only from an IPv6 listener (`::`,
+    /// dual-stack for mapped addresses).
+    pub fn accepts(&self, end: &Endpoint) -> bool {
+        let wildcard = match end.ip {
             IpAddr::V4(_) => &self.any_v4,
             IpAddr::V6(_) => &self.any_v6,
         };
-        if wildcard.binary_search(&local.port).is_ok() || self.exact.binary_search(local).is_ok() {
+        wildcard.binary_search(&end.port).is_ok() || self.exact.binary_search(end).is_ok()
+    }
+
+    /// Inbound when a listener accepts the socket's local end, else outbound: the rule
+    /// before the port range and the tally of [`DirectionRule`] were added, kept for
+    /// the listener-only cases of the tests.
+    pub fn direction(&self, local: &Endpoint) -> Direction {
+        if self.accepts(local) {
+            Direction::Inbound
+        } else {
+            Direction::Outbound
+        }
+    }
+}
+
+/// How long a listener that is gone still decides direction: twice TCP's TIME_WAIT
+/// (60 s, fixed in Linux), so that every socket it leaves in TIME_WAIT, or in FIN_WAIT2
+/// for `tcp_fin_timeout` (60 s by default), is still its listener's when a scrape every
+/// minute sees it.
+pub const LISTENER_MEMORY: Duration = Duration::from_secs(120);
+
+/// The listeners of one namespace seen within [`LISTENER_MEMORY`], open or not: the
+/// listeners that direction is decided by. Its size is the number of listening
+/// endpoints seen in that time.
+#[derive(Debug, Clone, Default)]
+pub struct ListenerMemory {
+    last_seen: HashMap<Endpoint, Instant>,
+}
+
+impl ListenerMemory {
+    /// Notes the listeners seen at `now` and forgets those last seen longer ago than
+    /// [`LISTENER_MEMORY`].
+    pub fn observe(&mut self, now: Instant, seen: impl IntoIterator<Item = Endpoint>) {
+        for e in seen {
+            let t = self.last_seen.entry(e).or_insert(now);
+            // Concurrent scrapes may note an older snapshot after a newer one.
+            *t = (*t).max(now);
+        }
+        self.last_seen.retain(|_, t| now.saturating_duration_since(*t) < LISTENER_MEMORY);
+    }
+
+    /// The listeners remembered.
+    pub fn set(&self) -> ListenerSet {
+        ListenerSet::new(self.last_seen.keys().copied())
+    }
+
+    /// Whether none is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.last_seen.is_empty()
+    }
+}
+
+/// `net.ipv4.ip_local_port_range` of a namespace: the ports the kernel picks a
+/// connecting socket's local port from (both ends included).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortRange {
+    /// Lowest port.
+    pub low: u16,
+    /// Highest port.
+    pub high: u16,
+}
+
+impl PortRange {
+    /// Linux's default, used where a namespace's range cannot be read.
+    pub const LINUX_DEFAULT: PortRange = PortRange { low: 32768, high: 60999 };
+
+    /// Whether `port` is one `connect()` can pick.
+    pub fn contains(self, port: u16) -> bool {
+        (self.low..=self.high).contains(&port)
+    }
+}
+
+impl Default for PortRange {
+    fn default() -> Self {
+        PortRange::LINUX_DEFAULT
+    }
+}
+
+/// What decides direction in one namespace: its listeners (with [`ListenerMemory`]'s,
+/// the recent ones) and its port range. See the module's note for the rule.
+#[derive(Debug, Clone, Default)]
+pub struct DirectionRule {
+    listeners: ListenerSet,
+    range: PortRange,
+}
+
+impl DirectionRule {
+    /// The rule of a namespace with these listeners and this port range.
+    pub fn new(listeners: ListenerSet, range: PortRange) -> DirectionRule {
+        DirectionRule { listeners, range }
+    }
+
+    /// Steps 1 and 2 of the rule; `None` where they leave the socket undecided.
+    pub fn decided(&self, local: &Endpoint, remote: &Endpoint) -> Option<Direction> {
+        if self.listeners.accepts(local) {
+            return Some(Direction::Inbound);
+        }
+        if self.listeners.accepts(remote) {
+            return Some(Direction::Outbound);
+        }
+        match (self.range.contains(local.port), self.range.contains(remote.port)) {
+            (true, false) => Some(Direction::Outbound),
+            (false, true) => Some(Direction::Inbound),
+            _ => None,
+        }
+    }
+
+    /// The rule applied to `sockets` seen together (one namespace's sockets of a read,
+    /// one batch of closes): the undecided among them are tallied for step 3.
+    pub fn tally<'a>(&'a self, sockets: impl IntoIterator<Item = (&'a Endpoint, &'a Endpoint)>) -> Directions<'a> {
+        let mut tally: HashMap<(Endpoint, End), u32> = HashMap::new();
+        for (local, remote) in sockets {
+            if self.decided(local, remote).is_none() {
+                *tally.entry((*local, End::Local)).or_insert(0) += 1;
+                *tally.entry((*remote, End::Remote)).or_insert(0) += 1;
+            }
+        }
+        Directions { rule: self, tally }
+    }
+}
+
+/// Which end of the undecided sockets an endpoint was counted at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum End {
+    Local,
+    Remote,
+}
+
+/// [`DirectionRule`] with the tally of a population of sockets.
+#[derive(Debug)]
+pub struct Directions<'a> {
+    rule: &'a DirectionRule,
+    tally: HashMap<(Endpoint, End), u32>,
+}
+
+impl Directions<'_> {
+    /// The direction of a socket of the population: a service's endpoint is shared by
+    /// its connections, a client's is its own, so where the rule's first steps leave it
+    /// undecided the end more of the undecided sockets share is the service (a tie,
+    /// which a lone socket always is, stays outbound, as a socket that matches no
+    /// listener always was).
+    pub fn of(&self, local: &Endpoint, remote: &Endpoint) -> Direction {
+        if let Some(d) = self.rule.decided(local, remote) {
+            return d;
+        }
+        let n = |e: &Endpoint, end| self.tally.get(&(*e, end)).copied().unwrap_or(0);
+        if n(local, End::Local) > n(remote, End::Remote) {
             Direction::Inbound
         } else {
             Direction::Outbound
@@ -407,6 +571,136 @@ mod tests {
         assert_eq!((s.direction, s.service_port), (Direction::Inbound, Some(9000)));
         assert_eq!((c.direction, c.service_port), (Direction::Outbound, Some(9000)));
         assert_eq!(s.remote, Remote::Address("127.0.0.1".parse().unwrap()));
+    }
+
+    /// The direction of each socket of a namespace, seen together.
+    fn directions(rule: &DirectionRule, sockets: &[(&str, &str)]) -> Vec<Direction> {
+        let eps: Vec<(Endpoint, Endpoint)> = sockets.iter().map(|(l, r)| (ep(l), ep(r))).collect();
+        let d = rule.tally(eps.iter().map(|(l, r)| (l, r)));
+        eps.iter().map(|(l, r)| d.of(l, r)).collect()
+    }
+
+    fn rule(listeners: &[&str]) -> DirectionRule {
+        DirectionRule::new(ListenerSet::new(listeners.iter().map(|l| ep(l))), PortRange::LINUX_DEFAULT)
+    }
+
+    #[test]
+    fn a_listener_at_either_end_decides() {
+        let r = rule(&["0.0.0.0:5000", "127.0.0.1:45000"]);
+        // Local end on a listener: inbound, whatever the ports.
+        assert_eq!(directions(&r, &[("10.0.0.1:5000", "10.0.0.2:40000")]), [Direction::Inbound]);
+        // Remote end on a listener of this namespace (a local client): outbound, even
+        // with both ports inside the range.
+        assert_eq!(directions(&r, &[("127.0.0.1:50000", "127.0.0.1:45000")]), [Direction::Outbound]);
+        // The local end wins when both are listeners' (a connection between two services).
+        assert_eq!(directions(&r, &[("127.0.0.1:45000", "10.0.0.3:5000")]), [Direction::Inbound]);
+    }
+
+    #[test]
+    fn without_a_listener_the_end_inside_the_port_range_is_the_client() {
+        let r = rule(&[]);
+        // A service on 8080 whose listener is gone, its client on an ephemeral port.
+        assert_eq!(directions(&r, &[("10.0.0.1:8080", "10.0.0.2:40000")]), [Direction::Inbound]);
+        // A client to a service on 443.
+        assert_eq!(directions(&r, &[("10.0.0.1:40000", "10.0.0.2:443")]), [Direction::Outbound]);
+        // The namespace's own range, not Linux's default: 40000 is outside 50000-50100.
+        let narrow = DirectionRule::new(ListenerSet::default(), PortRange { low: 50000, high: 50100 });
+        assert_eq!(directions(&narrow, &[("10.0.0.1:50050", "10.0.0.2:40000")]), [Direction::Outbound]);
+        assert_eq!(directions(&narrow, &[("10.0.0.1:40000", "10.0.0.2:50050")]), [Direction::Inbound]);
+    }
+
+    #[test]
+    fn with_both_ports_inside_the_range_the_shared_end_is_the_service() {
+        let r = rule(&[]);
+        // A server on an ephemeral port (bound to port 0) that exited: its leftover
+        // sockets share 127.0.0.1:45000, each client's port is its own.
+        let left: Vec<(String, String)> =
+            (0..5).map(|i| ("127.0.0.1:45000".to_owned(), format!("127.0.0.1:{}", 50000 + i))).collect();
+        let left: Vec<(&str, &str)> = left.iter().map(|(l, r)| (l.as_str(), r.as_str())).collect();
+        assert_eq!(directions(&r, &left), vec![Direction::Inbound; 5]);
+        // The clients' own sockets of the same connections, seen beside them: outbound.
+        let both: Vec<(String, String)> = (0..5)
+            .flat_map(|i| {
+                let c = format!("127.0.0.1:{}", 50000 + i);
+                [("127.0.0.1:45000".to_owned(), c.clone()), (c, "127.0.0.1:45000".to_owned())]
+            })
+            .collect();
+        let both: Vec<(&str, &str)> = both.iter().map(|(l, r)| (l.as_str(), r.as_str())).collect();
+        let got = directions(&r, &both);
+        assert_eq!(got.iter().step_by(2).copied().collect::<Vec<_>>(), vec![Direction::Inbound; 5]);
+        assert_eq!(got.iter().skip(1).step_by(2).copied().collect::<Vec<_>>(), vec![Direction::Outbound; 5]);
+        // Many clients of a remote service on a port inside the range (gRPC's 50051):
+        // the remote end is shared, so outbound.
+        let grpc: Vec<(String, String)> =
+            (0..4).map(|i| (format!("10.0.0.1:{}", 40000 + i), "10.0.0.9:50051".to_owned())).collect();
+        let grpc: Vec<(&str, &str)> = grpc.iter().map(|(l, r)| (l.as_str(), r.as_str())).collect();
+        assert_eq!(directions(&r, &grpc), vec![Direction::Outbound; 4]);
+        // A lone socket is a tie: outbound, as a socket no listener matches always was.
+        assert_eq!(directions(&r, &[("10.0.0.1:45000", "10.0.0.9:50051")]), [Direction::Outbound]);
+    }
+
+    #[test]
+    fn with_neither_port_inside_the_range_the_shared_end_is_the_service() {
+        let r = rule(&[]);
+        // Clients whose own range is above Linux's (61000-65535 on other systems).
+        let left: Vec<(String, String)> =
+            (0..3).map(|i| ("192.0.2.1:8443".to_owned(), format!("198.51.100.{i}:{}", 62000 + i))).collect();
+        let left: Vec<(&str, &str)> = left.iter().map(|(l, r)| (l.as_str(), r.as_str())).collect();
+        assert_eq!(directions(&r, &left), vec![Direction::Inbound; 3]);
+        // One connection between two well-known ports: a tie, outbound.
+        assert_eq!(directions(&r, &[("[2001:db8::5]:80", "[2001:db8::9]:80")]), [Direction::Outbound]);
+    }
+
+    #[test]
+    fn a_listener_is_remembered_for_two_minutes_after_it_was_last_seen() {
+        let t0 = Instant::now();
+        let mut m = ListenerMemory::default();
+        m.observe(t0, [ep("127.0.0.1:45000")]);
+        // It closed: later reads show no listener.
+        m.observe(t0 + Duration::from_secs(60), []);
+        assert!(m.set().accepts(&ep("127.0.0.1:45000")), "kept through TIME_WAIT");
+        m.observe(t0 + LISTENER_MEMORY - Duration::from_millis(1), []);
+        assert!(m.set().accepts(&ep("127.0.0.1:45000")));
+        m.observe(t0 + LISTENER_MEMORY, []);
+        assert!(!m.set().accepts(&ep("127.0.0.1:45000")), "forgotten");
+        assert!(m.is_empty());
+        // Seen again, it is kept from then; an older snapshot noted later does not
+        // shorten it.
+        m.observe(t0 + Duration::from_secs(200), [ep("[::]:22")]);
+        m.observe(t0 + Duration::from_secs(150), [ep("[::]:22")]);
+        m.observe(t0 + Duration::from_secs(319), []);
+        assert!(m.set().accepts(&ep("[2001:db8::1]:22")));
+    }
+
+    #[test]
+    fn a_service_that_exits_leaves_one_label_set_per_remote_not_per_connection() {
+        // The reproduction, by the rule alone: a server on an ephemeral port
+        // answers 50 clients a second and closes first; its TIME_WAIT sockets outlive it.
+        // Whether the exporter saw the listener (memory) or not (range and tally), the
+        // leftover sockets make one label set.
+        let f = Folding::default();
+        let server = ep("127.0.0.1:45000");
+        let leftovers: Vec<(Endpoint, Endpoint)> =
+            (0..3000u16).map(|i| (server, ep(&format!("127.0.0.1:{}", 33000 + i * 7)))).collect();
+        let mut seen_listener = ListenerMemory::default();
+        let t0 = Instant::now();
+        seen_listener.observe(t0, [server]);
+        seen_listener.observe(t0 + Duration::from_secs(30), []);
+        for listeners in [seen_listener.set(), ListenerSet::default()] {
+            let rule = DirectionRule::new(listeners, PortRange::LINUX_DEFAULT);
+            let mut keys = std::collections::BTreeSet::new();
+            // Scrapes every 5 s while the leftovers expire one by one.
+            for scrape in 0..12 {
+                let live = &leftovers[scrape * 250..];
+                let d = rule.tally(live.iter().map(|(l, r)| (l, r)));
+                for (l, r) in live {
+                    keys.insert(PeerKey::of(d.of(l, r), l, r, Some(TcpState::TimeWait), IfaceId::LOOPBACK, &f));
+                }
+            }
+            assert_eq!(keys.len(), 1, "{keys:?}");
+            let k = keys.first().unwrap();
+            assert_eq!((k.direction, k.service_port), (Direction::Inbound, Some(45000)));
+        }
     }
 
     fn peer(remote: &str, port: u16) -> PeerKey {

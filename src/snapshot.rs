@@ -7,6 +7,7 @@ use std::io::{self, Write};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::classify::PortRange;
 use crate::exposition::{Encoder, Kind, Number, Value};
 use crate::iface::{IfaceId, InterfaceTable};
 use crate::model::{Endpoint, Family, TcpState};
@@ -164,6 +165,8 @@ pub struct Space {
     pub counts: StateCounts,
     /// Whether its listeners' backlog limits are known.
     pub queue_limits: bool,
+    /// Its `net.ipv4.ip_local_port_range`, which decides direction where no listener does.
+    pub port_range: PortRange,
 }
 
 /// What a family writes from: the whole read in `host` mode, one namespace in `all` mode.
@@ -181,6 +184,8 @@ pub struct Part<'a> {
     pub counts: &'a StateCounts,
     /// Whether listeners' backlog limits are known.
     pub queue_limits: bool,
+    /// The namespace's `net.ipv4.ip_local_port_range`.
+    pub port_range: PortRange,
     /// Socket owners, with `--collector.connections.owner`.
     pub owners: Option<&'a OwnerTable>,
 }
@@ -221,6 +226,8 @@ pub struct Snapshot {
     /// Whether the listeners' backlog limits are known (the netlink source tells them,
     /// `/proc/net/tcp` does not).
     pub queue_limits: bool,
+    /// The own namespace's `net.ipv4.ip_local_port_range`.
+    pub port_range: PortRange,
     /// Whether every source read succeeded.
     pub ok: bool,
     /// How long the read took.
@@ -243,6 +250,7 @@ impl Snapshot {
             keys: Vec::new(),
             listeners: Vec::new(),
             queue_limits: false,
+            port_range: PortRange::default(),
             ok: false,
             read_time: Duration::ZERO,
             spaces: Vec::new(),
@@ -260,6 +268,7 @@ impl Snapshot {
                 listeners: &self.listeners,
                 counts: &self.counts,
                 queue_limits: self.queue_limits,
+                port_range: self.port_range,
                 owners: self.owners.as_deref(),
             }];
         }
@@ -272,6 +281,7 @@ impl Snapshot {
                 listeners: &s.listeners,
                 counts: &s.counts,
                 queue_limits: s.queue_limits,
+                port_range: s.port_range,
                 owners: self.owners.as_deref(),
             })
             .collect()

@@ -25,7 +25,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::classify::{Direction, Folding, ListenerSet, PeerKey, Remote, NETNS_OTHER};
+use crate::classify::{Direction, Folding, PeerKey, Remote, NETNS_OTHER};
 use crate::iface::{IfaceId, InterfaceTable, InterfaceTableBuilder};
 use crate::netns::Namespaces;
 use crate::owners::{OwnerId, Owners};
@@ -191,21 +191,14 @@ impl Counters {
     }
 
     /// Counts one destroyed socket of the exporter's own namespace, owner unknown.
-    /// `listeners` are the namespace's listeners when it was destroyed, `table` its
-    /// interfaces.
-    pub fn add(&mut self, s: &DestroyedSocket, listeners: &ListenerSet, table: &InterfaceTable) {
-        self.add_from(&Origin::default(), s, listeners, table);
+    /// `direction` is what the namespace's [`DirectionRule`](crate::classify::DirectionRule)
+    /// decided when it was destroyed, `table` its interfaces.
+    pub fn add(&mut self, s: &DestroyedSocket, direction: Direction, table: &InterfaceTable) {
+        self.add_from(&Origin::default(), s, direction, table);
     }
 
     /// [`add`](Self::add) for a socket of any namespace, with its owner.
-    pub fn add_from(
-        &mut self,
-        origin: &Origin<'_>,
-        s: &DestroyedSocket,
-        listeners: &ListenerSet,
-        table: &InterfaceTable,
-    ) {
-        let direction = listeners.direction(&s.local);
+    pub fn add_from(&mut self, origin: &Origin<'_>, s: &DestroyedSocket, direction: Direction, table: &InterfaceTable) {
         let inbound = direction == Direction::Inbound;
         let outcome = s.outcome(inbound);
         if outcome == Outcome::NotAConnection {
@@ -427,6 +420,18 @@ impl Lifecycle {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::classify::ListenerSet;
+
+    /// Counts a socket with the listener-only direction (the rule's other steps have
+    /// tests of their own in `classify`).
+    fn add(c: &mut Counters, s: &DestroyedSocket, l: &ListenerSet, t: &InterfaceTable) {
+        c.add(s, l.direction(&s.local), t);
+    }
+
+    fn add_from(c: &mut Counters, origin: &Origin<'_>, s: &DestroyedSocket, l: &ListenerSet, t: &InterfaceTable) {
+        c.add_from(origin, s, l.direction(&s.local), t);
+    }
+
     use crate::model::{Endpoint, TcpState};
     use crate::parse::sock_destroy::FinalInfo;
     use std::net::{IpAddr, Ipv4Addr};
@@ -470,8 +475,8 @@ mod tests {
         let l = ListenerSet::new([ep("127.0.0.1:9000")]);
         let t = InterfaceTable::default();
         let mut c = Counters::new(100, Folding::default());
-        c.add(&closed("127.0.0.1:9000", "127.0.0.1:50000"), &l, &t); // server: no SYN in acked
-        c.add(&closed("127.0.0.1:50000", "127.0.0.1:9000"), &l, &t); // client: SYN in acked
+        add(&mut c, &closed("127.0.0.1:9000", "127.0.0.1:50000"), &l, &t); // server: no SYN in acked
+        add(&mut c, &closed("127.0.0.1:50000", "127.0.0.1:9000"), &l, &t); // client: SYN in acked
         let s = c.series();
         assert_eq!(s.len(), 2);
         let (inb, outb) = (&s[0], &s[1]);
@@ -494,10 +499,10 @@ mod tests {
             // Each round: new remotes (ever growing) plus the first remote again.
             for i in 0..20u32 {
                 let remote = IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + round * 20 + i));
-                c.add(&closed("192.0.2.1:443", &format!("{remote}:40000")), &l, &t);
+                add(&mut c, &closed("192.0.2.1:443", &format!("{remote}:40000")), &l, &t);
                 n += 1;
             }
-            c.add(&closed("192.0.2.1:443", "10.0.0.0:40001"), &l, &t);
+            add(&mut c, &closed("192.0.2.1:443", "10.0.0.0:40001"), &l, &t);
             n += 1;
             let series = c.series();
             assert!(series.len() <= max, "{} series", series.len());
@@ -533,8 +538,8 @@ mod tests {
                 let remote = IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + round * 64 + ns as u32));
                 let process = format!("p{}", (round + ns as u32) % 7);
                 let origin = Origin { netns: ns, process: &process, unit: "x.service" };
-                c.add_from(&origin, &closed("192.0.2.1:443", &format!("{remote}:40000")), &l, &t);
-                c.add_from(&origin, &closed("192.0.2.1:40001", &format!("{remote}:443")), &l, &t);
+                add_from(&mut c, &origin, &closed("192.0.2.1:443", &format!("{remote}:40000")), &l, &t);
+                add_from(&mut c, &origin, &closed("192.0.2.1:40001", &format!("{remote}:443")), &l, &t);
                 n += 2;
             }
             let series = c.series();
@@ -571,8 +576,8 @@ mod tests {
         let mut c = Counters::new(10, Folding::default());
         let mut failed = closed("0.0.0.0:40000", "127.0.0.1:0");
         failed.info = Some(FinalInfo { state: 7, ..FinalInfo::default() });
-        c.add(&failed, &l, &t);
-        c.add(&closed("127.0.0.1:9000", "0.0.0.0:0"), &l, &t);
+        add(&mut c, &failed, &l, &t);
+        add(&mut c, &closed("127.0.0.1:9000", "0.0.0.0:0"), &l, &t);
         let s = c.series();
         assert_eq!(s.len(), 1);
         assert_eq!(s[0].0.service_port, None);

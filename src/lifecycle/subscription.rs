@@ -11,11 +11,13 @@
 //! table, so it costs in proportion to the listeners), made after each batch is drained
 //! and before it is classified, at most once per [`BATCH_PAUSE`]. A listener that existed
 //! when its connections were accepted is still there, or was destroyed in this batch or
-//! lately (kept for `CLOSED_LISTENER_GRACE`): the last scrape's snapshot would be up to a
-//! scrape interval old and miss listeners that live shorter than that. A socket that
-//! looks outbound is held `OUTBOUND_HOLD` (0.5 s) before it is counted so, in case its
-//! listener's notification comes in a later batch; the hold bounds memory to half a
-//! second of notifications.
+//! lately: the dumped and the destroyed listeners are remembered for
+//! [`LISTENER_MEMORY`] (a service that exits leaves connections that close up to minutes
+//! later), and direction follows [`DirectionRule`] over them, the namespace's port range
+//! and the batch (the last scrape's snapshot would be up to a scrape interval old and
+//! miss listeners that live shorter than that). A socket that looks outbound is held
+//! `OUTBOUND_HOLD` (0.5 s) before it is counted so, in case its listener's notification
+//! comes in a later batch; the hold bounds memory to half a second of notifications.
 //!
 //! Every namespace (`--collector.namespaces=all`): the namespaces are listed again every
 //! [`RESCAN`]; a new one gets its own subscription and listener-dump sockets, opened by
@@ -30,7 +32,7 @@
 //! Owners (`--collector.connections.owner`): an inbound socket takes the owner of the
 //! listener on its local endpoint (the exact address before a wildcard; among several,
 //! the lowest `(process, systemd_unit)`), read from the listener dump's inode and what
-//! the scrapes' owner walk found for it, and kept 5 s after the listener closes. An outbound
+//! the scrapes' owner walk found for it, and kept as long as the listener is remembered. An outbound
 //! socket has `process=""`: the kernel reports a socket after its process let go of it
 //! (the message carries no inode), and a short connection is gone before any walk sees
 //! it.
@@ -48,7 +50,7 @@ use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket, SocketAddr};
 use nix::sys::socket::{getsockopt, setsockopt, sockopt};
 
 use super::{Lifecycle, Origin, Status};
-use crate::classify::{Direction, ListenerSet};
+use crate::classify::{Direction, DirectionRule, ListenerMemory, PortRange, LISTENER_MEMORY};
 use crate::iface::InterfaceTable;
 use crate::logging::RateLimit;
 use crate::model::{Endpoint, TcpState};
@@ -57,14 +59,12 @@ use crate::owners::{OwnerId, OwnerTable};
 use crate::parse::sock_destroy::{self, DestroyedSocket};
 use crate::parse::sock_diag::{self, Batch, DecodeError};
 use crate::snapshot::NsLabels;
-use crate::source::{self, interfaces, SourceError};
+use crate::source::{self, interfaces, sysctl, SourceError};
 
 /// `SKNLGRP_INET_TCP_DESTROY` and `SKNLGRP_INET6_TCP_DESTROY` (`linux/sock_diag.h`).
 pub const GROUPS: [u32; 2] = [1, 3];
 /// Pause between batches.
 pub const BATCH_PAUSE: Duration = Duration::from_millis(25);
-/// How long a destroyed listener still makes its port inbound.
-const CLOSED_LISTENER_GRACE: Duration = Duration::from_secs(5);
 /// How long a socket that looks outbound waits before it is counted so. An accepted
 /// socket's notification can be read in one batch and its listener's, queued just after
 /// it by another kernel worker, in the next, with the listener already gone from the
@@ -155,7 +155,9 @@ pub fn start(state: Arc<Lifecycle>, procfs: &Path) {
     state.set_status(Status::Subscribed);
     state.subscribed.store(1, Ordering::Relaxed);
     let thread_state = Arc::clone(&state);
-    let spawned = std::thread::Builder::new().name("lifecycle".into()).spawn(move || run(socket, &thread_state));
+    let procfs: Arc<Path> = Arc::from(procfs);
+    let spawned =
+        std::thread::Builder::new().name("lifecycle".into()).spawn(move || run(socket, &thread_state, procfs));
     if let Err(e) = spawned {
         log::error!("lifecycle collector: cannot start its thread ({e})");
         state.set_status(Status::Failed);
@@ -171,21 +173,30 @@ enum Place {
 /// Owners of listeners, by endpoint, as last seen.
 type ListenerOwners = HashMap<Endpoint, ((String, String), Instant)>;
 
+/// What a namespace's thread reads for the tables now and then: its interfaces, and its
+/// port range (`None` where it cannot be read).
+type Refreshed = (InterfaceTable, Option<PortRange>);
+
 /// A namespace's listeners and interfaces as the thread keeps them.
 struct Tables {
     place: Place,
+    /// The `--path.procfs` of the exporter's own namespace; its `sys/net` shows the
+    /// namespace of the thread that reads it.
+    procfs: Arc<Path>,
     diag: Option<Socket>,
     /// Open listeners with their socket inodes.
     open: Vec<(Endpoint, u32)>,
-    closed: Vec<(Endpoint, Instant)>,
-    listeners: ListenerSet,
-    /// With owners: the owner of each listener endpoint, kept a grace after it closes.
+    /// Listeners dumped or destroyed lately.
+    memory: ListenerMemory,
+    port_range: PortRange,
+    rule: DirectionRule,
+    /// With owners: the owner of each listener endpoint, kept as long as `memory` keeps it.
     owners: ListenerOwners,
     dumped: Option<Instant>,
     interfaces: InterfaceTable,
     interfaces_read: Option<Instant>,
     /// An interface read running on the namespace's thread.
-    interfaces_job: Option<Receiver<Result<InterfaceTable, SourceError>>>,
+    interfaces_job: Option<Receiver<Result<Refreshed, SourceError>>>,
     dump_failed_logged: bool,
     /// The listener dump failed in another namespace, whose socket cannot be reopened
     /// here: the subscription is opened again at the next rescan.
@@ -193,14 +204,26 @@ struct Tables {
 }
 
 impl Tables {
-    fn new(place: Place, diag: Option<Socket>, interfaces: Option<InterfaceTable>) -> Tables {
+    fn new(place: Place, procfs: Arc<Path>, diag: Option<Socket>, read: Option<Refreshed>) -> Tables {
         let now = Instant::now();
+        let (interfaces, port_range) = match read {
+            Some((t, r)) => (Some(t), r),
+            None => (None, None),
+        };
+        let port_range = port_range.unwrap_or_else(|| match place {
+            Place::Own => sysctl::port_range_or_default(&procfs, |e| {
+                log::warn!("lifecycle collector: couldn't read the local port range, using Linux's default: {e}")
+            }),
+            Place::Other(_) => PortRange::LINUX_DEFAULT,
+        });
         Tables {
             place,
+            procfs,
             diag,
             open: Vec::new(),
-            closed: Vec::new(),
-            listeners: ListenerSet::default(),
+            memory: ListenerMemory::default(),
+            port_range,
+            rule: DirectionRule::new(Default::default(), port_range),
             owners: HashMap::new(),
             dumped: None,
             interfaces_read: interfaces.as_ref().map(|_| now),
@@ -214,13 +237,14 @@ impl Tables {
     /// Brings listeners (and now and then interfaces) up to date for a batch.
     fn refresh(&mut self, batch: &[DestroyedSocket], namespaces: Option<&Namespaces>) {
         let now = Instant::now();
-        self.closed.retain(|(_, t)| now.duration_since(*t) < CLOSED_LISTENER_GRACE);
         // Listeners destroyed in this batch: no remote, a local port.
-        for s in batch {
-            if s.remote.port == 0 && s.remote.ip.is_unspecified() && s.local.port != 0 {
-                self.closed.push((s.local, now));
-            }
-        }
+        self.memory.observe(
+            now,
+            batch
+                .iter()
+                .filter(|s| s.remote.port == 0 && s.remote.ip.is_unspecified() && s.local.port != 0)
+                .map(|s| s.local),
+        );
         if self.dumped.is_none_or(|t| now.duration_since(t) >= BATCH_PAUSE) {
             match self.dump_listeners() {
                 Ok(l) => self.open = l,
@@ -234,16 +258,17 @@ impl Tables {
             }
             self.dumped = Some(now);
         }
+        self.memory.observe(now, self.open.iter().map(|(e, _)| *e));
         self.refresh_interfaces(now, namespaces);
-        self.listeners =
-            ListenerSet::new(self.open.iter().map(|(e, _)| e).chain(self.closed.iter().map(|(e, _)| e)).copied());
+        self.rule = DirectionRule::new(self.memory.set(), self.port_range);
     }
 
     fn refresh_interfaces(&mut self, now: Instant, namespaces: Option<&Namespaces>) {
         if let Some(job) = &self.interfaces_job {
             match job.try_recv() {
-                Ok(Ok(t)) => {
+                Ok(Ok((t, range))) => {
                     self.interfaces = t;
+                    self.port_range = range.unwrap_or(self.port_range);
                     self.interfaces_job = None;
                 }
                 Ok(Err(_)) | Err(TryRecvError::Disconnected) => self.interfaces_job = None,
@@ -258,13 +283,18 @@ impl Tables {
         self.interfaces_read = Some(now);
         match (&self.place, namespaces) {
             (Place::Own, _) => {
-                if let Ok(t) = interfaces::read_live() {
+                if let Ok((t, range)) = refreshed(&self.procfs) {
                     self.interfaces = t;
+                    self.port_range = range.unwrap_or(self.port_range);
                 }
             }
-            // getifaddrs asks in the calling thread's namespace: the namespace's thread
-            // reads it, and the answer is picked up by a later batch.
-            (Place::Other(f), Some(ns)) => self.interfaces_job = ns.run(f, interfaces::read_live).ok(),
+            // getifaddrs asks in the calling thread's namespace, and /proc/sys/net shows
+            // it: the namespace's thread reads them, and the answer is picked up by a
+            // later batch.
+            (Place::Other(f), Some(ns)) => {
+                let procfs = Arc::clone(&self.procfs);
+                self.interfaces_job = ns.run(f, move || refreshed(&procfs)).ok();
+            }
             (Place::Other(_), None) => {}
         }
     }
@@ -333,7 +363,7 @@ impl Tables {
         for (ep, owner) in seen {
             self.owners.insert(ep, (owner, now));
         }
-        self.owners.retain(|_, (_, t)| now.duration_since(*t) < CLOSED_LISTENER_GRACE);
+        self.owners.retain(|_, (_, t)| now.duration_since(*t) < LISTENER_MEMORY);
     }
 
     /// The owner of an inbound socket: of the listener on its exact endpoint, else of the
@@ -428,35 +458,58 @@ impl Shared<'_> {
         self.owners_for(&mut sub.tables);
         let now = Instant::now();
         sub.pending.extend(self.batch.drain(..).map(|s| (s, now)));
-        let mut counters = self.state.lock();
         let tables = &sub.tables;
         let netns = sub.netns;
-        sub.pending.retain(|(s, seen)| {
-            let inbound = tables.listeners.direction(&s.local) == Direction::Inbound;
-            let ready = inbound || now.duration_since(*seen) >= OUTBOUND_HOLD;
-            if ready {
-                let owner = if inbound { tables.owner_of(&s.local) } else { None };
-                let origin = Origin {
-                    netns,
-                    process: owner.map_or("", |o| o.0.as_str()),
-                    unit: owner.map_or("", |o| o.1.as_str()),
-                };
-                counters.add_from(&origin, s, &tables.listeners, &tables.interfaces);
-            }
-            !ready
+        let ready: Vec<(usize, Direction)> = {
+            let directions = tables.rule.tally(sub.pending.iter().map(|(s, _)| (&s.local, &s.remote)));
+            sub.pending
+                .iter()
+                .enumerate()
+                .filter_map(|(i, (s, seen))| {
+                    let d = directions.of(&s.local, &s.remote);
+                    (d == Direction::Inbound || now.duration_since(*seen) >= OUTBOUND_HOLD).then_some((i, d))
+                })
+                .collect()
+        };
+        if ready.is_empty() {
+            return empty;
+        }
+        let mut counters = self.state.lock();
+        for &(i, direction) in &ready {
+            let s = &sub.pending[i].0;
+            let owner = if direction == Direction::Inbound { tables.owner_of(&s.local) } else { None };
+            let origin = Origin {
+                netns,
+                process: owner.map_or("", |o| o.0.as_str()),
+                unit: owner.map_or("", |o| o.1.as_str()),
+            };
+            counters.add_from(&origin, s, direction, &tables.interfaces);
+        }
+        drop(counters);
+        let mut i = 0;
+        let mut next = ready.iter().map(|r| r.0).peekable();
+        sub.pending.retain(|_| {
+            let counted = next.next_if_eq(&i).is_some();
+            i += 1;
+            !counted
         });
         empty
     }
 }
 
 /// What a namespace's thread opens for its subscription.
-type Opened = (Socket, Socket, Option<InterfaceTable>);
+type Opened = (Socket, Socket, Option<Refreshed>);
+
+/// Reads the interfaces and the port range of the calling thread's namespace.
+fn refreshed(procfs: &Path) -> Result<Refreshed, SourceError> {
+    Ok((interfaces::read_live()?, sysctl::port_range(procfs).ok()))
+}
 
 /// Opens a subscription in the calling thread's namespace (a namespace's thread).
-fn open_here() -> Result<Opened, SubscribeError> {
+fn open_here(procfs: &Path) -> Result<Opened, SubscribeError> {
     let (socket, _, _) = subscribe()?;
     let diag = dump_socket()?;
-    Ok((socket, diag, interfaces::read_live().ok()))
+    Ok((socket, diag, refreshed(procfs).ok()))
 }
 
 /// The namespaces' subscriptions: kept in step with the namespaces found.
@@ -467,6 +520,8 @@ struct Spaces {
     refused: HashSet<u64>,
     rescanned: Option<Instant>,
     warn_limit: RateLimit,
+    /// `--path.procfs`, for the namespaces' port ranges.
+    procfs: Arc<Path>,
 }
 
 impl Spaces {
@@ -501,7 +556,8 @@ impl Spaces {
             if self.subs.iter().any(|s| s.netns == f.inode) || self.opening.iter().any(|(o, _)| o.inode == f.inode) {
                 continue;
             }
-            match namespaces.run(f, open_here) {
+            let procfs = Arc::clone(&self.procfs);
+            match namespaces.run(f, move || open_here(&procfs)) {
                 Ok(rx) => self.opening.push(((*f).clone(), rx)),
                 Err(e) if e.is_gone() && e.missing_capability().is_none() => {}
                 Err(e) => {
@@ -522,12 +578,12 @@ impl Spaces {
         while i < self.opening.len() {
             match self.opening[i].1.try_recv() {
                 Err(TryRecvError::Empty) => i += 1,
-                Ok(Ok((socket, diag, interfaces))) => {
+                Ok(Ok((socket, diag, read))) => {
                     let (found, _) = self.opening.swap_remove(i);
                     self.refused.remove(&found.inode);
                     log::debug!("lifecycle collector: subscribed in network namespace {}", found.name);
                     let netns = found.inode;
-                    let tables = Tables::new(Place::Other(found), Some(diag), interfaces);
+                    let tables = Tables::new(Place::Other(found), Arc::clone(&self.procfs), Some(diag), read);
                     self.subs.push(Subscription { netns, socket, tables, pending: Vec::new() });
                 }
                 Ok(Err(e)) => {
@@ -547,14 +603,15 @@ impl Spaces {
     }
 }
 
-fn run(socket: Socket, state: &Lifecycle) {
+fn run(socket: Socket, state: &Lifecycle, procfs: Arc<Path>) {
     let mut spaces = Spaces {
         subs: vec![Subscription {
             netns: 0,
             socket,
-            tables: Tables::new(Place::Own, None, None),
+            tables: Tables::new(Place::Own, Arc::clone(&procfs), None, None),
             pending: Vec::with_capacity(1024),
         }],
+        procfs,
         opening: Vec::new(),
         refused: HashSet::new(),
         rescanned: None,

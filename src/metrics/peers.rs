@@ -1,13 +1,18 @@
 //! `network_connection_peers`: non-listening sockets counted by direction, local address,
 //! service port, remote address, state and interface (and owning process with
 //! `--collector.connections.owner`), the ephemeral port folded away and the label sets
-//! bounded by merging the smallest remotes into `other`.
+//! bounded by merging the smallest remotes into `other`. Direction follows
+//! [`DirectionRule`]: each namespace's listeners are remembered here for
+//! [`LISTENER_MEMORY`](crate::classify::LISTENER_MEMORY) across scrapes.
 
+use std::collections::HashMap;
 use std::io::{self, Write};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
 
-use crate::classify::{count_bounded, BoundedPeers, Direction, Folding, ListenerSet, PeerKey, Remote};
+use crate::classify::{count_bounded, BoundedPeers, Direction, DirectionRule, Folding, ListenerMemory, PeerKey, Remote};
 use crate::exposition::{Encoder, Kind, Number, Value};
 use crate::iface::InterfaceTable;
 use crate::model::TcpState;
@@ -18,21 +23,64 @@ pub struct Peers {
     max_series: usize,
     folding: Folding,
     merging: AtomicBool,
+    /// Each namespace's listeners seen lately, by its `netns` label ("" in `host` mode).
+    memory: Mutex<HashMap<String, ListenerMemory>>,
 }
 
 impl Peers {
     /// At most `max_series` label sets (0: no bound), remotes folded by `folding`.
     pub fn new(max_series: usize, folding: Folding) -> Peers {
-        Peers { max_series, folding, merging: AtomicBool::new(false) }
+        Peers { max_series, folding, merging: AtomicBool::new(false), memory: Mutex::new(HashMap::new()) }
+    }
+
+    /// The direction rule of one namespace at `now`: its listeners in this read and
+    /// those remembered, and its port range.
+    fn rule(&self, part: &Part<'_>, now: Instant) -> DirectionRule {
+        let mut memory = self.memory.lock().unwrap_or_else(|e| e.into_inner());
+        let key = part.ns.map_or("", |ns| ns.netns.as_str());
+        let listeners = part.listeners.iter().map(|l| l.local);
+        let set = match memory.get_mut(key) {
+            Some(m) => {
+                m.observe(now, listeners);
+                m.set()
+            }
+            None => {
+                let mut m = ListenerMemory::default();
+                m.observe(now, listeners);
+                let set = m.set();
+                memory.insert(key.to_owned(), m);
+                set
+            }
+        };
+        DirectionRule::new(set, part.port_range)
+    }
+
+    /// Forgets what is past [`LISTENER_MEMORY`](crate::classify::LISTENER_MEMORY) in
+    /// namespaces this read did not show (those it showed were refreshed), and the
+    /// namespaces left with nothing: memory stays bounded by the listeners of the last
+    /// two minutes.
+    fn forget(&self, now: Instant) {
+        let mut memory = self.memory.lock().unwrap_or_else(|e| e.into_inner());
+        memory.retain(|_, m| {
+            m.observe(now, []);
+            !m.is_empty()
+        });
     }
 
     /// The peers of one namespace's sockets: every socket but the listeners, classified
-    /// against that namespace's listeners, at most `max_series` label sets.
+    /// by the namespace's [`DirectionRule`], at most `max_series` label sets.
     pub fn count(&self, part: &Part<'_>, max_series: usize) -> BoundedPeers {
-        let listeners = ListenerSet::new(part.listeners.iter().map(|l| l.local));
-        let peers = part.keys.iter().filter(|k| k.state != TcpState::Listen).map(|k| PeerKey {
+        self.count_at(part, max_series, Instant::now())
+    }
+
+    /// [`count`](Self::count) as of `now`.
+    pub fn count_at(&self, part: &Part<'_>, max_series: usize, now: Instant) -> BoundedPeers {
+        let rule = self.rule(part, now);
+        let sockets = || part.keys.iter().filter(|k| k.state != TcpState::Listen);
+        let directions = rule.tally(sockets().map(|k| (&k.local, &k.remote)));
+        let peers = sockets().map(|k| PeerKey {
             owner: k.owner,
-            ..PeerKey::of(listeners.direction(&k.local), &k.local, &k.remote, Some(k.state), k.iface, &self.folding)
+            ..PeerKey::of(directions.of(&k.local, &k.remote), &k.local, &k.remote, Some(k.state), k.iface, &self.folding)
         });
         count_bounded(peers, max_series)
     }
@@ -58,6 +106,7 @@ impl Peers {
                 owner: owners.map(|o| (o.process(k.owner), o.unit(k.owner))),
             })?;
         }
+        self.forget(Instant::now());
         let peers = BoundedPeers { series: Vec::new(), merged };
         let was = self.merging.swap(peers.merged > 0, Ordering::Relaxed);
         if peers.merged > 0 && !was {

@@ -6,3 +6,4 @@ pub mod process;
 pub mod route;
 pub mod sock_destroy;
 pub mod sock_diag;
+pub mod sysctl;

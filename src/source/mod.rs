@@ -5,6 +5,7 @@ pub mod process;
 pub mod procfs;
 pub mod reader;
 pub mod sock_diag;
+pub mod sysctl;
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -33,6 +34,14 @@ pub enum SourceError {
         path: PathBuf,
         /// The error.
         source: io::Error,
+    },
+    /// A file whose text is not what the kernel writes there.
+    #[error("{path}: {reason}")]
+    Malformed {
+        /// What was read.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
     },
     /// The kernel refused or failed a request.
     #[error("{what}: {source}")]

@@ -1,13 +1,14 @@
 //! Source selection: which source a read uses (netlink or the procfs files), the fallback
 //! from one to the other, and the read of interfaces and sockets into a [`Snapshot`].
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::sock_diag::SockDiag;
-use super::{interfaces, procfs, SourceError};
+use super::{interfaces, procfs, sysctl, SourceError};
+use crate::classify::PortRange;
 use crate::iface::InterfaceTable;
 use crate::logging::RateLimit;
 use crate::model::{Connection, Family, TcpState};
@@ -35,6 +36,7 @@ enum Warning {
     Malformed = 2,
     Netlink = 3,
     Namespaces = 4,
+    PortRange = 5,
 }
 
 /// Reads snapshots from the chosen source, and keeps what persists between reads: the
@@ -49,7 +51,7 @@ pub struct Reader {
     parse_errors: [AtomicU64; 2],
     last_socket_count: AtomicUsize,
     /// One limiter per kind of warning, so that a steady one cannot hide a new one.
-    warn_limits: [RateLimit; 5],
+    warn_limits: [RateLimit; 6],
     /// Every network namespace's threads, in `--collector.namespaces=all` mode (shared
     /// with the lifecycle collector).
     namespaces: Option<Arc<Namespaces>>,
@@ -159,8 +161,14 @@ impl<'a> Fill<'a> {
 
 /// Reads the namespace the calling thread is in, over netlink only (a namespace's
 /// thread has no procfs of its own to fall back to). The labels are the caller's.
-fn dump_namespace(want_keys: bool, sort: bool, owners: bool) -> Result<(Space, Option<Inodes>), SourceError> {
+fn dump_namespace(
+    procfs: &Path,
+    want_keys: bool,
+    sort: bool,
+    owners: bool,
+) -> Result<(Space, Option<Inodes>), SourceError> {
     let table = interfaces::read_live()?;
+    let port_range = sysctl::port_range(procfs)?;
     let mut fill = Fill::new(&table, owners, want_keys);
     let diag = SockDiag::open()?;
     for result in diag.dump_all(&mut |c| fill.add(c)) {
@@ -168,7 +176,7 @@ fn dump_namespace(want_keys: bool, sort: bool, owners: bool) -> Result<(Space, O
     }
     let (counts, keys, listeners, inodes) = fill.finish(sort);
     let labels = NsLabels { netns: String::new(), container_id: String::new(), pod_uid: String::new() };
-    Ok((Space { labels, table, keys, listeners, counts, queue_limits: true }, inodes))
+    Ok((Space { labels, table, keys, listeners, counts, queue_limits: true, port_range }, inodes))
 }
 
 /// Errors that mean the kernel or a sandbox will not serve netlink to this process, as
@@ -359,7 +367,10 @@ impl Reader {
         let pending: Vec<_> = found
             .iter()
             .filter(|f| !f.own)
-            .map(|f| (f, namespaces.run(f, move || dump_namespace(want_keys, sort, owners))))
+            .map(|f| {
+                let procfs = self.procfs.clone();
+                (f, namespaces.run(f, move || dump_namespace(&procfs, want_keys, sort, owners)))
+            })
             .collect();
         let (own, own_inodes) = self.read_own(want_keys, sort, owners);
         let mut all_inodes = vec![own_inodes];
@@ -377,6 +388,7 @@ impl Reader {
             listeners: own.listeners,
             counts: own.counts,
             queue_limits: own.queue_limits,
+            port_range: own.port_range,
         });
         for (f, job) in pending {
             let result =
@@ -405,6 +417,7 @@ impl Reader {
             listeners: Vec::new(),
             counts: StateCounts::new(&InterfaceTable::default()),
             queue_limits: false,
+            port_range: PortRange::default(),
             ok,
             read_time: start.elapsed(),
             spaces,
@@ -426,6 +439,12 @@ impl Reader {
             inodes.all.reserve(self.last_socket_count.load(Ordering::Relaxed) + 64);
         }
         let (sockets_ok, queue_limits) = self.read_sockets(&mut fill);
+        let port_range = sysctl::port_range_or_default(&self.procfs, |e| {
+            self.warn(
+                Warning::PortRange,
+                format_args!("couldn't read the local port range, deciding direction with Linux's default: {e}"),
+            )
+        });
         let (counts, keys, listeners, inodes) = fill.finish(sort);
         if want_keys {
             self.last_socket_count.store(keys.len(), Ordering::Relaxed);
@@ -436,6 +455,7 @@ impl Reader {
             listeners,
             counts,
             queue_limits,
+            port_range,
             ok: table_ok && sockets_ok,
             read_time: start.elapsed(),
             spaces: Vec::new(),
