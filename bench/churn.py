@@ -12,8 +12,14 @@ each on loopback with its own temporary data directory, scraping every --scrape-
 After a few scrapes of an idle host, a local client makes --rate (default 50) short connections
 per second to a local server for --duration seconds (default 120; --quick: 30): connect, send
 one byte, read one byte back, close (the client closes first, so its socket lingers in
-TIME_WAIT for 60 s as on a real client). One more scrape after the load, the runner asks each
-Prometheus
+TIME_WAIT for 60 s as on a real client).
+
+Then the exit phase, what every restart or deploy of a service does: a second server,
+listening on 127.0.0.1:0 (a port inside the ephemeral range), answers --rate connections a
+second for --exit-duration seconds (default 60; --quick: 20) and closes first, so its side of
+each connection sits in TIME_WAIT for 60 s; then it exits, and the scrapes go on for
+--after-exit seconds (default 90; --quick: 65), until its leftover sockets are gone. One
+more scrape after that, the runner asks each Prometheus
 
   - per family, the distinct series seen over the whole run:
         count(count_over_time(FAMILY{job="conn-exporter"}[RUN]))
@@ -21,8 +27,11 @@ Prometheus
     server created, `up` and the scrape_* series included).
 
 Checks (exit 1 when one fails):
-  - network_connection_peers created at most --max-peers-series distinct series (default 30,
-    issue 9's target: one service and one client address);
+  - network_connection_peers created at most --max-peers-series distinct series over the
+    whole run, the minutes after the exit included (default 30: one service and one client
+    address per phase);
+  - the exited server's leftover sockets, in the scrapes after its exit, are inbound peers
+    of its port (a service that exits keeps its direction);
   - network_connections_info shows, among its client-side series, exactly the client ports
     the client's own sockets used (getsockname): all those used two scrape intervals before
     the end, none it never used. A client port stays in TIME_WAIT for 60 s, far longer than
@@ -34,8 +43,7 @@ Checks (exit 1 when one fails):
 
 Run as root, the runner re-executes itself in a new network namespace (`unshare --net`,
 loopback only): other programs' sockets would be counted too, and so would the TIME_WAIT
-sockets an earlier run leaves behind, which, once their listener is gone, are outbound
-sockets whose remote port is the old client's ephemeral port (one series each).
+sockets an earlier run leaves behind.
 --no-unshare runs in the current namespace. Python standard library only; needs
 `prometheus` on PATH (Debian's package) and `unshare` and `ip` for the namespace.
 """
@@ -71,10 +79,13 @@ def log(msg: str) -> None:
 # --------------------------------------------------------------------------- load
 
 class Load:
-    """A local server and a client making short connections at a fixed rate."""
+    """A local server and a client making short connections at a fixed rate. The client
+    closes first, or with `server_closes_first` the server does (its side then lingers in
+    TIME_WAIT); `finish` closes the listener, as a service that exits."""
 
-    def __init__(self, rate: float) -> None:
+    def __init__(self, rate: float, server_closes_first: bool = False) -> None:
         self.rate = rate
+        self.server_closes_first = server_closes_first
         self.listener = socket.socket()
         self.listener.bind(("127.0.0.1", 0))
         self.listener.listen(256)
@@ -101,7 +112,8 @@ class Load:
                 try:
                     if conn.recv(1):
                         conn.sendall(b"y")
-                    conn.recv(1)  # the client's FIN: close after it, so TIME_WAIT is the client's
+                    if not self.server_closes_first:
+                        conn.recv(1)  # the client's FIN: close after it, so TIME_WAIT is the client's
                 except OSError:
                     pass
 
@@ -114,6 +126,8 @@ class Load:
                     s.sendall(b"x")
                     if s.recv(1) == b"y":
                         self.made.append((time.time(), s.getsockname()[1]))
+                        if self.server_closes_first:
+                            s.recv(1)  # the server's FIN: TIME_WAIT is the server's
                     else:
                         self.failed += 1
             except OSError:
@@ -244,6 +258,15 @@ def run(args, procs: Processes, tmp: str) -> dict:
     time.sleep(args.duration)
     load.finish()
     t_end_load = time.time()
+
+    exiting = Load(args.rate, server_closes_first=True)
+    log(f"exit phase: {args.rate:g} connections/s to 127.0.0.1:{exiting.port}, the server closing "
+        f"first, for {args.exit_duration:g} s; then it exits and the scrapes go on for {args.after_exit:g} s")
+    exiting.start()
+    time.sleep(args.exit_duration)
+    exiting.finish()
+    t_exit = time.time()
+    time.sleep(args.after_exit)
     # One more scrape after the load, then stop the clock for the queries.
     n = {k: p.scrapes() for k, p in proms.items()}
     for k, p in proms.items():
@@ -257,6 +280,9 @@ def run(args, procs: Processes, tmp: str) -> dict:
         "connections_failed": load.failed,
         "offered_rate": args.rate,
         "achieved_rate": round(len(load.made) / (t_end_load - t_load), 1),
+        "exit_phase": {"port": exiting.port, "connections_made": len(exiting.made),
+                       "connections_failed": exiting.failed, "duration_s": args.exit_duration,
+                       "after_exit_s": args.after_exit},
         "scrape_interval_s": args.scrape_interval,
         "window": window,
         "prometheus": {},
@@ -281,6 +307,18 @@ def run(args, procs: Processes, tmp: str) -> dict:
             out["prometheus"][k]["peers_vs_states_max_abs_diff"] = p.scalar(
                 f"max_over_time((abs(sum(network_connection_peers) - "
                 f"sum(network_connection_states{{state!=\"LISTEN\"}})))[{window}:{args.scrape_interval:g}s])", at)
+        # The exited server's leftovers, two scrapes after its exit (the listener is gone
+        # from every read by then): inbound peers of its port, as many as the states
+        # family's TIME_WAIT sockets on that port's side ever could be, and none outbound
+        # to a client's port.
+        after = t_exit + 2 * args.scrape_interval + 1
+        port = str(exiting.port)
+        out["prometheus"][k]["exit_leftovers_inbound"] = p.scalar(
+            f'sum(network_connection_peers{{job="conn-exporter",direction="inbound",source_port="{port}"}})', after)
+        known = "|".join(str(x) for x in [exiting.port, load.port, exp_port] + [q.port for q in proms.values()])
+        out["prometheus"][k]["exit_leftovers_outbound_other_ports"] = p.scalar(
+            f'count(network_connection_peers{{job="conn-exporter",direction="outbound",'
+            f'destination_port!~"{known}"}})', after)
         out["prometheus"][k]["peers_series"] = sorted(
             ",".join(f"{a}={b}" for a, b in sorted(r["metric"].items()) if a not in ("job", "instance"))
             for r in p.query(f'last_over_time(network_connection_peers{{job="conn-exporter"}}[{window}])', at))
@@ -331,8 +369,16 @@ def checks(out: dict, args) -> list[str]:
                         f"never used, e.g. {sorted(foreign)[:5]}")
     if "network_connections_info" in bounded["distinct"]:
         failures.append("bounded: the collect[] scrape has per-connection series")
-    if out["connections_failed"]:
-        failures.append(f"the client had {out['connections_failed']} failed connections")
+    for name, prom in (("full", full), ("bounded", bounded)):
+        if not prom.get("exit_leftovers_inbound"):
+            failures.append(f"{name}: after the exit, no inbound peer of the exited server's port "
+                            f"{out['exit_phase']['port']} (its TIME_WAIT sockets lost their direction)")
+        if prom.get("exit_leftovers_outbound_other_ports"):
+            failures.append(f"{name}: after the exit, {prom['exit_leftovers_outbound_other_ports']:g} outbound "
+                            f"peer series name a client's port")
+    if out["connections_failed"] or out["exit_phase"]["connections_failed"]:
+        failures.append(f"the clients had {out['connections_failed']} + "
+                        f"{out['exit_phase']['connections_failed']} failed connections")
     return failures
 
 
@@ -342,7 +388,11 @@ def markdown(out: dict) -> str:
     lines = [
         f"{out['connections_made']:,} connections from {len(out['client_ports_all']):,} distinct client "
         f"ports in {out['duration_s']:g} s "
-        f"({out['achieved_rate']:g}/s achieved of {out['offered_rate']:g}/s offered), scrapes every "
+        f"({out['achieved_rate']:g}/s achieved of {out['offered_rate']:g}/s offered); then "
+        f"{out['exit_phase']['connections_made']:,} connections in {out['exit_phase']['duration_s']:g} s to a "
+        f"server that closes first and exits, and {out['exit_phase']['after_exit_s']:g} s of scrapes after "
+        f"its exit (its {full['exit_leftovers_inbound'] or 0:g} leftover sockets inbound peers of its port "
+        f"two scrapes after); scrapes every "
         f"{out['scrape_interval_s']:g} s ({full['scrapes']} scrapes), distinct series counted over "
         f"`[{out['window']}]` (the whole run).",
         "",
@@ -372,7 +422,12 @@ def main() -> int:
     ap.add_argument("--exporter-args", default="", help="extra conn-exporter flags (space-separated)")
     ap.add_argument("--prometheus", default=shutil.which("prometheus") or "/usr/bin/prometheus")
     ap.add_argument("--duration", type=float, default=120.0, help="seconds of load (default 120)")
-    ap.add_argument("--quick", action="store_true", help="30 s of load (CI)")
+    ap.add_argument("--quick", action="store_true",
+                    help="30 s of load, 20 s of the exit phase and 65 s after it (CI)")
+    ap.add_argument("--exit-duration", type=float, default=60.0,
+                    help="seconds of the exit phase's load before its server exits (default 60)")
+    ap.add_argument("--after-exit", type=float, default=90.0,
+                    help="seconds of scrapes after the server exits (default 90; TIME_WAIT lasts 60)")
     ap.add_argument("--rate", type=float, default=50.0, help="connections per second (default 50)")
     ap.add_argument("--scrape-interval", type=float, default=5.0, help="seconds (default 5)")
     ap.add_argument("--max-peers-series", type=int, default=30,
@@ -393,7 +448,7 @@ def main() -> int:
                 sys.executable] + sys.argv
         return subprocess.run(argv, env=env).returncode
     if args.quick:
-        args.duration = 30.0
+        args.duration, args.exit_duration, args.after_exit = 30.0, 20.0, 65.0
     args.exporter_args = args.exporter_args.split()
     for what, path in (("conn-exporter", args.exporter), ("prometheus", args.prometheus)):
         if not (os.path.isfile(path) and os.access(path, os.X_OK)):

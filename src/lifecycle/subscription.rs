@@ -478,11 +478,8 @@ impl Shared<'_> {
         for &(i, direction) in &ready {
             let s = &sub.pending[i].0;
             let owner = if direction == Direction::Inbound { tables.owner_of(&s.local) } else { None };
-            let origin = Origin {
-                netns,
-                process: owner.map_or("", |o| o.0.as_str()),
-                unit: owner.map_or("", |o| o.1.as_str()),
-            };
+            let origin =
+                Origin { netns, process: owner.map_or("", |o| o.0.as_str()), unit: owner.map_or("", |o| o.1.as_str()) };
             counters.add_from(&origin, s, direction, &tables.interfaces);
         }
         drop(counters);

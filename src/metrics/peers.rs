@@ -12,7 +12,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
-use crate::classify::{count_bounded, BoundedPeers, Direction, DirectionRule, Folding, ListenerMemory, PeerKey, Remote};
+use crate::classify::{
+    count_bounded, BoundedPeers, Direction, DirectionRule, Folding, ListenerMemory, PeerKey, Remote,
+};
 use crate::exposition::{Encoder, Kind, Number, Value};
 use crate::iface::InterfaceTable;
 use crate::model::TcpState;
@@ -80,7 +82,14 @@ impl Peers {
         let directions = rule.tally(sockets().map(|k| (&k.local, &k.remote)));
         let peers = sockets().map(|k| PeerKey {
             owner: k.owner,
-            ..PeerKey::of(directions.of(&k.local, &k.remote), &k.local, &k.remote, Some(k.state), k.iface, &self.folding)
+            ..PeerKey::of(
+                directions.of(&k.local, &k.remote),
+                &k.local,
+                &k.remote,
+                Some(k.state),
+                k.iface,
+                &self.folding,
+            )
         });
         count_bounded(peers, max_series)
     }

@@ -16,5 +16,6 @@ mod peers;
 mod prometheus;
 mod robustness;
 mod security;
+mod service_exit;
 mod util;
 mod webconfig_compat;
