@@ -1,6 +1,6 @@
 //! A service that restarts on another port and exits, in a namespace of the test's own
 //! (tests/scenarios/service_exit.py): the sockets it leaves behind (TIME_WAIT, and
-//! connections its clients close seconds after its listener went) keep their direction,
+//! connections it closes seconds after its listener went) keep their direction,
 //! so `network_connection_peers` stays at a few label sets over the whole run instead of
 //! one per connection, and the lifecycle counters of both sources count every close on
 //! the service's port, inbound and outbound, against what the scenario made. An exporter

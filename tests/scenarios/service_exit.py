@@ -8,13 +8,15 @@ Twice (runs "a" then "b"), a server listens on 127.0.0.1:0 (a port inside the
 ephemeral range, as many services and test servers bind), keeps HELD connections open,
 and answers RATE connections a second for SECONDS seconds: it reads one byte, answers
 one and closes first, so its side of each connection sits in TIME_WAIT for a minute.
-Then it exits: it closes its listener and its held connections, whose clients close
-their side only HELD_FOR seconds later (the server's sockets are destroyed then, after
-their listener is long gone). Run "b" starts right after "a" exits.
+Then it exits as a draining service does: it closes its listener at once and its held
+connections HELD_FOR seconds later, server side first (the kernel destroys the server's
+sockets then, long after their listener), their clients just after. Run "b" starts right
+after "a" closes its listener.
 
 Prints one JSON line per event, flushed: {"event": "listening", "run", "port"},
-{"event": "exited", "run", "port", "accepted"} (every connection it accepted, held ones
-included) and {"event": "done"} once the last held client has closed. Then waits for
+{"event": "exited", "run", "port", "accepted"} when its listener closed (every connection it
+accepted, held ones included) and {"event": "done"} once the last held connection has
+closed. Then waits for
 its standard input to close.
 """
 import json
@@ -35,13 +37,14 @@ def connect(port):
     return c
 
 
-# Held clients waiting for their time to close: (when, socket).
+# Held connections waiting for their time to close: (when, server side, client side).
 closing = []
 
 
 def close_due(now):
     for item in [x for x in closing if x[0] <= now]:
         item[1].close()
+        item[2].close()
         closing.remove(item)
 
 
@@ -74,11 +77,10 @@ def run(name):
         c.recv(1)
         c.recv(1)  # the FIN
         c.close()
-    # Exit: the listener and the server's side of the held connections go now.
+    # Exit: the listener goes now, the held connections later.
     listener.close()
     for c, s in held:
-        s.close()
-        closing.append((time.monotonic() + HELD_FOR, c))
+        closing.append((time.monotonic() + HELD_FOR, s, c))
     say(event="exited", run=name, port=port, accepted=accepted)
 
 
