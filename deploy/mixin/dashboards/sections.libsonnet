@@ -173,7 +173,7 @@ local wildcardPeer = @'0\\.0\\.0\\.0|::|::ffff:0\\.0\\.0\\.0';
     ],
 
   // The lifecycle collector's counters: every connection that ended, even between
-  // two scrapes, from the kernel's socket-destroy notifications.
+  // two scrapes, from the eBPF source or the kernel's socket-destroy notifications.
   lifecycle(multiHost)::
     local by = if multiHost then 'instance, ' else '';
     local who = if multiHost then '{{instance}} ' else '';
@@ -195,8 +195,8 @@ local wildcardPeer = @'0\\.0\\.0\\.0|::|::ffff:0\\.0\\.0\\.0';
                            unit='cps'), 12, 8),
       g.panel(g.timeseries('Failed connects per second by remote address',
                            'Outbound connects that never reached ESTABLISHED (refused, timed out, reset in ' +
-                           'the handshake), per second. The kernel has dropped the port by then: failures ' +
-                           'carry the remote address only.',
+                           'the handshake), per second, by remote address (a failed connect has a port with ' +
+                           'the eBPF lifecycle source only).',
                            [g.target('sum by (' + by + 'destination_address) (' +
                                      rate('network_connections_failed_total', iface) + ')',
                                      who + '{{destination_address}}')],
