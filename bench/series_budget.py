@@ -39,6 +39,7 @@ Run as root (namespaces, veth); needs `prometheus`, `ip`, `unshare`. Standard li
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import re
@@ -51,7 +52,6 @@ import sys
 import tempfile
 import time
 import urllib.parse
-import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -118,7 +118,10 @@ class Prometheus:
         self.port = PROM_PORTS[kind]
         self.dir = os.path.join(tmp, kind.replace("+", "-"))
         self.config = write_config(kind, self.dir, interval)
-        self.url = f"http://127.0.0.1:{self.port}"
+        # One kept-alive connection for every request of the runner: a new connection per
+        # request would be churn of its own (an ephemeral port, TIME_WAIT), counted by the
+        # exporter like the load's.
+        self.conn: http.client.HTTPConnection | None = None
 
     def start(self, procs: Processes) -> None:
         self.log = open(os.path.join(self.dir, "prometheus.log"), "w")
@@ -127,30 +130,47 @@ class Prometheus:
                                  f"--web.listen-address=127.0.0.1:{self.port}"],
                                 stdout=self.log, stderr=subprocess.STDOUT)
 
+    def get(self, path: str) -> tuple[int, bytes]:
+        for attempt in (1, 2):
+            try:
+                if self.conn is None:
+                    self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+                self.conn.request("GET", path)
+                r = self.conn.getresponse()
+                return r.status, r.read()
+            except (OSError, http.client.HTTPException):
+                if self.conn is not None:
+                    self.conn.close()
+                self.conn = None
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
     def wait_ready(self, timeout: float) -> None:
         deadline = time.time() + timeout
         while time.time() < deadline:
             try:
-                with urllib.request.urlopen(self.url + "/-/ready", timeout=5):
+                if self.get("/-/ready")[0] == 200:
                     return
-            except OSError:  # 503 while the TSDB opens, refused before it listens
-                time.sleep(0.3)
+            except OSError:  # refused before it listens
+                pass
+            time.sleep(0.5)  # 503 while the TSDB opens
         raise RuntimeError(f"{self.kind}: Prometheus not ready after {timeout:.0f} s")
 
     def api(self, path: str, params: list[tuple[str, str]]) -> dict:
-        url = f"{self.url}/api/v1/{path}?" + urllib.parse.urlencode(params)
-        with urllib.request.urlopen(url, timeout=60) as r:
-            return json.load(r)["data"]
+        status, body = self.get(f"/api/v1/{path}?" + urllib.parse.urlencode(params))
+        if status != 200:
+            raise RuntimeError(f"{self.kind}: {path}: HTTP {status}: {body[:200]!r}")
+        return json.loads(body)["data"]
 
     def jobs_up(self) -> dict[str, int]:
         res = self.api("query", [("query", "up")])["result"]
         return {r["metric"]["job"]: int(float(r["value"][1])) for r in res}
 
     def head_series(self) -> int:
-        with urllib.request.urlopen(self.url + "/metrics", timeout=30) as r:
-            for line in r.read().decode().splitlines():
-                if line.startswith("prometheus_tsdb_head_series "):
-                    return int(float(line.split()[1]))
+        for line in self.get("/metrics")[1].decode().splitlines():
+            if line.startswith("prometheus_tsdb_head_series "):
+                return int(float(line.split()[1]))
         raise RuntimeError(f"{self.kind}: no prometheus_tsdb_head_series")
 
     def series_by_name(self, start: float) -> dict[str, int]:
@@ -179,7 +199,7 @@ def wait_scrapes(proms: list[Prometheus], after: float, interval_s: float, what:
                 done = False
         if done:
             return
-        time.sleep(0.5)
+        time.sleep(2)
     raise RuntimeError(f"timed out waiting for a scrape of every job {what}")
 
 
