@@ -206,7 +206,7 @@ sys.exit(1 if bad else 0)
 PY
 ok "kubernetes-validate --strict: DaemonSet and Service valid"
 # The opt-in variants (every namespace; the eBPF lifecycle source): valid, and each adds
-# exactly the capabilities its header and the README name, nothing else.
+# exactly the capabilities its header and docs/ name, nothing else.
 kubernetes-validate --strict deploy/kubernetes/all-namespaces/daemonset.yaml deploy/kubernetes/ebpf/daemonset.yaml \
     >"$WORK/out" 2>&1 || { cat "$WORK/out"; fail "kubernetes-validate of the DaemonSet variants"; }
 python3 - deploy/kubernetes/all-namespaces/daemonset.yaml deploy/kubernetes/ebpf/daemonset.yaml <<'PY' || fail "DaemonSet variants' capabilities"
@@ -296,20 +296,20 @@ cp "$unit" "$WORK/unit-all/"
 cp deploy/systemd/conn-exporter.service.d/namespaces.conf "$WORK/unit-all/conn-exporter.service.d/"
 systemd-analyze security --offline=true "$WORK/unit-all/conn-exporter.service" >"$WORK/security-all.txt" 2>&1 || true
 score_all=$(grep -o 'Overall exposure level for conn-exporter.service: [0-9.]*' "$WORK/security-all.txt" | awk '{print $NF}')
-grep -q "| $score_all OK (default unit" README.md ||
-    { cat "$WORK/security-all.txt"; fail "the README does not state the drop-in's exposure $score_all"; }
-ok "systemd-analyze security with the namespaces drop-in: exposure $score_all, as the README states"
+grep -q "| $score_all OK (default unit" docs/namespaces-and-owners.md ||
+    { cat "$WORK/security-all.txt"; fail "docs/namespaces-and-owners.md does not state the drop-in's exposure $score_all"; }
+ok "systemd-analyze security with the namespaces drop-in: exposure $score_all, as docs/namespaces-and-owners.md states"
 mkdir -p "$WORK/unit-ebpf/conn-exporter.service.d"
 cp deploy/systemd/conn-exporter.service "$WORK/unit-ebpf/"
 cp deploy/systemd/conn-exporter.service.d/ebpf.conf "$WORK/unit-ebpf/conn-exporter.service.d/"
 systemd-analyze security --offline=true "$WORK/unit-ebpf/conn-exporter.service" >"$WORK/security-ebpf.txt" 2>&1 || true
 score_ebpf=$(grep -o 'Overall exposure level for conn-exporter.service: [0-9.]*' "$WORK/security-ebpf.txt" | awk '{print $NF}')
 [[ -n $score_ebpf ]] || { cat "$WORK/security-ebpf.txt"; fail "no exposure for the eBPF drop-in"; }
-grep -q "| $score_ebpf OK (default unit" README.md ||
-    { cat "$WORK/security-ebpf.txt"; fail "the README does not state the eBPF drop-in's exposure $score_ebpf"; }
+grep -q "| $score_ebpf OK (default unit" docs/lifecycle.md ||
+    { cat "$WORK/security-ebpf.txt"; fail "docs/lifecycle.md does not state the eBPF drop-in's exposure $score_ebpf"; }
 grep -q '^CapabilityBoundingSet=CAP_BPF CAP_PERFMON$' deploy/systemd/conn-exporter.service.d/ebpf.conf ||
     fail "the eBPF drop-in must bound the capabilities to CAP_BPF CAP_PERFMON"
-ok "systemd-analyze security with the eBPF drop-in: exposure $score_ebpf, as the README states"
+ok "systemd-analyze security with the eBPF drop-in: exposure $score_ebpf, as docs/lifecycle.md states"
 unit=$WORK/unit-default/conn-exporter.service
 systemd-analyze security --offline=true "$unit" >"$WORK/security.txt" 2>&1 || true
 score=$(grep -o 'Overall exposure level for conn-exporter.service: [0-9.]*' "$WORK/security.txt" | awk '{print $NF}')
