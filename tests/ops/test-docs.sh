@@ -415,9 +415,11 @@ for q in "${queries[@]}"; do
     log "  $n result(s): $q"
     if [[ $q == *'(::ffff:)?192'* ]]; then
         # Each exporter sees Prometheus (192.0.2.1) as an IPv4-mapped peer of its dual-stack listener.
+        # The exporter closes a connection idle for 10 s, so between two 15 s scrapes there
+        # may be none: wait for the next scrape's.
+        mapped_peer() { ip netns exec "$P-$1" ss -Htn state established "( sport = :${PORT[$1]} )" | grep -q '\[::ffff:192.0.2.1\]'; }
         for h in "${HOSTS[@]}"; do
-            ip netns exec "$P-$h" ss -Htn state established "( sport = :${PORT[$h]} )" | grep -q '\[::ffff:192.0.2.1\]' ||
-                fail "$h: ss shows no IPv4-mapped peer ::ffff:192.0.2.1 on :${PORT[$h]}"
+            wait_until 20 "$h: ss showing the IPv4-mapped peer ::ffff:192.0.2.1 on :${PORT[$h]}" mapped_peer "$h"
             python3 -c 'import json, sys
 res = json.loads(sys.argv[1])["data"]["result"]
 sys.exit(not any(r["metric"].get("instance") == sys.argv[2] and r["metric"].get("destination_address") == "::ffff:192.0.2.1" for r in res))' "$res" "$h" ||
