@@ -300,7 +300,8 @@ wait_for_metrics() {
         code=$(curl -s -o /dev/null -w '%{http_code}' --connect-timeout 2 --max-time 10 "$url" || true)
         if [[ $code == 200 ]]; then
             body=$(curl -fsS --max-time 10 "$url" || true)
-            if grep -q '^conn_exporter_build_info' <<<"$body"; then
+            # An exporter's families (build info is left out with --web.disable-exporter-metrics).
+            if grep -Eq '^(conn_exporter_build_info|# TYPE (network|conn_exporter)_)' <<<"$body"; then
                 info "OK: $url answers ($(grep -c '^network_connections_info' <<<"$body" || true) connection series)"
                 return 0
             fi

@@ -2,7 +2,8 @@
 # Every test of conn-exporter, from a bare Debian machine: installs what the tests need,
 # then formatting, lints, unit and integration tests (real sockets, ss, promtool, a real
 # Prometheus), the operations kit's tests, the fuzz corpora replay, and the benchmark's,
-# load test's, series churn, owner cost and namespace churn benchmarks' quick runs. Needs root.
+# load test's, series churn, series budget, owner cost and namespace churn benchmarks'
+# quick runs. Needs root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 step() { printf '\n==> %s\n' "$*"; }
@@ -41,6 +42,9 @@ python3 bench/run.py --smoke --exporter "$CONN_EXPORTER_BIN"
 
 step "series churn, quick run (network_connection_peers creates at most 30 series)"
 python3 bench/churn.py --quick --exporter "$CONN_EXPORTER_BIN"
+
+step "series budget, quick run (fleet config: <= 500 series idle, <= 1,500 under churn; every shipped config measured)"
+python3 bench/series_budget.py --quick --exporter "$CONN_EXPORTER_BIN"
 
 step "load test, quick run"
 python3 bench/load.py --quick --exporter "$CONN_EXPORTER_BIN"

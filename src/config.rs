@@ -80,7 +80,8 @@ pub struct Args {
     #[arg(long = "web.write-timeout", value_name = "DURATION", default_value = "15s", value_parser = parse_timeout)]
     pub write_timeout: std::time::Duration,
 
-    /// Leave out conn_exporter_build_info, the scrape_collector metrics and process_* metrics.
+    /// Leave out the exporter's own metrics: conn_exporter_build_info, the scrape_collector
+    /// metrics, the web_config reload metrics and process_* metrics.
     #[arg(long = "web.disable-exporter-metrics")]
     pub disable_exporter_metrics: bool,
 
@@ -123,16 +124,18 @@ pub struct Args {
     #[arg(long = "no-collector.lifecycle", overrides_with = "lifecycle")]
     pub no_lifecycle: bool,
 
-    /// Most label sets of each lifecycle counter; past it new remote addresses are
-    /// counted in destination_address="other" (counts kept, series never decrease).
-    /// 0 means no limit.
+    /// Most label sets of the lifecycle counters (one label set is up to 5 series: closed,
+    /// failed, sent and received bytes, retransmits); past three quarters of it new remote
+    /// addresses are counted in destination_address="other" (counts kept, series never
+    /// decrease). 0 means no limit.
     #[arg(long = "collector.lifecycle.max-series", value_name = "N", default_value_t = 5000)]
     pub lifecycle_max_series: usize,
 
     /// Source of the lifecycle counters: ebpf (an eBPF program counting in the kernel;
     /// needs CAP_BPF and CAP_PERFMON; keeps the port of failed connects), netlink
     /// (socket-destroy notifications; no privileges), or auto (ebpf when the kernel allows
-    /// it, netlink otherwise).
+    /// it, netlink otherwise). The eBPF program counts without owners: ebpf with
+    /// --collector.connections.owner is refused at start (exit 2), auto then takes netlink.
     #[arg(long = "collector.lifecycle.source", value_name = "SOURCE", value_enum, default_value_t = LifecycleSource::Auto)]
     pub lifecycle_source: LifecycleSource,
 

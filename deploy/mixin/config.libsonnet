@@ -2,8 +2,14 @@
 // a mixin that imports this one: (import 'mixin.libsonnet') + { _config+:: { ... } }.
 {
   _config+:: {
-    // The scrape job the exporter runs under; alerts and dashboards select it.
+    // The scrape job of the bounded families (states, peers, listeners, lifecycle);
+    // alerts, recording rules and dashboards select it.
     jobSelector: 'job="conn-exporter"',
+    // Any job of the exporter: the bounded one above, or the opt-in drill-down job
+    // `conn-exporter-connections` of the fleet configuration (collect[]=connections).
+    // The exporter-health alerts watch both; the single-host configuration's one job
+    // matches too.
+    anyJobSelector: 'job=~"conn-exporter(-connections)?"',
 
     tooManyConnectionsThreshold: 10000,
     closeWaitThreshold: 200,

@@ -272,9 +272,9 @@ fn scraped_owners(text: &str, port: u16) -> BTreeMap<(String, String, String), S
     got
 }
 
-/// Every process is re-read at least once every 16 scrapes (README, "Every namespace,
-/// every owner"); a socket that moved between two living processes is seen within two
-/// such cycles.
+/// Every process is re-read at least once every 16 scrapes (docs/namespaces-and-owners.md,
+/// "Owners"); a socket that moved between two living processes is seen within two such
+/// cycles.
 const BOUND: usize = 2 * 16;
 
 #[test]

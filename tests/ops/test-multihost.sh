@@ -5,6 +5,13 @@
 # shipped multi-host config scraping the three exporters. Every query of
 # docs/promql-queries.md and every dashboard query runs against it.
 #
+# Bounded mode, as the fleet configuration ships: its conn-exporter job scrapes the
+# bounded families of all three hosts (collect[]), and its opt-in drill-down job
+# (conn-exporter-connections) the per-connection series of host1 and host2 only.
+# host3 runs with --web.disable-exporter-metrics after the upgrade: the alerts, the
+# dashboards' variables and every panel but the drill-down row and the exporter's own
+# metrics must answer for host3 alone too.
+#
 # The hosts share this machine's file system and have no systemd, so the
 # installer runs with --init none and a per-host --prefix (see the guide).
 # All traffic stays inside namespaces this test creates (10.123.0.0/24).
@@ -251,8 +258,10 @@ done
 ok "each host's /metrics shows its own listeners and connections only; exporters run as nobody in their host's namespace"
 
 # --- re-run: upgrade in place, exit 0 ---------------------------------------------------
+# host3 is upgraded with --web.disable-exporter-metrics (a per-host option of the hosts file).
+printf 'host1\nhost2\nhost3 --extra-args --web.disable-exporter-metrics\n' >"$WORK/hosts-rerun.txt"
 start=$SECONDS
-out=$(deploy host1 host2 host3 --parallel 3 2>&1) || { echo "$out"; fail "re-running the deploy failed"; }
+out=$(deploy --hosts-file "$WORK/hosts-rerun.txt" --parallel 3 2>&1) || { echo "$out"; fail "re-running the deploy failed"; }
 assert_contains "$out" "3 ok, 0 failed" "re-run summary"
 for h in "${HOSTS[@]}"; do
     pid=$(<"$WORK/hosts/$h/run/conn-exporter.pid")
@@ -280,15 +289,23 @@ assert_contains "$out" "--listen-address" "port clash names the flag"
 ok "installer refuses an occupied port before starting: $(grep -m1 'choose' <<<"$out")"
 
 # --- Prometheus with the shipped multi-host config -------------------------------------
-mkdir -p "$WORK/prom/targets"
-python3 - "$REPO/deploy/prometheus/prometheus-multi-host-config.yml" "$WORK/prom" "$REPO/deploy/prometheus/alerts.yml" <<'PY'
-import sys, yaml
-src, out, rules = sys.argv[1:]
+mkdir -p "$WORK/prom/targets" "$WORK/prom/targets-connections"
+python3 - "$REPO/deploy/prometheus/prometheus-multi-host-config.yml" "$WORK/prom" <<'PY'
+import os, sys, yaml
+src, out = sys.argv[1:]
 cfg = yaml.safe_load(open(src))
 cfg["global"].update(scrape_interval="2s", evaluation_interval="2s")
-cfg["rule_files"] = [rules]
-job = [j for j in cfg["scrape_configs"] if j["job_name"] == "conn-exporter"][0]
-job.update(scrape_interval="2s", scrape_timeout="2s")
+# The shipped rule files, both (relative to the shipped config's directory).
+cfg["rule_files"] = [os.path.join(os.path.dirname(src), f) for f in cfg["rule_files"]]
+assert [os.path.basename(f) for f in cfg["rule_files"]] == ["alerts.yml", "recording-rules.yml"], cfg["rule_files"]
+jobs = {j["job_name"]: j for j in cfg["scrape_configs"]}
+for j in jobs.values():
+    j.update(scrape_interval="2s", scrape_timeout="2s")
+# The drill-down job as shipped (collect[]=connections), for the hosts listed in its files.
+drill = jobs["conn-exporter-connections"]
+drill["file_sd_configs"] = [{"files": [out + "/targets-connections/*.yml"], "refresh_interval": "5s"}]
+yaml.safe_dump([{"targets": ["host1:9100", "host2:9100"]}], open(out + "/targets-connections/hosts.yml", "w"))
+job = jobs["conn-exporter"]
 # Same shape as shipped: static targets with labels, file_sd, relabelling unchanged.
 job["static_configs"] = [{"targets": ["host1:9100", "host2:9100"],
                           "labels": {"environment": "test", "role": "web", "datacenter": "ns"}}]
@@ -310,7 +327,23 @@ up_count() {
 }
 all_up() { [[ $(up_count) == 3 ]]; }
 wait_until 60 "Prometheus scraping 3 exporters" all_up
-ok "Prometheus scrapes all 3 exporters"
+drill_up() {
+    [[ $(promq 'count(up{job="conn-exporter-connections"} == 1)' | python3 -c 'import json,sys; r=json.load(sys.stdin)["data"]["result"]; print(r[0]["value"][1] if r else 0)') == 2 ]]
+}
+wait_until 60 "the drill-down job scraping host1 and host2" drill_up
+ok "Prometheus scrapes all 3 exporters (bounded job) and host1, host2 (drill-down job)"
+# Bounded mode as shipped: the conn-exporter job has no per-connection series, host3 (in
+# no drill-down) has none at all, and host3's exporter serves none of its own metrics.
+bounded=$(promq 'count by (job, instance) ({__name__=~"network_connections_info|conn_exporter_connections_dropped_series"})')
+python3 - "$bounded" "$(promq 'count by (instance) ({__name__=~"conn_exporter_build_info|conn_exporter_scrape_collector_success|process_cpu_seconds_total"})')" <<'PY' || fail "bounded mode: series where there should be none"
+import json, sys
+per_connection = sorted((r["metric"]["job"], r["metric"]["instance"]) for r in json.loads(sys.argv[1])["data"]["result"])
+want = [("conn-exporter-connections", "host1"), ("conn-exporter-connections", "host2")]
+assert per_connection == want, f"per-connection series from {per_connection}, want only {want}"
+own = sorted(r["metric"]["instance"] for r in json.loads(sys.argv[2])["data"]["result"])
+assert own == ["host1", "host2"], f"exporter metrics from {own}: host3 runs with --web.disable-exporter-metrics"
+print("per-connection series:", per_connection, "; exporter metrics from", own)
+PY
 
 up=$(promq 'up{job="conn-exporter"}')
 python3 - "$up" <<'PY' || fail "instance relabelling / target labels"
@@ -323,7 +356,7 @@ assert all("hostname" not in m for m in got.values()), "hostname label not dropp
 print("instances:", sorted(got), "roles:", {k: v["role"] for k, v in got.items()})
 PY
 # Per-host series: each instance has exactly its own 2000N listener.
-per_host=$(promq 'network_connections_info{state="LISTEN",source_port=~"2000[1-3]"}')
+per_host=$(promq 'network_listen_queue_length{source_port=~"2000[1-3]"}')
 python3 - "$per_host" <<'PY' || fail "per-host listener series in Prometheus"
 import json, sys
 res = json.loads(sys.argv[1])["data"]["result"]
@@ -338,10 +371,13 @@ import json, sys
 groups = json.loads(sys.argv[1])["data"]["groups"]
 rules = [r for g in groups for r in g["rules"]]
 bad = [r["name"] for r in rules if r.get("health") not in ("ok", "unknown")]
-assert len(rules) == 10 and not bad, f"{len(rules)} rules, unhealthy: {bad}"
-print(f"{len(rules)} alert rules loaded, all healthy")
+alerts = [r for r in rules if r["type"] == "alerting"]
+assert len(alerts) == 10 and len(rules) == 13 and not bad, f"{len(alerts)} alerts, {len(rules)} rules, unhealthy: {bad}"
+print(f"{len(alerts)} alert rules and {len(rules) - len(alerts)} recording rules loaded, all healthy")
 PY
-ok "per-host series in Prometheus; instance relabelled to host names; 10 alert rules healthy"
+recorded() { [[ $(promq 'count(instance:network_connection_states:sum)' | python3 -c 'import json,sys; r=json.load(sys.stdin)["data"]["result"]; print(r[0]["value"][1] if r else 0)') == 3 ]]; }
+wait_until 30 "the recording rules' per-host totals for the 3 hosts" recorded
+ok "per-host series in Prometheus; instance relabelled to host names; 10 alert and 3 recording rules healthy, totals recorded"
 
 # --- peers: who connects to host2:443, what host1 depends on, against ss --------------
 # The oracle is ss in each host's namespace: ESTABLISHED sockets whose local port
@@ -447,7 +483,7 @@ until seen=$(only_ssh_alert 2>&1); do
     sleep 1
 done
 echo "$seen"
-gone=$(promq 'max by (instance, source_address, source_port) (max_over_time(network_connections_info{state="LISTEN"}[1h])) unless max by (instance, source_address, source_port) (network_connections_info{state="LISTEN"})')
+gone=$(promq 'max by (instance, source_address, source_port) (max_over_time(network_listen_queue_length[1h])) unless max by (instance, source_address, source_port) (network_listen_queue_length)')
 python3 - "$gone" <<'PY' || fail "listening-socket-gone query"
 import json, sys
 res = json.loads(sys.argv[1])["data"]["result"]
@@ -456,7 +492,7 @@ assert ("host2", "21002") in got and ("host3", "22") in got, got
 assert all(i in ("host2", "host3") for i, _ in got), got
 print("listeners gone:", got)
 PY
-ok "stopped listeners are seen: NoListeningSSH fires for host3 only; host2:21002 reported gone"
+ok "stopped listeners are seen: NoListeningSSH fires for host3 only (bounded, no exporter metrics); host2:21002 reported gone"
 
 # --- lifecycle counters (issue 10) -----------------------------------------------------
 # The exporter serves them by default: a /metrics without the family is a failure, not a
@@ -503,15 +539,22 @@ retry3() { # output-file command...
 retry3 "$WORK/doc-queries.txt" in_ctl python3 "$OPS_DIR/lib/run_doc_queries.py" --prom "$PROM" \
     "$REPO/docs/promql-queries.md" || fail "docs/promql-queries.md queries"
 ok "docs/promql-queries.md: $(tail -n1 "$WORK/doc-queries.txt")"
-dashboard_queries() {
-    local now
+dashboard_queries() { # instances [check_dashboards.py options]
+    local now instances=$1
+    shift
     now=$(date +%s)
     in_ctl python3 "$OPS_DIR/lib/check_dashboards.py" queries --prom "$PROM" --job conn-exporter \
-        --instances host1,host2,host3 --rate-interval 30s --start "$((now - 60))" --end "$now" \
+        --instances "$instances" --rate-interval 30s --start "$((now - 60))" --end "$now" "$@" \
         "$REPO/deploy/grafana/conn-exporter-single-host.json" "$REPO/deploy/grafana/conn-exporter-multi-host.json"
 }
-retry3 "$WORK/dash-queries.txt" dashboard_queries || fail "dashboard queries"
-ok "Grafana dashboards: $(grep -c '^  ok ' "$WORK/dash-queries.txt") panel queries and all variables return data"
+retry3 "$WORK/dash-queries.txt" dashboard_queries host1,host2,host3 || fail "dashboard queries"
+ok "Grafana dashboards, all hosts: $(grep -c '^  ok ' "$WORK/dash-queries.txt") panel queries and all variables return data"
+# host3 alone: bounded families only, no exporter metrics. Only the drill-down row and the
+# exporter's own metrics may be empty; the variables (job, host) must still list it.
+retry3 "$WORK/dash-queries-host3.txt" dashboard_queries host3 --drill-down-off --no-exporter-metrics ||
+    fail "dashboard queries for host3 (bounded, --web.disable-exporter-metrics)"
+grep -q "SKIP data check.*drill-down row" "$WORK/dash-queries-host3.txt" || fail "host3: no drill-down query was exempted: the row is missing?"
+ok "Grafana dashboards, host3 alone (bounded, no exporter metrics): $(grep -c '^  ok ' "$WORK/dash-queries-host3.txt") panel queries return data, $(grep -c 'SKIP data check' "$WORK/dash-queries-host3.txt") evaluate (drill-down row, exporter metrics)"
 
 # --- uninstall over ssh -------------------------------------------------------------------
 # host3's sshd was stopped above: start it again.

@@ -90,14 +90,33 @@ for a in sorted(alerts):
     if a not in fires or a not in silent:
         bad.append(f"{a}: firing case {a in fires}, silent case {a in silent}")
 expr = {r["alert"]: r["expr"].strip() for g in rules["groups"] for r in g["rules"] if "alert" in r}
-if expr.get("TooManyConnections") != "sum by (instance) (network_connection_states) > 10000":
-    bad.append("TooManyConnections must use the exact aggregate: " + expr.get("TooManyConnections", ""))
+if expr.get("TooManyConnections") != 'sum by (instance) (network_connection_states{job="conn-exporter"}) > 10000':
+    bad.append("TooManyConnections must use the exact aggregate of its job: " + expr.get("TooManyConnections", ""))
 for a, e in expr.items():
-    if "sum" in e and "network_connections_info" in e and a != "NoListeningSSH":
-        bad.append(f"{a} sums the truncatable per-connection series")
-print("\n".join(bad) if bad else f"{len(alerts)} alerts, each tested firing and silent")
+    if "job=" not in e:
+        bad.append(f"{a} selects no job")
+print("\n".join(bad) if bad else f"{len(alerts)} alerts, each tested firing and silent, each selecting its job")
 sys.exit(1 if bad else 0)
 PY
+# Bounded mode: no alert or recording rule reads the per-connection series (the fleet
+# configuration does not scrape them), and the rule unit tests feed none.
+python3 - deploy/prometheus/alerts.yml deploy/prometheus/recording-rules.yml deploy/prometheus/alerts_test.yml <<'PY' || fail "a rule reads the per-connection series"
+import re, sys, yaml
+per_connection = re.compile(r"\bnetwork_connections_info\b")
+bad = []
+for path in sys.argv[1:3]:
+    for g in yaml.safe_load(open(path))["groups"]:
+        for r in g["rules"]:
+            if per_connection.search(r["expr"]):
+                bad.append(f"{path}: {r.get('alert') or r.get('record')} reads network_connections_info")
+for t in yaml.safe_load(open(sys.argv[3]))["tests"]:
+    for s in t.get("input_series", []):
+        if per_connection.search(s["series"]):
+            bad.append(f"{sys.argv[3]}: an input series is per-connection: {s['series']}")
+print("\n".join(bad) if bad else "alerts, recording rules and their tests: bounded families only")
+sys.exit(1 if bad else 0)
+PY
+ok "alerts and recording rules read bounded families only (and their unit tests feed no per-connection series)"
 # The unit tests can fail: a wrong expectation must be reported.
 sed 's/instance: busy$/instance: calm/' deploy/prometheus/alerts_test.yml >"$WORK/alerts_test_broken.yml"
 cp deploy/prometheus/alerts.yml deploy/prometheus/recording-rules.yml "$WORK/"
@@ -105,6 +124,55 @@ if promtool test rules "$WORK/alerts_test_broken.yml" >/dev/null 2>&1; then
     fail "promtool test rules passed with a wrong expectation"
 fi
 ok "promtool test rules fails on a wrong expectation"
+
+# --- Bounded scrapes: every scrape the docs call bounded sets collect[] ----------------
+# The fleet configuration's main job, the guide's TLS job, the ServiceMonitor and the
+# PodMonitor scrape the bounded families only; the opt-in drill-down job and monitor
+# the per-connection ones only. A scrape without collect[] gets every family.
+guide_tls_job=$(python3 "$OPS_DIR/lib/doc_blocks.py" docs/multi-host-deployment-guide.md prometheus-tls-job) ||
+    fail "no prometheus-tls-job block in the guide"
+python3 - deploy/prometheus/prometheus-multi-host-config.yml deploy/kubernetes/prometheus-operator \
+    "$guide_tls_job" <<'PY' || fail "a scrape the docs call bounded does not set collect[]"
+import sys, yaml
+fleet, op, guide_tls_job = sys.argv[1:]
+BOUNDED = {"states", "peers", "listeners", "lifecycle"}
+bad, seen = [], []
+def check(where, params, want):
+    got = (params or {}).get("collect[]")
+    seen.append(where)
+    if not got:
+        bad.append(f"{where}: no collect[]: it scrapes every family, per-connection series included")
+    elif want == "bounded" and (set(got) != BOUNDED):
+        bad.append(f"{where}: collect[] {got}, want the bounded families {sorted(BOUNDED)}")
+    elif want == "connections" and got != ["connections"]:
+        bad.append(f"{where}: collect[] {got}, want [connections] (the drill-down job)")
+jobs = {j["job_name"]: j for j in yaml.safe_load(open(fleet))["scrape_configs"]}
+if set(jobs) != {"conn-exporter", "conn-exporter-connections"}:
+    bad.append(f"{fleet}: jobs {sorted(jobs)}, want conn-exporter and conn-exporter-connections")
+check(f"{fleet} job conn-exporter", jobs.get("conn-exporter", {}).get("params"), "bounded")
+check(f"{fleet} job conn-exporter-connections", jobs.get("conn-exporter-connections", {}).get("params"), "connections")
+for job in yaml.safe_load(guide_tls_job):
+    check(f"guide's {job['job_name']} job", job.get("params"), "bounded")
+for name, key, want in (("servicemonitor", "endpoints", "bounded"), ("podmonitor", "podMetricsEndpoints", "bounded"),
+                        ("servicemonitor-connections", "endpoints", "connections")):
+    for i, ep in enumerate(yaml.safe_load(open(f"{op}/{name}.yaml"))["spec"][key]):
+        check(f"{op}/{name}.yaml {key}[{i}]", ep.get("params"), want)
+print("\n".join(bad) if bad else "collect[] set on: " + "; ".join(seen))
+sys.exit(1 if bad else 0)
+PY
+ok "every scrape the docs call bounded sets the bounded collect[]; the drill-down job and monitor collect[]=connections"
+# Recording rules are loaded wherever alerts are: both shipped configs, and the guide's set-up.
+python3 - deploy/prometheus/prometheus-scrape-config.yml deploy/prometheus/prometheus-multi-host-config.yml <<'PY' || fail "a shipped config loads the alerts without the recording rules"
+import sys, yaml
+bad = [p for p in sys.argv[1:] if yaml.safe_load(open(p)).get("rule_files") != ["alerts.yml", "recording-rules.yml"]]
+print("\n".join(f"{p}: rule_files must be alerts.yml and recording-rules.yml" for p in bad) or "both configs load both rule files")
+sys.exit(1 if bad else 0)
+PY
+setup=$(python3 "$OPS_DIR/lib/doc_blocks.py" docs/multi-host-deployment-guide.md prometheus-setup) || fail "no prometheus-setup block"
+for f in alerts.yml recording-rules.yml; do
+    grep -q "deploy/prometheus/$f " <<<"$setup" || fail "the guide's prometheus-setup block does not install $f"
+done
+ok "recording rules loaded wherever the alerts are (both configs, the guide's set-up)"
 
 # --- Kubernetes ---------------------------------------------------------------------
 kubernetes-validate --strict deploy/kubernetes/*.yaml >"$WORK/out" 2>&1 || { cat "$WORK/out"; fail "kubernetes-validate"; }
@@ -138,7 +206,7 @@ sys.exit(1 if bad else 0)
 PY
 ok "kubernetes-validate --strict: DaemonSet and Service valid"
 # The opt-in variants (every namespace; the eBPF lifecycle source): valid, and each adds
-# exactly the capabilities its header and the README name, nothing else.
+# exactly the capabilities its header and docs/ name, nothing else.
 kubernetes-validate --strict deploy/kubernetes/all-namespaces/daemonset.yaml deploy/kubernetes/ebpf/daemonset.yaml \
     >"$WORK/out" 2>&1 || { cat "$WORK/out"; fail "kubernetes-validate of the DaemonSet variants"; }
 python3 - deploy/kubernetes/all-namespaces/daemonset.yaml deploy/kubernetes/ebpf/daemonset.yaml <<'PY' || fail "DaemonSet variants' capabilities"
@@ -170,9 +238,9 @@ ok "DaemonSet variants (all-namespaces, ebpf) valid, each with exactly its capab
 # --- Prometheus Operator objects against the Operator's CRD schemas ------------------------
 # tests/ops/schemas/*.json come from the Operator's CRDs (extract-crd-schemas.py says how).
 op=deploy/kubernetes/prometheus-operator
-for kind in servicemonitor podmonitor prometheusrule; do
-    check-jsonschema --schemafile "$OPS_DIR/schemas/$kind-v1.json" "$op/$kind.yaml" >"$WORK/out" 2>&1 ||
-        { cat "$WORK/out"; fail "$op/$kind.yaml does not validate against the $kind CRD schema"; }
+for kind in servicemonitor podmonitor prometheusrule servicemonitor-connections; do
+    check-jsonschema --schemafile "$OPS_DIR/schemas/${kind%-connections}-v1.json" "$op/$kind.yaml" >"$WORK/out" 2>&1 ||
+        { cat "$WORK/out"; fail "$op/$kind.yaml does not validate against the ${kind%-connections} CRD schema"; }
 done
 # The schemas catch mistakes: a misspelt field, a bad duration, a wrong kind.
 sed 's/^  endpoints:/  endpoint:/' "$op/servicemonitor.yaml" >"$WORK/sm-typo.yaml"
@@ -228,20 +296,20 @@ cp "$unit" "$WORK/unit-all/"
 cp deploy/systemd/conn-exporter.service.d/namespaces.conf "$WORK/unit-all/conn-exporter.service.d/"
 systemd-analyze security --offline=true "$WORK/unit-all/conn-exporter.service" >"$WORK/security-all.txt" 2>&1 || true
 score_all=$(grep -o 'Overall exposure level for conn-exporter.service: [0-9.]*' "$WORK/security-all.txt" | awk '{print $NF}')
-grep -q "| $score_all OK (default unit" README.md ||
-    { cat "$WORK/security-all.txt"; fail "the README does not state the drop-in's exposure $score_all"; }
-ok "systemd-analyze security with the namespaces drop-in: exposure $score_all, as the README states"
+grep -q "| $score_all OK (default unit" docs/namespaces-and-owners.md ||
+    { cat "$WORK/security-all.txt"; fail "docs/namespaces-and-owners.md does not state the drop-in's exposure $score_all"; }
+ok "systemd-analyze security with the namespaces drop-in: exposure $score_all, as docs/namespaces-and-owners.md states"
 mkdir -p "$WORK/unit-ebpf/conn-exporter.service.d"
 cp deploy/systemd/conn-exporter.service "$WORK/unit-ebpf/"
 cp deploy/systemd/conn-exporter.service.d/ebpf.conf "$WORK/unit-ebpf/conn-exporter.service.d/"
 systemd-analyze security --offline=true "$WORK/unit-ebpf/conn-exporter.service" >"$WORK/security-ebpf.txt" 2>&1 || true
 score_ebpf=$(grep -o 'Overall exposure level for conn-exporter.service: [0-9.]*' "$WORK/security-ebpf.txt" | awk '{print $NF}')
 [[ -n $score_ebpf ]] || { cat "$WORK/security-ebpf.txt"; fail "no exposure for the eBPF drop-in"; }
-grep -q "| $score_ebpf OK (default unit" README.md ||
-    { cat "$WORK/security-ebpf.txt"; fail "the README does not state the eBPF drop-in's exposure $score_ebpf"; }
+grep -q "| $score_ebpf OK (default unit" docs/lifecycle.md ||
+    { cat "$WORK/security-ebpf.txt"; fail "docs/lifecycle.md does not state the eBPF drop-in's exposure $score_ebpf"; }
 grep -q '^CapabilityBoundingSet=CAP_BPF CAP_PERFMON$' deploy/systemd/conn-exporter.service.d/ebpf.conf ||
     fail "the eBPF drop-in must bound the capabilities to CAP_BPF CAP_PERFMON"
-ok "systemd-analyze security with the eBPF drop-in: exposure $score_ebpf, as the README states"
+ok "systemd-analyze security with the eBPF drop-in: exposure $score_ebpf, as docs/lifecycle.md states"
 unit=$WORK/unit-default/conn-exporter.service
 systemd-analyze security --offline=true "$unit" >"$WORK/security.txt" 2>&1 || true
 score=$(grep -o 'Overall exposure level for conn-exporter.service: [0-9.]*' "$WORK/security.txt" | awk '{print $NF}')

@@ -6,7 +6,7 @@
       rules: [
         {
           alert: 'TooManyConnections',
-          expr: 'sum by (instance) (network_connection_states) > %d' % $._config.tooManyConnectionsThreshold,
+          expr: 'sum by (instance) (network_connection_states{%(jobSelector)s}) > %(tooManyConnectionsThreshold)d' % $._config,
           'for': '5m',
           labels: { severity: 'warning' },
           annotations: {
@@ -16,18 +16,17 @@
         },
         {
           // The specification's absent(network_connections_info{...}) fires only
-          // when no host at all listens on 22; this fires per host. A host whose
-          // per-connection series are truncated is left out (the LISTEN socket may
-          // be among the dropped ones): ConnExporterSeriesTruncated covers it.
+          // when no host at all listens on 22; this fires per host. It reads the
+          // listeners family (bounded: one series per listening endpoint, never
+          // truncated), so it works without the per-connection series. A host that
+          // serves no listener at all (its listeners collector failing or not
+          // scraped) is left out: the exporter's own listener is always there when
+          // the family is, and ConnExporterCollectorFailing covers a failure.
           alert: 'NoListeningSSH',
           expr: |||
-            (
-              max by (instance) (conn_exporter_scrape_collector_success{%(jobSelector)s,collector="connections"} == 1)
-              unless on (instance)
-              count by (instance) (network_connections_info{%(jobSelector)s,state="LISTEN",source_port="22"})
-            )
+            count by (instance) (network_listen_queue_length{%(jobSelector)s})
             unless on (instance)
-            (conn_exporter_connections_dropped_series{%(jobSelector)s} > 0)
+            count by (instance) (network_listen_queue_length{%(jobSelector)s,source_port="22"})
           ||| % $._config,
           'for': '1m',
           labels: { severity: 'critical' },

@@ -1,4 +1,6 @@
-// Alerts on the exporter itself: down, truncating, failing, unable to parse.
+// Alerts on the exporter itself: down, truncating, failing, unable to parse. They read
+// the exporter's own metrics of every job it is scraped by (anyJobSelector): the
+// bounded job and, where it is on, the per-connection drill-down job.
 {
   prometheusAlerts+:: {
     groups+: [{
@@ -6,7 +8,7 @@
       rules: [
         {
           alert: 'ConnExporterDown',
-          expr: 'up{%(jobSelector)s} == 0' % $._config,
+          expr: 'up{%(anyJobSelector)s} == 0' % $._config,
           'for': '5m',
           labels: { severity: 'critical' },
           annotations: {
@@ -16,7 +18,7 @@
         },
         {
           alert: 'ConnExporterSeriesTruncated',
-          expr: 'conn_exporter_connections_dropped_series{%(jobSelector)s} > 0' % $._config,
+          expr: 'conn_exporter_connections_dropped_series{%(anyJobSelector)s} > 0' % $._config,
           'for': '15m',
           labels: { severity: 'warning' },
           annotations: {
@@ -26,7 +28,7 @@
         },
         {
           alert: 'ConnExporterCollectorFailing',
-          expr: 'conn_exporter_scrape_collector_success{%(jobSelector)s} == 0' % $._config,
+          expr: 'conn_exporter_scrape_collector_success{%(anyJobSelector)s} == 0' % $._config,
           'for': '5m',
           labels: { severity: 'warning' },
           annotations: {

@@ -23,9 +23,10 @@
           },
         },
         {
-          // Failed connects (refused, timed out, reset in the handshake) carry the
-          // remote address but no port: the kernel has disconnected the socket by the
-          // time it is destroyed. Attempts = failed + closed after being established.
+          // Failed connects (refused, timed out, reset in the handshake), counted by
+          // remote address: with the socket-destroy notifications they carry no port
+          // (the kernel has cleared it by then), with the eBPF source they do; summing
+          // by address works for both. Attempts = failed + closed after being established.
           alert: 'ConnectFailures',
           expr: |||
             (

@@ -5,6 +5,11 @@ local ds = { type: 'prometheus', uid: '${datasource}' };
 // Label filters. Every query carries job and instance.
 local host = 'job="$job",instance=~"$instance"';
 local iface = host + ',interface=~"$interface"';
+// The drill-down row's filter: the per-connection series come from the bounded job
+// itself where it scrapes everything (single-host configuration), or from the opt-in
+// job "<job>-connections" of the fleet configuration (collect[]=connections).
+local drillHost = 'job=~"$job(-connections)?",instance=~"$instance"';
+local drillIface = drillHost + ',interface=~"$interface"';
 
 local target(expr, legend='', instant=false, format='time_series', ref='A') = {
   datasource: ds,
@@ -23,6 +28,8 @@ local greenOnly = { mode: 'absolute', steps: [{ color: 'green', value: null }] }
   host: host,
   iface: iface,
   all: iface + ',state=~"$state"',
+  drillHost: drillHost,
+  drillAll: drillIface + ',state=~"$state"',
   target: target,
 
   redAbove0: { mode: 'absolute', steps: [{ color: 'green', value: null }, { color: 'red', value: 1 }] },
@@ -173,9 +180,11 @@ local greenOnly = { mode: 'absolute', steps: [{ color: 'green', value: null }] }
         hide: 0,
         current: { text: 'default', value: 'default' },
       },
-      queryVar('job', 'Job', 'label_values(conn_exporter_build_info, job)', false, false,
+      // From a bounded family and from up: neither needs the exporter's own metrics
+      // (--web.disable-exporter-metrics) nor the per-connection series.
+      queryVar('job', 'Job', 'label_values(network_connection_states, job)', false, false,
                current={ text: 'conn-exporter', value: 'conn-exporter' }),
-      queryVar('instance', 'Host', 'label_values(conn_exporter_build_info{job="$job"}, instance)', true, true,
+      queryVar('instance', 'Host', 'label_values(up{job="$job"}, instance)', true, true,
                current=if multiHost then allSelected else null),
       queryVar('interface', 'Interface', 'label_values(network_connection_states{' + host + '}, interface)',
                true, true, '.*', current=allSelected),

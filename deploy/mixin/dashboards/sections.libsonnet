@@ -67,35 +67,69 @@ local wildcardPeer = @'0\\.0\\.0\\.0|::|::ffff:0\\.0\\.0\\.0';
                          unit='cps'), 24, 8),
   ],
 
+  // Who talks to whom, from the bounded families: peers (ephemeral port folded away)
+  // and the listeners' own series. The per-connection view is the drill-down row.
   detail(multiHost)::
     local by = if multiHost then 'instance, ' else '';
     [
       g.row('Who talks to whom'),
-      g.panel(g.bars('Top destination ports', 'The 10 remote ports with most connections ' +
-                                              '(listening sockets left out). From the per-connection series, which the ' +
-                                              'cardinality guard may truncate on busy hosts.',
-                     'topk(10, sum by (destination_port) (network_connections_info{' + all + ',state!="LISTEN"}))',
+      g.panel(g.bars('Top destination ports', 'The 10 remote ports this host has most outbound ' +
+                                              'connections to (network_connection_peers: exact, bounded; ' +
+                                              'listening sockets are not peers).',
+                     'topk(10, sum by (destination_port) (network_connection_peers{' + all + ',direction="outbound"}))',
                      'port {{destination_port}}'), 8, 9),
-      g.panel(g.bars('Top local ports', 'The 10 local ports with most sockets (services receiving connections).',
-                     'topk(10, sum by (source_port) (network_connections_info{' + all + '}))',
-                     'port {{source_port}}'), 8, 9),
-      g.panel(g.bars('Top remote addresses', 'The 10 remote addresses with most connections ' +
-                                             '(wildcard peers of listening sockets left out).',
-                     'topk(10, sum by (destination_address) (network_connections_info{' + all + ',' +
-                     'state!="LISTEN",destination_address!~"' + wildcardPeer + '"}))',
+      g.panel(g.bars('Top client addresses (inbound)', 'The 10 remote addresses with most connections to ' +
+                                                       "this host's services (network_connection_peers, " +
+                                                       'inbound).',
+                     'topk(10, sum by (destination_address) (network_connection_peers{' + all + ',direction="inbound"}))',
                      '{{destination_address}}'), 8, 9),
-      g.panel(g.table('Listening sockets', 'Every listening socket: address, port and interface.',
-                      'sum by (' + by + 'source_address, source_port, interface) ' +
-                      '(network_connections_info{' + iface + ',state="LISTEN"})'), 12, 9),
+      g.panel(g.bars('Top remote addresses', 'The 10 remote addresses with most connections, both ' +
+                                             'directions (network_connection_peers).',
+                     'topk(10, sum by (destination_address) (network_connection_peers{' + all + '}))',
+                     '{{destination_address}}'), 8, 9),
+      g.panel(g.table('Listening sockets', 'Every listening endpoint: address, port and interface, and how ' +
+                                           'many sockets listen there (network_listen_queue_length: one ' +
+                                           'series per endpoint, SO_REUSEPORT listeners summed).',
+                      'count by (' + by + 'source_address, source_port, interface) ' +
+                      '(network_listen_queue_length{' + iface + '})'), 12, 9),
       if multiHost then
         g.panel(g.table('Hosts', 'One row per host: its sockets (exact total).',
                         'sum by (instance) (network_connection_states{' + all + '})'), 12, 9)
       else
         g.panel(g.table('Sockets per state and family', 'Exact counts per address family, interface and state.',
                         'sum by (family, interface, state) (network_connection_states{' + all + '})'), 12, 9),
-      g.panel(g.table('Connections', 'Every connection of the selected hosts (per-connection series; ' +
-                                     "see 'Dropped series' for truncation).",
-                      'network_connections_info{' + all + '}'), 24, 12),
+    ],
+
+  // The per-connection series (network_connections_info): one series per socket, the
+  // specification's metric. They come from the single-host configuration's one job, or
+  // from the fleet configuration's opt-in job "conn-exporter-connections"; without
+  // either this row is empty, and every other row still works.
+  drillDown(multiHost)::
+    local drill = ' Drill-down: per-connection series (network_connections_info), scraped by the ' +
+                  'single-host configuration or by the fleet configuration\'s opt-in ' +
+                  'conn-exporter-connections job; empty when neither scrapes them.';
+    [
+      g.row('Drill-down: per-connection series (network_connections_info)'),
+      g.panel(g.bars('Top destination ports (per connection)', 'The 10 remote ports with most sockets, ' +
+                                                               'inbound clients\' ephemeral ports included.' + drill,
+                     'topk(10, sum by (destination_port) (network_connections_info{' + g.drillAll + ',state!="LISTEN"}))',
+                     'port {{destination_port}}'), 8, 9),
+      g.panel(g.bars('Top local ports (per connection)', 'The 10 local ports with most sockets.' + drill,
+                     'topk(10, sum by (source_port) (network_connections_info{' + g.drillAll + '}))',
+                     'port {{source_port}}'), 8, 9),
+      g.panel(g.bars('Top remote addresses (per connection)', 'The 10 remote addresses with most sockets ' +
+                                                              '(wildcard peers of listening sockets left out).' + drill,
+                     'topk(10, sum by (destination_address) (network_connections_info{' + g.drillAll + ',' +
+                     'state!="LISTEN",destination_address!~"' + wildcardPeer + '"}))',
+                     '{{destination_address}}'), 8, 9),
+      g.panel(g.table('Connections', 'Every connection of the selected hosts, one row per socket.' + drill +
+                                     " See 'Dropped series' for truncation.",
+                      'network_connections_info{' + g.drillAll + '}'), 18, 12),
+      g.panel(g.stat('Dropped series', 'Per-connection series left out by the cardinality guard ' +
+                                       '(--collector.connections.max-series). Totals and every other row ' +
+                                       'stay exact.' + drill,
+                     'sum(conn_exporter_connections_dropped_series{' + g.drillHost + '})',
+                     thresholds=g.redAbove0), 6, 12),
     ],
 
   // network_connection_peers and the listen queues: bounded families, exact totals,
@@ -139,7 +173,7 @@ local wildcardPeer = @'0\\.0\\.0\\.0|::|::ffff:0\\.0\\.0\\.0';
     ],
 
   // The lifecycle collector's counters: every connection that ended, even between
-  // two scrapes, from the kernel's socket-destroy notifications.
+  // two scrapes, from the eBPF source or the kernel's socket-destroy notifications.
   lifecycle(multiHost)::
     local by = if multiHost then 'instance, ' else '';
     local who = if multiHost then '{{instance}} ' else '';
@@ -161,8 +195,8 @@ local wildcardPeer = @'0\\.0\\.0\\.0|::|::ffff:0\\.0\\.0\\.0';
                            unit='cps'), 12, 8),
       g.panel(g.timeseries('Failed connects per second by remote address',
                            'Outbound connects that never reached ESTABLISHED (refused, timed out, reset in ' +
-                           'the handshake), per second. The kernel has dropped the port by then: failures ' +
-                           'carry the remote address only.',
+                           'the handshake), per second, by remote address (a failed connect has a port with ' +
+                           'the eBPF lifecycle source only).',
                            [g.target('sum by (' + by + 'destination_address) (' +
                                      rate('network_connections_failed_total', iface) + ')',
                                      who + '{{destination_address}}')],
@@ -234,44 +268,41 @@ local wildcardPeer = @'0\\.0\\.0\\.0|::|::ffff:0\\.0\\.0\\.0';
                       'max by (pod_uid, namespace, pod) (label_replace(kube_pod_info, "pod_uid", "$1", "uid", "(.+)")))'),
               12, 8),
       g.panel(g.bars('Top processes by connections',
-                     'The 10 processes (comm) holding most ESTABLISHED sockets, from the per-connection ' +
-                     'series (--collector.connections.owner; subject to --collector.connections.max-series).',
-                     'topk(10, sum by (' + by + 'netns, process) (network_connections_info{' + ns +
+                     'The 10 processes (comm) holding most ESTABLISHED sockets, from network_connection_peers ' +
+                     '(--collector.connections.owner).',
+                     'topk(10, sum by (' + by + 'netns, process) (network_connection_peers{' + ns +
                      ',state="ESTABLISHED",process!=""}))',
                      who + '{{netns}} {{process}}'), 12, 8),
       g.panel(g.table('Peers by process',
                       'Remote addresses each process is connected to, and how many connections ' +
-                      '(ESTABLISHED, per-connection series, --collector.connections.owner).',
-                      'topk(50, count by (' + by + 'netns, process, destination_address) (network_connections_info{' +
+                      '(ESTABLISHED, network_connection_peers, --collector.connections.owner).',
+                      'topk(50, sum by (' + by + 'netns, process, destination_address) (network_connection_peers{' +
                       ns + ',state="ESTABLISHED",process!=""}))'), 12, 8),
       g.panel(g.table('Listeners by process and unit',
-                      'Listening sockets with the process and systemd unit holding them ' +
-                      '(--collector.connections.owner).',
-                      'sum by (' + by + 'netns, process, systemd_unit, source_address, source_port) ' +
-                      '(network_connections_info{' + ns + ',state="LISTEN"})'), 12, 8),
+                      'Listening endpoints with the process and systemd unit holding them, and how many ' +
+                      'sockets listen there (network_listen_queue_length, --collector.connections.owner).',
+                      'count by (' + by + 'netns, process, systemd_unit, source_address, source_port) ' +
+                      '(network_listen_queue_length{' + ns + '})'), 12, 8),
     ],
 
   health(multiHost)::
     local inst = if multiHost then 'instance, ' else '';
     [
       g.row('Exporter health'),
-      g.panel(g.stat('Dropped series', 'Per-connection series left out by the cardinality guard ' +
-                                       '(--collector.connections.max-series). Totals stay exact.',
-                     'sum(conn_exporter_connections_dropped_series{' + host + '})',
-                     thresholds=g.redAbove0), 6, 6),
-      g.panel(g.stat('Failing collectors', 'Collectors whose last run failed (0 is healthy).',
+      g.panel(g.stat('Failing collectors', 'Collectors whose last run failed (0 is healthy; 0 too with ' +
+                                           '--web.disable-exporter-metrics, which leaves out the success metric).',
                      'count(conn_exporter_scrape_collector_success{' + host + '} == 0) or vector(0)',
-                     unit='none', thresholds=g.redAbove0), 6, 6),
+                     unit='none', thresholds=g.redAbove0), 8, 6),
       g.panel(g.stat('Parse errors', 'Lines of /proc/net/* the exporter could not parse, ' +
                                      'per second over $__rate_interval.',
                      'sum(rate(conn_exporter_parse_errors_total{' + host + '}[$__rate_interval])) or vector(0)',
-                     unit='cps', thresholds=g.redAbove0), 6, 6),
-      g.panel(g.stat('Exporter version', 'Version of the exporter (build info).',
+                     unit='cps', thresholds=g.redAbove0), 8, 6),
+      g.panel(g.stat('Exporter version', 'Version of the exporter (build info). The exporter\'s own metrics: empty with --web.disable-exporter-metrics.',
                      'count by (version) (conn_exporter_build_info{' + host + '})', unit='none') {
         options+: { textMode: 'name' },
         targets: [super.targets[0] { legendFormat: '{{version}}' }],
-      }, 6, 6),
-      g.panel(g.timeseries('Collector duration', 'Time each collector took in the last scrape.',
+      }, 8, 6),
+      g.panel(g.timeseries('Collector duration', 'Time each collector took in the last scrape. The exporter\'s own metrics: empty with --web.disable-exporter-metrics.',
                            [g.target('max by (' + inst + 'collector) ' +
                                      '(conn_exporter_scrape_collector_duration_seconds{' + host + '})',
                                      if multiHost then '{{instance}} {{collector}}' else '{{collector}}')],
@@ -283,7 +314,7 @@ local wildcardPeer = @'0\\.0\\.0\\.0|::|::ffff:0\\.0\\.0\\.0';
                            ],
                            unit='s') + g.rightAxis('short'), 8, 8),
       g.panel(g.timeseries('Exporter resources', 'CPU (share of one core, rate over $__rate_interval) ' +
-                                                 'and resident memory of the exporter process.',
+                                                 'and resident memory of the exporter process. The exporter\'s own metrics: empty with --web.disable-exporter-metrics.',
                            [
                              g.target('rate(process_cpu_seconds_total{' + host + '}[$__rate_interval])', '{{instance}} cpu'),
                              g.target('process_resident_memory_bytes{' + host + '}', '{{instance}} memory', ref='B'),

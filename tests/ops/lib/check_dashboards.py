@@ -3,7 +3,8 @@
 
     check_dashboards.py structure DASHBOARD.json...
     check_dashboards.py queries --prom http://127.0.0.1:9090 --job conn-exporter \
-        --instances host1,host2,host3 [--rate-interval 30s] DASHBOARD.json...
+        --instances host1,host2,host3 [--rate-interval 30s] [--drill-down-off]
+        [--no-exporter-metrics] DASHBOARD.json...
 
 Grafana is not installable here, so `queries` does what Grafana would: it
 substitutes the template variables (every selected host, all interfaces and
@@ -14,6 +15,14 @@ which that exporter does not serve must still evaluate, but need not return data
 (reported as SKIP data check). A variable or panel query that needs what a default
 exporter lacks (families.NEEDS) must evaluate, and return data only when --have names
 all it needs; --only-needing checks only such queries.
+
+Every row but the drill-down row (its title starts with "Drill-down") reads bounded
+families only; `structure` fails a panel outside it that reads the per-connection series,
+and a drill-down panel that does not select the drill-down job. With --drill-down-off (the
+selected hosts' per-connection series are not scraped) the drill-down row's queries must
+evaluate but need not return data; with --no-exporter-metrics (exporters started with
+--web.disable-exporter-metrics) neither need the queries of the exporter's own metrics
+(EXPORTER_METRICS). Each such query is reported as SKIP.
 """
 
 import argparse
@@ -34,7 +43,7 @@ REQUIRED_TOPICS = {
     "time series by state": lambda p: p["type"] == "timeseries" and any("by (state)" in e for e in exprs(p)),
     "top destination ports": lambda p: any("by (destination_port)" in e for e in exprs(p)),
     "top remote addresses": lambda p: any("by (destination_address)" in e for e in exprs(p)),
-    "listening sockets": lambda p: any('state="LISTEN"' in e for e in exprs(p)) and p["type"] == "table",
+    "listening sockets": lambda p: any("network_listen_queue_length{" in e for e in exprs(p)) and p["type"] == "table",
     "exporter health": lambda p: any("conn_exporter_scrape_collector" in e for e in exprs(p)),
     "peers by service port": lambda p: any("network_connection_peers{" in e and 'direction="inbound"' in e
                                            and "source_port)" in e for e in exprs(p)),
@@ -56,10 +65,20 @@ REQUIRED_TOPICS = {
                                              and "kube_pod_info" in e for e in exprs(p)),
     "top processes": lambda p: any(e.startswith("topk(") and "process)" in e for e in exprs(p)),
     "peers by process": lambda p: any("process, destination_address)" in e for e in exprs(p)),
-    "listeners by process": lambda p: any("process, systemd_unit" in e and 'state="LISTEN"' in e for e in exprs(p)),
+    "listeners by process": lambda p: any("process, systemd_unit" in e and "network_listen_queue_length{" in e
+                                          for e in exprs(p)),
     "bytes by peer": lambda p: any("network_connection_sent_bytes_total{" in e for e in exprs(p))
     and any("network_connection_received_bytes_total{" in e for e in exprs(p)),
 }
+
+# The per-connection families: read only in the drill-down row.
+PER_CONNECTION = re.compile(r"\b(network_connections_info|conn_exporter_connections_dropped_series)\b")
+# The drill-down row's job filter: the bounded job itself (single-host configuration) or
+# the fleet configuration's opt-in "<job>-connections" job.
+DRILL_DOWN_JOB = 'job=~"$job(-connections)?"'
+# What --web.disable-exporter-metrics leaves out.
+EXPORTER_METRICS = re.compile(r"\b(conn_exporter_build_info|conn_exporter_scrape_collector_\w+|process_\w+|"
+                              r"conn_exporter_web_config_\w+)\b")
 
 errors = []
 
@@ -74,11 +93,24 @@ def exprs(panel):
 
 
 def panels(dash):
+    for _, p in panels_in_rows(dash):
+        yield p
+
+
+def panels_in_rows(dash):
+    """(title of the row the panel is under, panel), in dashboard order."""
+    row = ""
     for p in dash["panels"]:
         if p["type"] == "row":
-            yield from p.get("panels", [])
+            row = p.get("title", "")
+            for inner in p.get("panels", []):  # a collapsed row holds its panels
+                yield row, inner
         else:
-            yield p
+            yield row, p
+
+
+def in_drill_down(row):
+    return row.startswith("Drill-down")
 
 
 def check_structure(path):
@@ -105,8 +137,16 @@ def check_structure(path):
             err(f"{path}: filter variable '{name}' must be a query variable")
     ids = set()
     all_panels = list(panels(dash))
-    for p in all_panels:
+    drill_panels = 0
+    for row, p in panels_in_rows(dash):
         where = f"{path}: panel {p.get('id')} '{p.get('title', '')}'"
+        drill = in_drill_down(row)
+        drill_panels += drill
+        reads_per_connection = any(PER_CONNECTION.search(e) for e in exprs(p))
+        if drill and not reads_per_connection:
+            err(f"{where}: in the drill-down row but reads no per-connection family")
+        if not drill and reads_per_connection:
+            err(f"{where}: reads a per-connection family outside the drill-down row (row '{row}')")
         if p.get("id") in ids:
             err(f"{where}: duplicate id")
         ids.add(p.get("id"))
@@ -128,9 +168,10 @@ def check_structure(path):
             if t.get("datasource", {}).get("uid") != "${datasource}":
                 err(f"{where}: target {t.get('refId')} datasource is not ${{datasource}}")
             # Every selector must carry the job and instance filters.
+            job = DRILL_DOWN_JOB if drill else 'job="$job"'
             for sel in re.findall(r"[a-z_:]+\{[^}]*\}", e):
-                if 'job="$job"' not in sel or 'instance=~"$instance"' not in sel:
-                    err(f"{where}: selector without job/instance filter: {sel}")
+                if job not in sel or 'instance=~"$instance"' not in sel:
+                    err(f"{where}: selector without the {job} and instance filters: {sel}")
             if not re.search(r"\{", e):
                 err(f"{where}: query has no label filter: {e}")
             check_address_regexes(where, e)
@@ -138,6 +179,8 @@ def check_structure(path):
                 for rng in RANGE.findall(e):
                     if rng != "$__rate_interval":
                         err(f"{where}: range [{rng}] should be [$__rate_interval]")
+    if not drill_panels:
+        err(f"{path}: no drill-down row (a row titled 'Drill-down...' with the per-connection panels)")
     for topic, pred in REQUIRED_TOPICS.items():
         if not any(pred(p) for p in all_panels):
             err(f"{path}: no panel for '{topic}'")
@@ -220,10 +263,15 @@ def check_queries(path, args):
                 err(f"{path}: variable instance lists {res['data']}, missing some of {instances}")
     families = served(args.exporter) if args.exporter else None
     count = skipped = 0
-    for p in panels(dash):
+    for row, p in panels_in_rows(dash):
         for t in p.get("targets", []):
             q = substitute(t["expr"], values)
             needed = needs(t["expr"])
+            why_no_data = ""
+            if args.drill_down_off and in_drill_down(row):
+                why_no_data = "the per-connection series of these hosts are not scraped (drill-down row)"
+            elif args.no_exporter_metrics and EXPORTER_METRICS.search(t["expr"]):
+                why_no_data = "the exporter's own metrics are off (--web.disable-exporter-metrics)"
             if args.only_needing and not needed:
                 continue
             missing = lacking(q, families) if families is not None else []
@@ -239,6 +287,9 @@ def check_queries(path, args):
                                                           "end": args.end, "step": "5"})
             if res.get("status") != "success":
                 err(f"{path}: '{p['title']}' {t['refId']}: {q}: {res.get('errorType')}: {res.get('error')}")
+            elif why_no_data:
+                skipped += 1
+                print(f"  SKIP data check {p['title']!r} {t['refId']}: evaluates; {why_no_data}")
             elif missing:
                 skipped += 1
                 print(f"  SKIP data check {p['title']!r} {t['refId']}: evaluates; the exporter serves no "
@@ -251,8 +302,8 @@ def check_queries(path, args):
                 err(f"{path}: '{p['title']}' {t['refId']}: {q}: returned no data")
             else:
                 print(f"  ok {p['title']!r} {t['refId']}: {len(res['data']['result'])} series")
-    print(f"  {count} panel queries run, {skipped} without data check (lifecycle families not served, "
-          "or needs not provided)")
+    print(f"  {count} panel queries run, {skipped} without data check (drill-down off, exporter metrics off, "
+          "lifecycle families not served, or needs not provided)")
 
 
 def main():
@@ -270,6 +321,10 @@ def main():
     q.add_argument("--exporter", help="an exporter's /metrics URL: skip lifecycle queries it cannot answer")
     q.add_argument("--have", help="comma-separated families.NEEDS the scraped setup provides")
     q.add_argument("--only-needing", action="store_true", help="check only queries that need something")
+    q.add_argument("--drill-down-off", action="store_true",
+                   help="the selected hosts' per-connection series are not scraped: the drill-down row may be empty")
+    q.add_argument("--no-exporter-metrics", action="store_true",
+                   help="the exporters run with --web.disable-exporter-metrics: their own metrics may be absent")
     q.add_argument("files", nargs="+")
     args = ap.parse_args()
     for path in args.files:
