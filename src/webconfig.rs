@@ -185,6 +185,10 @@ pub struct WebConfig {
     pub users: BTreeMap<String, String>,
     /// `rate_limit`: requests past it are answered 429.
     pub rate_limit: Option<RateLimiter>,
+    /// What was accepted but will not be served as written (a TLS version or suite rustls
+    /// lacks, a setting without effect): logged by whoever puts the configuration in
+    /// force, once, as a file may be parsed more than once per load.
+    pub warnings: Vec<String>,
 }
 
 /// exporter-toolkit's `rate_limit`: a token bucket (Go's `rate.Limiter`) shared by all
@@ -383,10 +387,10 @@ impl WebConfig {
             }
         }
         if let Some(limit) = raw.rate_limit {
-            config.rate_limit = rate_limiter(limit)?;
+            config.rate_limit = rate_limiter(limit, &mut config.warnings)?;
         }
         if let Some(tls) = raw.tls_server_config {
-            config.tls = build_tls(tls, base_dir, http2)?;
+            config.tls = build_tls(tls, base_dir, http2, &mut config.warnings)?;
         }
         Ok(config)
     }
@@ -440,7 +444,7 @@ fn read_pem(
     }
 }
 
-fn rate_limiter(raw: RawRateLimit) -> Result<Option<RateLimiter>, WebConfigError> {
+fn rate_limiter(raw: RawRateLimit, warnings: &mut Vec<String>) -> Result<Option<RateLimiter>, WebConfigError> {
     let interval = match raw.interval {
         None => Duration::ZERO,
         Some(RawDuration::Nanos(n)) => Duration::from_nanos(u64::try_from(n).unwrap_or(0)),
@@ -453,7 +457,7 @@ fn rate_limiter(raw: RawRateLimit) -> Result<Option<RateLimiter>, WebConfigError
     }
     let burst = u32::try_from(raw.burst.unwrap_or(0).max(0)).unwrap_or(u32::MAX);
     if burst == 0 {
-        log::warn!("rate_limit.burst is 0: every request is answered 429, as with exporter-toolkit");
+        warnings.push("rate_limit.burst is 0: every request is answered 429, as with exporter-toolkit".to_owned());
     }
     Ok(Some(RateLimiter::new(interval, burst)))
 }
@@ -491,7 +495,12 @@ fn system_roots() -> Result<RootCertStore, String> {
 
 /// Checks `tls_server_config` the way exporter-toolkit does: names are checked even when
 /// TLS is off; TLS is on when a certificate, key, client CA or client_auth_type is set.
-fn build_tls(raw: RawTls, base_dir: &Path, http2: bool) -> Result<Option<TlsSetup>, WebConfigError> {
+fn build_tls(
+    raw: RawTls,
+    base_dir: &Path,
+    http2: bool,
+    warnings: &mut Vec<String>,
+) -> Result<Option<TlsSetup>, WebConfigError> {
     let f = |name: &str| format!("tls_server_config.{name}");
     let min = tls_version(&f("min_version"), raw.min_version.as_deref().unwrap_or("TLS12"))?;
     let max = tls_version(&f("max_version"), raw.max_version.as_deref().unwrap_or("TLS13"))?;
@@ -545,7 +554,9 @@ fn build_tls(raw: RawTls, base_dir: &Path, http2: bool) -> Result<Option<TlsSetu
         ));
     }
     if min < TlsVersion::Tls12 {
-        log::warn!("tls_server_config.min_version {min:?}: TLS 1.0 and 1.1 are not implemented (rustls); serving TLS 1.2 and up");
+        warnings.push(format!(
+            "tls_server_config.min_version {min:?}: TLS 1.0 and 1.1 are not implemented (rustls); serving TLS 1.2 and up"
+        ));
     }
     let min = min.max(TlsVersion::Tls12);
     if min > max {
@@ -591,10 +602,10 @@ fn build_tls(raw: RawTls, base_dir: &Path, http2: bool) -> Result<Option<TlsSetu
                     ),
                 ));
             }
-            log::warn!(
+            warnings.push(format!(
                 "tls_server_config.cipher_suites: {} not implemented by rustls (no CBC suites); left out",
                 missing.join(", ")
-            );
+            ));
         }
         if chosen.is_empty() && max == TlsVersion::Tls12 {
             return Err(field_error(f("cipher_suites"), "lists no TLS 1.2 suite, and max_version is TLS12"));
@@ -622,10 +633,10 @@ fn build_tls(raw: RawTls, base_dir: &Path, http2: bool) -> Result<Option<TlsSetu
                     ),
                 ));
             }
-            log::warn!(
+            warnings.push(format!(
                 "tls_server_config.curve_preferences: {} not implemented (rustls with ring has no P-521); left out",
                 missing.join(", ")
-            );
+            ));
         }
         provider.kx_groups = chosen;
     }
@@ -685,7 +696,8 @@ fn build_tls(raw: RawTls, base_dir: &Path, http2: bool) -> Result<Option<TlsSetu
     let mut allowed_sans = raw.client_allowed_sans.unwrap_or_default();
     if !allowed_sans.is_empty() && client_auth == ClientAuth::NoClientCert {
         // exporter-toolkit accepts this, and never checks: no certificate is asked for.
-        log::warn!("tls_server_config.client_allowed_sans has no effect with client_auth_type NoClientCert");
+        warnings
+            .push("tls_server_config.client_allowed_sans has no effect with client_auth_type NoClientCert".to_owned());
         allowed_sans.clear();
     }
     let mut server = ServerConfig::builder_with_provider(provider)
@@ -796,6 +808,13 @@ fn stamp_of(paths: &[PathBuf]) -> Stamp {
         .collect()
 }
 
+/// Logs what a configuration put in force accepted but does not serve as written.
+fn log_warnings(config: &WebConfig) {
+    for warning in &config.warnings {
+        log::warn!("{warning}");
+    }
+}
+
 /// Reads a web configuration file: its configuration, and the files to watch.
 type Reader = fn(&Path) -> (Result<WebConfig, WebConfigError>, Vec<PathBuf>);
 
@@ -822,6 +841,7 @@ impl WebConfigFile {
     fn open_with(path: &Path, read: Reader) -> Result<WebConfigFile, WebConfigError> {
         let (paths, stamp, config) = Self::stamped_read(path, read, vec![path.to_owned()]);
         let config = config?;
+        log_warnings(&config);
         let status = Arc::new(ReloadStatus { last_ok: AtomicBool::new(true), failures: AtomicU64::new(0) });
         Ok(WebConfigFile {
             path: path.to_owned(),
@@ -882,6 +902,7 @@ impl WebConfigFile {
         match config {
             Ok(config) => {
                 log::info!("reloaded --web.config.file {}", self.path.display());
+                log_warnings(&config);
                 self.status.last_ok.store(true, Ordering::Relaxed);
                 *state = (paths, stamp, Arc::new(config));
             }

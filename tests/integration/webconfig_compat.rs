@@ -244,3 +244,17 @@ fn verify_client_cert_if_given_without_a_ca_uses_the_system_trust_store() {
     assert_ne!(curve("P-521"), "200", "P-521 is not implemented");
     assert_eq!(http_code(&["--cacert", &p("ca.pem"), "--curves", "P-256", &url]), "200");
 }
+
+/// Regression: with `min_version: TLS10` the start-up log said "serving TLS 1.2 and up"
+/// twice, as the file was parsed once more to stamp the certificate and key it names.
+#[test]
+fn a_warning_about_the_file_is_logged_once() {
+    let pki = Pki::new();
+    let config = pki.path("web.yml");
+    write_config(&config, &format!("{TLS}  min_version: TLS10\n"));
+    let e = Exporter::start(&["--web.config.file", config.to_str().unwrap(), "--no-collector.connections"]);
+    let url = format!("https://127.0.0.1:{}/-/healthy", e.addr.port());
+    assert_eq!(http_code(&["--cacert", &pki.path("ca.pem").to_string_lossy(), "--tls-max", "1.2", &url]), "200");
+    let log = e.log_text();
+    assert_eq!(log.lines().filter(|l| l.contains("serving TLS 1.2 and up")).count(), 1, "{log}");
+}
