@@ -2,6 +2,8 @@
 //! certificates, basic auth, response headers), checked into a ready-to-serve
 //! configuration, and re-read when the file or a file it names changes.
 
+mod p521;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -493,6 +495,16 @@ fn system_roots() -> Result<RootCertStore, String> {
     ))
 }
 
+/// The cryptography of every handshake and of the exporter's random numbers: rustls'
+/// aws-lc-rs provider (its default) with P-521 added last, which makes its key exchange
+/// groups Go's default list (X25519MLKEM768, X25519, P-256, P-384, P-521) and lets every
+/// curve exporter-toolkit names be listed.
+pub fn tls_provider() -> CryptoProvider {
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    provider.kx_groups.push(p521::SECP521R1);
+    provider
+}
+
 /// Checks `tls_server_config` the way exporter-toolkit does: names are checked even when
 /// TLS is off; TLS is on when a certificate, key, client CA or client_auth_type is set.
 fn build_tls(
@@ -569,7 +581,7 @@ fn build_tls(
             .map(|(_, p)| p)
             .collect();
 
-    let mut provider = rustls::crypto::ring::default_provider();
+    let mut provider = tls_provider();
     if !suites.is_empty() {
         if http2 && min < TlsVersion::Tls13 && !suite_names.iter().any(|n| HTTP2_REQUIRED_SUITES.contains(&n.as_str()))
         {
@@ -614,29 +626,12 @@ fn build_tls(
         provider.cipher_suites = chosen;
     }
     if !curves.is_empty() {
-        let all = provider.kx_groups.clone();
         let mut chosen = Vec::new();
-        let mut missing = Vec::new();
         for (name, group) in &curves {
-            match all.iter().find(|g| g.name() == *group) {
-                Some(g) => chosen.push(*g),
-                None => missing.push(*name),
-            }
-        }
-        if !missing.is_empty() {
-            if chosen.is_empty() {
-                return Err(field_error(
-                    f("curve_preferences"),
-                    format!(
-                        "{} is not implemented by this build's TLS library (rustls with the ring provider has no P-521): list CurveP256, CurveP384 or X25519",
-                        missing.join(", ")
-                    ),
-                ));
-            }
-            warnings.push(format!(
-                "tls_server_config.curve_preferences: {} not implemented (rustls with ring has no P-521); left out",
-                missing.join(", ")
-            ));
+            let kx = provider.kx_groups.iter().find(|g| g.name() == *group).ok_or_else(|| {
+                field_error(f("curve_preferences"), format!("{name} is not implemented by this build's TLS provider"))
+            })?;
+            chosen.push(*kx);
         }
         provider.kx_groups = chosen;
     }
@@ -1029,6 +1024,16 @@ mod tests {
         assert!(limiter.allow_at(at(100)) && limiter.allow_at(at(100)) && !limiter.allow_at(at(100)), "up to burst");
         let none = RateLimiter::new(Duration::from_secs(1), 0);
         assert!(!none.allow_at(at(5)), "burst 0 lets nothing through, as in Go");
+    }
+
+    #[test]
+    fn the_key_exchanges_are_gos_defaults_and_every_curve_name_is_one() {
+        use rustls::NamedGroup as G;
+        let offered: Vec<G> = tls_provider().kx_groups.iter().map(|g| g.name()).collect();
+        assert_eq!(offered, [G::X25519MLKEM768, G::X25519, G::secp256r1, G::secp384r1, G::secp521r1]);
+        for (name, group) in CURVES {
+            assert!(offered.contains(&group), "{name}");
+        }
     }
 
     #[test]
