@@ -195,6 +195,9 @@ pub const HASH_PASSWORD: &str = "hash-password";
 #[derive(Debug, Parser)]
 #[command(
     name = "conn-exporter hash-password",
+    // Parsed on its own, from the program's argv[0]: without this, usage and errors
+    // would read `conn-exporter [OPTIONS]`, the exporter's command line.
+    bin_name = "conn-exporter hash-password",
     version = LONG_VERSION,
     about = "Reads a password on standard input (one line from a terminal, without echo; everything up to the \
              end from a pipe, one trailing newline removed) and prints its bcrypt hash, for basic_auth_users in \

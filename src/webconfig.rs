@@ -2,6 +2,8 @@
 //! certificates, basic auth, response headers), checked into a ready-to-serve
 //! configuration, and re-read when the file or a file it names changes.
 
+mod p521;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -185,6 +187,10 @@ pub struct WebConfig {
     pub users: BTreeMap<String, String>,
     /// `rate_limit`: requests past it are answered 429.
     pub rate_limit: Option<RateLimiter>,
+    /// What was accepted but will not be served as written (a TLS version or suite rustls
+    /// lacks, a setting without effect): logged by whoever puts the configuration in
+    /// force, once, as a file may be parsed more than once per load.
+    pub warnings: Vec<String>,
 }
 
 /// exporter-toolkit's `rate_limit`: a token bucket (Go's `rate.Limiter`) shared by all
@@ -383,10 +389,10 @@ impl WebConfig {
             }
         }
         if let Some(limit) = raw.rate_limit {
-            config.rate_limit = rate_limiter(limit)?;
+            config.rate_limit = rate_limiter(limit, &mut config.warnings)?;
         }
         if let Some(tls) = raw.tls_server_config {
-            config.tls = build_tls(tls, base_dir, http2)?;
+            config.tls = build_tls(tls, base_dir, http2, &mut config.warnings)?;
         }
         Ok(config)
     }
@@ -440,7 +446,7 @@ fn read_pem(
     }
 }
 
-fn rate_limiter(raw: RawRateLimit) -> Result<Option<RateLimiter>, WebConfigError> {
+fn rate_limiter(raw: RawRateLimit, warnings: &mut Vec<String>) -> Result<Option<RateLimiter>, WebConfigError> {
     let interval = match raw.interval {
         None => Duration::ZERO,
         Some(RawDuration::Nanos(n)) => Duration::from_nanos(u64::try_from(n).unwrap_or(0)),
@@ -453,7 +459,7 @@ fn rate_limiter(raw: RawRateLimit) -> Result<Option<RateLimiter>, WebConfigError
     }
     let burst = u32::try_from(raw.burst.unwrap_or(0).max(0)).unwrap_or(u32::MAX);
     if burst == 0 {
-        log::warn!("rate_limit.burst is 0: every request is answered 429, as with exporter-toolkit");
+        warnings.push("rate_limit.burst is 0: every request is answered 429, as with exporter-toolkit".to_owned());
     }
     Ok(Some(RateLimiter::new(interval, burst)))
 }
@@ -489,9 +495,24 @@ fn system_roots() -> Result<RootCertStore, String> {
     ))
 }
 
+/// The cryptography of every handshake and of the exporter's random numbers: rustls'
+/// aws-lc-rs provider (its default) with P-521 added last, which makes its key exchange
+/// groups Go's default list (X25519MLKEM768, X25519, P-256, P-384, P-521) and lets every
+/// curve exporter-toolkit names be listed.
+pub fn tls_provider() -> CryptoProvider {
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    provider.kx_groups.push(p521::SECP521R1);
+    provider
+}
+
 /// Checks `tls_server_config` the way exporter-toolkit does: names are checked even when
 /// TLS is off; TLS is on when a certificate, key, client CA or client_auth_type is set.
-fn build_tls(raw: RawTls, base_dir: &Path, http2: bool) -> Result<Option<TlsSetup>, WebConfigError> {
+fn build_tls(
+    raw: RawTls,
+    base_dir: &Path,
+    http2: bool,
+    warnings: &mut Vec<String>,
+) -> Result<Option<TlsSetup>, WebConfigError> {
     let f = |name: &str| format!("tls_server_config.{name}");
     let min = tls_version(&f("min_version"), raw.min_version.as_deref().unwrap_or("TLS12"))?;
     let max = tls_version(&f("max_version"), raw.max_version.as_deref().unwrap_or("TLS13"))?;
@@ -545,7 +566,9 @@ fn build_tls(raw: RawTls, base_dir: &Path, http2: bool) -> Result<Option<TlsSetu
         ));
     }
     if min < TlsVersion::Tls12 {
-        log::warn!("tls_server_config.min_version {min:?}: TLS 1.0 and 1.1 are not implemented (rustls); serving TLS 1.2 and up");
+        warnings.push(format!(
+            "tls_server_config.min_version {min:?}: TLS 1.0 and 1.1 are not implemented (rustls); serving TLS 1.2 and up"
+        ));
     }
     let min = min.max(TlsVersion::Tls12);
     if min > max {
@@ -558,7 +581,7 @@ fn build_tls(raw: RawTls, base_dir: &Path, http2: bool) -> Result<Option<TlsSetu
             .map(|(_, p)| p)
             .collect();
 
-    let mut provider = rustls::crypto::ring::default_provider();
+    let mut provider = tls_provider();
     if !suites.is_empty() {
         if http2 && min < TlsVersion::Tls13 && !suite_names.iter().any(|n| HTTP2_REQUIRED_SUITES.contains(&n.as_str()))
         {
@@ -591,10 +614,10 @@ fn build_tls(raw: RawTls, base_dir: &Path, http2: bool) -> Result<Option<TlsSetu
                     ),
                 ));
             }
-            log::warn!(
+            warnings.push(format!(
                 "tls_server_config.cipher_suites: {} not implemented by rustls (no CBC suites); left out",
                 missing.join(", ")
-            );
+            ));
         }
         if chosen.is_empty() && max == TlsVersion::Tls12 {
             return Err(field_error(f("cipher_suites"), "lists no TLS 1.2 suite, and max_version is TLS12"));
@@ -603,29 +626,12 @@ fn build_tls(raw: RawTls, base_dir: &Path, http2: bool) -> Result<Option<TlsSetu
         provider.cipher_suites = chosen;
     }
     if !curves.is_empty() {
-        let all = provider.kx_groups.clone();
         let mut chosen = Vec::new();
-        let mut missing = Vec::new();
         for (name, group) in &curves {
-            match all.iter().find(|g| g.name() == *group) {
-                Some(g) => chosen.push(*g),
-                None => missing.push(*name),
-            }
-        }
-        if !missing.is_empty() {
-            if chosen.is_empty() {
-                return Err(field_error(
-                    f("curve_preferences"),
-                    format!(
-                        "{} is not implemented by this build's TLS library (rustls with the ring provider has no P-521): list CurveP256, CurveP384 or X25519",
-                        missing.join(", ")
-                    ),
-                ));
-            }
-            log::warn!(
-                "tls_server_config.curve_preferences: {} not implemented (rustls with ring has no P-521); left out",
-                missing.join(", ")
-            );
+            let kx = provider.kx_groups.iter().find(|g| g.name() == *group).ok_or_else(|| {
+                field_error(f("curve_preferences"), format!("{name} is not implemented by this build's TLS provider"))
+            })?;
+            chosen.push(*kx);
         }
         provider.kx_groups = chosen;
     }
@@ -685,7 +691,8 @@ fn build_tls(raw: RawTls, base_dir: &Path, http2: bool) -> Result<Option<TlsSetu
     let mut allowed_sans = raw.client_allowed_sans.unwrap_or_default();
     if !allowed_sans.is_empty() && client_auth == ClientAuth::NoClientCert {
         // exporter-toolkit accepts this, and never checks: no certificate is asked for.
-        log::warn!("tls_server_config.client_allowed_sans has no effect with client_auth_type NoClientCert");
+        warnings
+            .push("tls_server_config.client_allowed_sans has no effect with client_auth_type NoClientCert".to_owned());
         allowed_sans.clear();
     }
     let mut server = ServerConfig::builder_with_provider(provider)
@@ -796,6 +803,13 @@ fn stamp_of(paths: &[PathBuf]) -> Stamp {
         .collect()
 }
 
+/// Logs what a configuration put in force accepted but does not serve as written.
+fn log_warnings(config: &WebConfig) {
+    for warning in &config.warnings {
+        log::warn!("{warning}");
+    }
+}
+
 /// Reads a web configuration file: its configuration, and the files to watch.
 type Reader = fn(&Path) -> (Result<WebConfig, WebConfigError>, Vec<PathBuf>);
 
@@ -822,6 +836,7 @@ impl WebConfigFile {
     fn open_with(path: &Path, read: Reader) -> Result<WebConfigFile, WebConfigError> {
         let (paths, stamp, config) = Self::stamped_read(path, read, vec![path.to_owned()]);
         let config = config?;
+        log_warnings(&config);
         let status = Arc::new(ReloadStatus { last_ok: AtomicBool::new(true), failures: AtomicU64::new(0) });
         Ok(WebConfigFile {
             path: path.to_owned(),
@@ -882,6 +897,7 @@ impl WebConfigFile {
         match config {
             Ok(config) => {
                 log::info!("reloaded --web.config.file {}", self.path.display());
+                log_warnings(&config);
                 self.status.last_ok.store(true, Ordering::Relaxed);
                 *state = (paths, stamp, Arc::new(config));
             }
@@ -1008,6 +1024,16 @@ mod tests {
         assert!(limiter.allow_at(at(100)) && limiter.allow_at(at(100)) && !limiter.allow_at(at(100)), "up to burst");
         let none = RateLimiter::new(Duration::from_secs(1), 0);
         assert!(!none.allow_at(at(5)), "burst 0 lets nothing through, as in Go");
+    }
+
+    #[test]
+    fn the_key_exchanges_are_gos_defaults_and_every_curve_name_is_one() {
+        use rustls::NamedGroup as G;
+        let offered: Vec<G> = tls_provider().kx_groups.iter().map(|g| g.name()).collect();
+        assert_eq!(offered, [G::X25519MLKEM768, G::X25519, G::secp256r1, G::secp384r1, G::secp521r1]);
+        for (name, group) in CURVES {
+            assert!(offered.contains(&group), "{name}");
+        }
     }
 
     #[test]

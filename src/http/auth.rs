@@ -44,7 +44,7 @@ fn dummy_hash(dummies: &Mutex<HashMap<u32, String>>, cost: u32) -> String {
         .entry(cost)
         .or_insert_with(|| {
             let mut secret = [0u8; 16];
-            let _ = rustls::crypto::ring::default_provider().secure_random.fill(&mut secret);
+            let _ = crate::webconfig::tls_provider().secure_random.fill(&mut secret);
             bcrypt::hash(secret, cost).unwrap_or_default()
         })
         .clone()
@@ -64,7 +64,7 @@ impl Default for Authenticator {
         let mut key = [0u8; 32];
         // Without randomness the key is zero: the cache still works, digests are only
         // less opaque to someone who can read this process's memory.
-        let _ = rustls::crypto::ring::default_provider().secure_random.fill(&mut key);
+        let _ = crate::webconfig::tls_provider().secure_random.fill(&mut key);
         Authenticator {
             key,
             cache: Mutex::new(HashMap::new()),

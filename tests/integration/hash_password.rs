@@ -17,7 +17,10 @@ fn hash_password(args: &[&str], input: &[u8]) -> (i32, String, String) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(input).unwrap();
+    // A child that refuses its arguments may exit before reading: a broken pipe then.
+    if let Err(e) = child.stdin.take().unwrap().write_all(input) {
+        assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe, "{e}");
+    }
     let out = child.wait_with_output().unwrap();
     (
         out.status.code().unwrap_or(-1),
@@ -95,6 +98,18 @@ fn exporter_accepts_the_hash_and_flat_flags_still_work() {
     let (code, out, _) = run(Command::new(binary()).arg("--help"));
     assert_eq!(code, 0);
     assert!(out.contains("hash-password") && out.contains("--web.listen-address"), "{out}");
+}
+
+/// Regression: `hash-password --help` said `Usage: conn-exporter [OPTIONS]`, a command
+/// line that starts the exporter.
+#[test]
+fn help_and_errors_show_the_subcommand_usage() {
+    let (code, out, err) = run(Command::new(binary()).args(["hash-password", "--help"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.lines().any(|l| l == "Usage: conn-exporter hash-password [OPTIONS]"), "{out}");
+    let (code, _, err) = hash_password(&["--bogus"], b"s3cret\n");
+    assert_eq!(code, 2);
+    assert!(err.contains("Usage: conn-exporter hash-password [OPTIONS]"), "{err}");
 }
 
 /// On a terminal: a prompt, the password typed is not echoed, one line is read.
