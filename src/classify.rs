@@ -574,8 +574,8 @@ mod tests {
     }
 
     /// The direction of each socket of a namespace, seen together.
-    fn directions(rule: &DirectionRule, sockets: &[(&str, &str)]) -> Vec<Direction> {
-        let eps: Vec<(Endpoint, Endpoint)> = sockets.iter().map(|(l, r)| (ep(l), ep(r))).collect();
+    fn directions<S: AsRef<str>>(rule: &DirectionRule, sockets: &[(S, S)]) -> Vec<Direction> {
+        let eps: Vec<(Endpoint, Endpoint)> = sockets.iter().map(|(l, r)| (ep(l.as_ref()), ep(r.as_ref()))).collect();
         let d = rule.tally(eps.iter().map(|(l, r)| (l, r)));
         eps.iter().map(|(l, r)| d.of(l, r)).collect()
     }
@@ -616,7 +616,6 @@ mod tests {
         // sockets share 127.0.0.1:45000, each client's port is its own.
         let left: Vec<(String, String)> =
             (0..5).map(|i| ("127.0.0.1:45000".to_owned(), format!("127.0.0.1:{}", 50000 + i))).collect();
-        let left: Vec<(&str, &str)> = left.iter().map(|(l, r)| (l.as_str(), r.as_str())).collect();
         assert_eq!(directions(&r, &left), vec![Direction::Inbound; 5]);
         // The clients' own sockets of the same connections, seen beside them: outbound.
         let both: Vec<(String, String)> = (0..5)
@@ -625,7 +624,6 @@ mod tests {
                 [("127.0.0.1:45000".to_owned(), c.clone()), (c, "127.0.0.1:45000".to_owned())]
             })
             .collect();
-        let both: Vec<(&str, &str)> = both.iter().map(|(l, r)| (l.as_str(), r.as_str())).collect();
         let got = directions(&r, &both);
         assert_eq!(got.iter().step_by(2).copied().collect::<Vec<_>>(), vec![Direction::Inbound; 5]);
         assert_eq!(got.iter().skip(1).step_by(2).copied().collect::<Vec<_>>(), vec![Direction::Outbound; 5]);
@@ -633,7 +631,6 @@ mod tests {
         // the remote end is shared, so outbound.
         let grpc: Vec<(String, String)> =
             (0..4).map(|i| (format!("10.0.0.1:{}", 40000 + i), "10.0.0.9:50051".to_owned())).collect();
-        let grpc: Vec<(&str, &str)> = grpc.iter().map(|(l, r)| (l.as_str(), r.as_str())).collect();
         assert_eq!(directions(&r, &grpc), vec![Direction::Outbound; 4]);
         // A lone socket is a tie: outbound, as a socket no listener matches always was.
         assert_eq!(directions(&r, &[("10.0.0.1:45000", "10.0.0.9:50051")]), [Direction::Outbound]);
@@ -645,7 +642,6 @@ mod tests {
         // Clients whose own range is above Linux's (61000-65535 on other systems).
         let left: Vec<(String, String)> =
             (0..3).map(|i| ("192.0.2.1:8443".to_owned(), format!("198.51.100.{i}:{}", 62000 + i))).collect();
-        let left: Vec<(&str, &str)> = left.iter().map(|(l, r)| (l.as_str(), r.as_str())).collect();
         assert_eq!(directions(&r, &left), vec![Direction::Inbound; 3]);
         // One connection between two well-known ports: a tie, outbound.
         assert_eq!(directions(&r, &[("[2001:db8::5]:80", "[2001:db8::9]:80")]), [Direction::Outbound]);
