@@ -460,35 +460,27 @@ impl Shared<'_> {
         sub.pending.extend(self.batch.drain(..).map(|s| (s, now)));
         let tables = &sub.tables;
         let netns = sub.netns;
-        let ready: Vec<(usize, Direction)> = {
-            let directions = tables.rule.tally(sub.pending.iter().map(|(s, _)| (&s.local, &s.remote)));
-            sub.pending
-                .iter()
-                .enumerate()
-                .filter_map(|(i, (s, seen))| {
-                    let d = directions.of(&s.local, &s.remote);
-                    (d == Direction::Inbound || now.duration_since(*seen) >= OUTBOUND_HOLD).then_some((i, d))
-                })
-                .collect()
+        // Decided over the whole pending list first: the rule's last step weighs the
+        // sockets seen together.
+        let directions: Vec<Direction> = {
+            let d = tables.rule.tally(sub.pending.iter().map(|(s, _)| (&s.local, &s.remote)));
+            sub.pending.iter().map(|(s, _)| d.of(&s.local, &s.remote)).collect()
         };
-        if ready.is_empty() {
-            return empty;
-        }
-        let mut counters = self.state.lock();
-        for &(i, direction) in &ready {
-            let s = &sub.pending[i].0;
-            let owner = if direction == Direction::Inbound { tables.owner_of(&s.local) } else { None };
-            let origin =
-                Origin { netns, process: owner.map_or("", |o| o.0.as_str()), unit: owner.map_or("", |o| o.1.as_str()) };
-            counters.add_from(&origin, s, direction, &tables.interfaces);
-        }
-        drop(counters);
-        let mut i = 0;
-        let mut next = ready.iter().map(|r| r.0).peekable();
-        sub.pending.retain(|_| {
-            let counted = next.next_if_eq(&i).is_some();
-            i += 1;
-            !counted
+        let mut directions = directions.into_iter();
+        let mut counters = None;
+        sub.pending.retain(|(s, seen)| {
+            let direction = directions.next().unwrap_or(Direction::Outbound);
+            let ready = direction == Direction::Inbound || now.duration_since(*seen) >= OUTBOUND_HOLD;
+            if ready {
+                let owner = if direction == Direction::Inbound { tables.owner_of(&s.local) } else { None };
+                let origin = Origin {
+                    netns,
+                    process: owner.map_or("", |o| o.0.as_str()),
+                    unit: owner.map_or("", |o| o.1.as_str()),
+                };
+                counters.get_or_insert_with(|| self.state.lock()).add_from(&origin, s, direction, &tables.interfaces);
+            }
+            !ready
         });
         empty
     }
