@@ -90,6 +90,41 @@ pub enum Kind {
     Gauge,
     /// A counter: samples carry `_total`; OpenMetrics names the family without it.
     Counter,
+    /// A histogram, written with [`Encoder::histogram`].
+    Histogram,
+}
+
+/// One histogram of a family: its classic buckets and, where the format carries them
+/// (protobuf), its native buckets too.
+///
+/// The classic buckets are what text and OpenMetrics write (`_bucket{le}`, `_sum`,
+/// `_count`). The native buckets are counted from the same observations, not derived
+/// from the classic ones, so each view is exact at its own resolution.
+#[derive(Clone, Copy, Debug)]
+pub struct HistogramValue<'a> {
+    /// Observations.
+    pub count: u64,
+    /// Their sum.
+    pub sum: f64,
+    /// Upper bounds, ascending, with the cumulative count of each; `+Inf` is left out
+    /// (it is `count`).
+    pub buckets: &'a [(f64, u64)],
+    /// The native buckets.
+    pub native: Option<NativeBuckets<'a>>,
+}
+
+/// Sparse exponential buckets of a native histogram, as Prometheus defines them: with
+/// schema `s`, bucket `i` holds the observations in `(2^((i-1)/2^s), 2^(i/2^s)]`.
+#[derive(Clone, Copy, Debug)]
+pub struct NativeBuckets<'a> {
+    /// Resolution: each bucket is `2^(2^-schema)` times the one before.
+    pub schema: i8,
+    /// Observations at most this (in absolute value) are counted in the zero bucket.
+    pub zero_threshold: f64,
+    /// Observations in the zero bucket.
+    pub zero_count: u64,
+    /// The populated positive buckets, `(index, count)` (not cumulative), by index.
+    pub positive: &'a [(i32, u64)],
 }
 
 /// A label value; addresses and ports are formatted on the way out.
@@ -144,8 +179,29 @@ impl<W: Write> Encoder<W> {
         let kind = match kind {
             Kind::Gauge => "gauge",
             Kind::Counter => "counter",
+            Kind::Histogram => "histogram",
         };
         writeln!(self.out, "# HELP {family} {help}\n# TYPE {family} {kind}")
+    }
+
+    /// Writes one histogram of a family declared [`Kind::Histogram`]: its classic
+    /// buckets, `_sum` and `_count` (`le` after the other labels).
+    pub fn histogram(&mut self, name: &str, labels: &[(&str, Value<'_>)], h: &HistogramValue<'_>) -> io::Result<()> {
+        let bucket = format!("{name}_bucket");
+        let bounds: Vec<String> = h.buckets.iter().map(|&(le, _)| float_text(le)).collect();
+        let mut with_le: Vec<(&str, Value<'_>)> = Vec::with_capacity(labels.len() + 1);
+        for (bound, &(_, n)) in bounds.iter().zip(h.buckets) {
+            with_le.clear();
+            with_le.extend_from_slice(labels);
+            with_le.push(("le", Value::Str(bound)));
+            self.sample(&bucket, &with_le, Number::Int(n))?;
+        }
+        with_le.clear();
+        with_le.extend_from_slice(labels);
+        with_le.push(("le", Value::Str("+Inf")));
+        self.sample(&bucket, &with_le, Number::Int(h.count))?;
+        self.sample(&format!("{name}_sum"), labels, Number::Float(h.sum))?;
+        self.sample(&format!("{name}_count"), labels, Number::Int(h.count))
     }
 
     /// Writes one sample line.
@@ -192,6 +248,12 @@ impl<W: Write> Encoder<W> {
         self.out.flush()?;
         Ok(self.out)
     }
+}
+
+/// A bucket bound as text: Rust's shortest round-trip form, which never uses an
+/// exponent (`0.00005`, `1`, `2.5`).
+pub fn float_text(f: f64) -> String {
+    format!("{f}")
 }
 
 fn push_escaped(line: &mut Vec<u8>, s: &str) {
@@ -349,6 +411,31 @@ mod tests {
             let mut line = Vec::new();
             push_ipv6(&mut line, ip);
             assert_eq!(String::from_utf8(line).unwrap(), ip.to_string());
+        }
+    }
+
+    #[test]
+    fn a_histogram_writes_cumulative_buckets_then_sum_and_count() {
+        for format in [Format::Text, Format::OpenMetrics] {
+            let mut e = Encoder::new(Vec::new(), format);
+            e.family("rtt_seconds", Kind::Histogram, "Round trips.").unwrap();
+            let h = HistogramValue {
+                count: 5,
+                sum: 0.0105,
+                buckets: &[(0.00005, 1), (0.001, 3), (2.5, 4)],
+                native: Some(NativeBuckets { schema: 3, zero_threshold: 0.0, zero_count: 0, positive: &[(-80, 5)] }),
+            };
+            e.histogram("rtt_seconds", &[("peer", Value::Str("a"))], &h).unwrap();
+            let text = String::from_utf8(e.finish().unwrap()).unwrap();
+            let want = "# HELP rtt_seconds Round trips.\n# TYPE rtt_seconds histogram\n\
+                rtt_seconds_bucket{peer=\"a\",le=\"0.00005\"} 1\n\
+                rtt_seconds_bucket{peer=\"a\",le=\"0.001\"} 3\n\
+                rtt_seconds_bucket{peer=\"a\",le=\"2.5\"} 4\n\
+                rtt_seconds_bucket{peer=\"a\",le=\"+Inf\"} 5\n\
+                rtt_seconds_sum{peer=\"a\"} 0.0105\n\
+                rtt_seconds_count{peer=\"a\"} 5\n";
+            let eof = if format == Format::OpenMetrics { "# EOF\n" } else { "" };
+            assert_eq!(text, format!("{want}{eof}"), "{format:?}");
         }
     }
 
