@@ -161,13 +161,18 @@ def drive(listener: socket.socket, rate: float | None, duration: float, spread: 
     return made
 
 
-MODES = ("netlink", "ebpf", "off")
+MODES = ("netlink", "ebpf", "off", "netlink+quality", "ebpf+quality")
 
 
 def run_once(exporter: str, mode: str, rate: float | None, duration: float,
              procs: Processes, spread: bool = False, extra: list[str] | None = None) -> dict:
     port = free_port(19400)
     args = [exporter, f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn", *(extra or [])]
+    # `+quality`: the quality collector on too (its default), sampling every 15 s and
+    # observing each close; the plain modes leave it off, so `off` has no subscriber.
+    mode, _, quality = mode.partition("+")
+    if not quality:
+        args.append("--no-collector.quality")
     collector = mode != "off"
     if collector:
         args.append(f"--collector.lifecycle.source={mode}")
@@ -216,7 +221,7 @@ def run_once(exporter: str, mode: str, rate: float | None, duration: float,
                 bounded["kernel_map_entries"], bounded["kernel_map_max"] = kernel_peers(p.pid)
         return {
             **bounded,
-            "mode": mode,
+            "mode": mode + ("+quality" if quality else ""),
             "offered": "max" if rate is None else int(rate),
             "connections": made,
             "rate": made / elapsed,
@@ -245,7 +250,9 @@ def main() -> int:
     ap.add_argument("--duration", type=float, default=60.0, help="seconds per run")
     ap.add_argument("--rates", default="5000,max", help="offered rates per second")
     ap.add_argument("--rounds", type=int, default=3, help="rounds (one run of each mode) per rate")
-    ap.add_argument("--modes", default=",".join(MODES), help="modes to compare (netlink, ebpf, off)")
+    ap.add_argument("--modes", default="netlink,ebpf,off",
+                    help="modes to compare: netlink, ebpf, off, and netlink+quality, ebpf+quality (the "
+                         "quality collector on too; the plain modes run without it)")
     ap.add_argument("--json", help="write every run here")
     ap.add_argument("--memory", action="store_true",
                     help="one run per source mode, clients from ever new 127/8 source "

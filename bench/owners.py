@@ -80,7 +80,7 @@ class Exporter:
         self.port = port
         self.proc = subprocess.Popen(
             [binary, f"--web.listen-address=127.0.0.1:{port}", "--collector.connections.max-series=0",
-             "--no-collector.lifecycle", *extra], stderr=subprocess.PIPE, text=True)
+             "--no-collector.lifecycle", "--no-collector.quality", *extra], stderr=subprocess.PIPE, text=True)
         for line in self.proc.stderr:
             if "listening on" in line:
                 break

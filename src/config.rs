@@ -139,6 +139,26 @@ pub struct Args {
     #[arg(long = "collector.lifecycle.source", value_name = "SOURCE", value_enum, default_value_t = LifecycleSource::Auto)]
     pub lifecycle_source: LifecycleSource,
 
+    /// Enable the quality collector (round-trip time histograms, lost segments, window and
+    /// buffer stalls and queues by peer, from each socket's tcp_info; default on).
+    #[arg(long = "collector.quality", overrides_with = "no_quality")]
+    pub quality: bool,
+    /// Disable the quality collector.
+    #[arg(long = "no-collector.quality", overrides_with = "quality")]
+    pub no_quality: bool,
+
+    /// How often the quality collector samples open connections' tcp_info (one RTT
+    /// observation per connection per sample), at least 1s.
+    #[arg(long = "collector.quality.interval", value_name = "DURATION", default_value = "15s", value_parser = parse_timeout)]
+    pub quality_interval: std::time::Duration,
+
+    /// Most label sets of the quality families (one label set is 19 series of the RTT
+    /// histogram's classic buckets plus 6 others); past three quarters of it new remote
+    /// addresses are counted in destination_address="other" (counts kept, series never
+    /// decrease). 0 means no limit.
+    #[arg(long = "collector.quality.max-series", value_name = "N", default_value_t = 500)]
+    pub quality_max_series: usize,
+
     /// Most network_connection_peers label sets in a scrape; past it the remote addresses
     /// with the fewest sockets are merged into destination_address="other" (counts kept).
     /// 0 means no limit.
@@ -220,7 +240,7 @@ pub enum ConfigError {
     #[error("--web.telemetry-path {0:?}: {1}")]
     TelemetryPath(String, &'static str),
     /// Every collector switched off.
-    #[error("every collector is disabled: enable at least one of --collector.connections, --collector.states, --collector.peers, --collector.listeners, --collector.lifecycle")]
+    #[error("every collector is disabled: enable at least one of --collector.connections, --collector.states, --collector.peers, --collector.listeners, --collector.lifecycle, --collector.quality")]
     NoCollectors,
     /// The eBPF lifecycle source asked for together with a label only the notifications give.
     #[error("--collector.lifecycle.source=ebpf counts without owners; with {0} use --collector.lifecycle.source=auto or netlink (the socket-destroy notifications, by owner)")]
@@ -308,6 +328,7 @@ impl Config {
         collectors.set(CollectorName::Peers, !args.no_peers);
         collectors.set(CollectorName::Listeners, !args.no_listeners);
         collectors.set(CollectorName::Lifecycle, !args.no_lifecycle);
+        collectors.set(CollectorName::Quality, !args.no_quality);
         if collectors.is_empty() {
             return Err(ConfigError::NoCollectors);
         }
@@ -329,6 +350,8 @@ impl Config {
                 max_series: args.max_series,
                 peers_max_series: args.peers_max_series,
                 lifecycle_max_series: args.lifecycle_max_series,
+                quality_max_series: args.quality_max_series,
+                quality_interval: args.quality_interval,
                 peers_folding: Folding { ipv4_prefix: args.peers_prefix_v4, ipv6_prefix: args.peers_prefix_v6 },
                 exporter_metrics: !args.disable_exporter_metrics,
                 source: args.source,
@@ -401,7 +424,8 @@ mod tests {
                 CollectorName::States,
                 CollectorName::Peers,
                 CollectorName::Listeners,
-                CollectorName::Lifecycle
+                CollectorName::Lifecycle,
+                CollectorName::Quality
             ])
         );
         let c = parse(&["--no-collector.states", "--collector.states"]).unwrap();
@@ -411,10 +435,14 @@ mod tests {
             "--no-collector.connections",
             "--no-collector.peers",
             "--no-collector.listeners",
-            "--no-collector.lifecycle"
+            "--no-collector.lifecycle",
+            "--no-collector.quality"
         ])
         .unwrap_err()
         .contains("every collector"));
+        assert!(parse(&["--collector.quality.interval=500ms"]).is_err());
+        let c = parse(&["--collector.quality.interval=1m", "--collector.quality.max-series=7"]).unwrap();
+        assert_eq!((c.exporter.quality_interval.as_secs(), c.exporter.quality_max_series), (60, 7));
     }
 
     #[test]

@@ -11,8 +11,9 @@ use crate::exposition::Encoder;
 use crate::lifecycle::Lifecycle;
 use crate::metrics::connections::Connections;
 use crate::metrics::peers::Peers;
-use crate::metrics::{lifecycle, listeners, self_metrics, states, CollectorName, CollectorSet};
+use crate::metrics::{lifecycle, listeners, quality, self_metrics, states, CollectorName, CollectorSet};
 use crate::netns::NamespaceMode;
+use crate::quality::Quality;
 use crate::snapshot::{SharedReads, Snapshot};
 use crate::source::reader::{Reader, SourceChoice};
 use crate::webconfig::ReloadStatus;
@@ -34,6 +35,10 @@ pub struct ExporterConfig {
     pub peers_folding: Folding,
     /// Most label sets of each lifecycle counter; 0 for no limit.
     pub lifecycle_max_series: usize,
+    /// Most label sets of the quality families; 0 for no limit.
+    pub quality_max_series: usize,
+    /// How often the quality collector samples open connections.
+    pub quality_interval: Duration,
     /// Whether to add build, scrape and process metrics.
     pub exporter_metrics: bool,
     /// Where sockets come from.
@@ -71,6 +76,7 @@ pub struct Exporter {
     connections: Connections,
     peers: Peers,
     lifecycle: Arc<Lifecycle>,
+    quality: Arc<Quality>,
     web_config: Option<Arc<ReloadStatus>>,
 }
 
@@ -80,14 +86,26 @@ impl Exporter {
         let reader = Reader::new(config.procfs.clone(), config.source)
             .with_namespaces(config.namespaces)
             .with_owners(config.owners, OWNER_WALK_BUDGET);
+        let quality = Arc::new(Quality::new(
+            config.quality_max_series,
+            config.peers_folding,
+            config.quality_interval,
+            reader.namespaces().is_some(),
+        ));
         let lifecycle = Lifecycle::new(config.lifecycle_max_series, config.peers_folding)
-            .with_sources(reader.namespaces(), reader.owners());
+            .with_sources(reader.namespaces(), reader.owners())
+            // Only netlink carries tcp_info: with the procfs source the collector is off.
+            .with_quality(
+                (config.collectors.contains(CollectorName::Quality) && config.source != SourceChoice::Procfs)
+                    .then(|| Arc::clone(&quality)),
+            );
         Exporter {
             reader,
             reads: SharedReads::new(SHARED_READ_WAIT),
             connections: Connections::new(config.max_series),
             peers: Peers::new(config.peers_max_series, config.peers_folding),
             lifecycle: Arc::new(lifecycle),
+            quality,
             web_config: None,
             config,
         }
@@ -101,6 +119,11 @@ impl Exporter {
     /// The lifecycle counters, for the thread that feeds them (`lifecycle::subscription::start`).
     pub fn lifecycle(&self) -> Arc<Lifecycle> {
         Arc::clone(&self.lifecycle)
+    }
+
+    /// The quality collector's state, for the thread that samples it.
+    pub fn quality(&self) -> Arc<Quality> {
+        Arc::clone(&self.quality)
     }
 
     /// The configuration.
@@ -148,14 +171,18 @@ impl Exporter {
     pub fn collect<W: Write>(&self, wanted: CollectorSet, enc: &mut Encoder<W>) -> io::Result<()> {
         let mut durations: Vec<(CollectorName, Duration, bool)> = Vec::with_capacity(CollectorName::ALL.len());
         if !wanted.is_empty() {
-            // The lifecycle counters need no read of the tables.
+            // The lifecycle and quality counters need no read of the tables.
             let mut reads = wanted;
             reads.set(CollectorName::Lifecycle, false);
+            reads.set(CollectorName::Quality, false);
             let snap = if reads.is_empty() { Arc::new(Snapshot::failed()) } else { self.snapshot(reads) };
             for c in wanted.iter() {
                 let t = Instant::now();
-                if c == CollectorName::Lifecycle {
-                    let ok = lifecycle::write(enc, &self.lifecycle)?;
+                if c.kept() {
+                    let ok = match c {
+                        CollectorName::Lifecycle => lifecycle::write(enc, &self.lifecycle)?,
+                        _ => quality::write(enc, &self.quality, self.lifecycle.owners.is_some())?,
+                    };
                     durations.push((c, t.elapsed(), ok));
                     continue;
                 }
@@ -176,8 +203,8 @@ impl Exporter {
             CollectorName::States => states::write(enc, snap),
             CollectorName::Peers => self.peers.write(enc, snap),
             CollectorName::Listeners => listeners::write(enc, snap),
-            // Written by `collect`, which reports its own success.
-            CollectorName::Lifecycle => Ok(()),
+            // Written by `collect`, which reports their own success.
+            CollectorName::Lifecycle | CollectorName::Quality => Ok(()),
         }
     }
 }

@@ -24,6 +24,7 @@ pub mod model;
 pub mod netns;
 pub mod owners;
 pub mod parse;
+pub mod quality;
 pub mod snapshot;
 pub mod source;
 pub mod webconfig;

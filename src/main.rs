@@ -176,6 +176,15 @@ fn run(config: Config, web: Option<WebConfigFile>) -> Result<()> {
             config.exporter.procfs.display(),
             config.exporter.collectors.names().collect::<Vec<_>>().join(",")
         );
+        let procfs_only = config.exporter.source == conn_exporter::source::reader::SourceChoice::Procfs;
+        let quality = config.exporter.collectors.contains(CollectorName::Quality) && !procfs_only;
+        if procfs_only && config.exporter.collectors.contains(CollectorName::Quality) {
+            // Only the netlink dumps and notifications carry tcp_info.
+            log::error!(
+                "quality collector: off: --collector.connections.source=procfs reads /proc/net/tcp, which has no tcp_info; it reports success 0"
+            );
+            exporter.quality().set_status(conn_exporter::quality::Status::Failed);
+        }
         if config.exporter.collectors.contains(CollectorName::Lifecycle) {
             conn_exporter::lifecycle::ebpf::start(
                 exporter.lifecycle(),
@@ -184,6 +193,14 @@ fn run(config: Config, web: Option<WebConfigFile>) -> Result<()> {
                 config.exporter.lifecycle_max_series,
                 config.exporter.owners,
             );
+        } else if quality {
+            let lifecycle = exporter.lifecycle();
+            let notifications = conn_exporter::lifecycle::Lifecycle::quality_only(
+                lifecycle.namespaces.clone(),
+                lifecycle.owners.clone(),
+                exporter.quality(),
+            );
+            conn_exporter::lifecycle::subscription::start(Arc::new(notifications), &config.exporter.procfs);
         }
 
         let mut listeners = Vec::new();

@@ -32,7 +32,7 @@ use aya::programs::{ProgramError, RawTracePoint};
 use aya::{Ebpf, EbpfError, EbpfLoader};
 
 use super::subscription::RESCAN;
-use super::{Counters, Lifecycle, Status, Totals};
+use super::{Counters, Lifecycle, Origin, Status, Totals};
 use crate::classify::{Direction, PeerKey, Remote};
 use crate::iface::{IfaceId, InterfaceTable};
 use crate::logging::RateLimit;
@@ -457,9 +457,8 @@ impl Counters {
         delta: Totals,
     ) {
         let (direction, local, remote) = peer;
-        let iface = self.intern(table.name(table.resolve(local, if_index)));
-        let key = PeerKey { netns, ..PeerKey::of(*direction, local, remote, None, iface, &self.folding) };
-        add(self.slot(key), delta);
+        let origin = Origin { netns, ..Origin::default() };
+        add(self.entry(&origin, *direction, local, remote, if_index, table, false), delta);
     }
 
     /// Adds totals the kernel could not keep by peer (its map was full): the fully folded
@@ -550,6 +549,9 @@ pub fn start(state: Arc<Lifecycle>, procfs: &Path, choice: SourceChoice, max_ser
             *state.kernel.lock().unwrap_or_else(|e| e.into_inner()) = Some(k);
             state.set_source(super::Source::Ebpf);
             state.set_status(Status::Subscribed);
+            // The program counts retransmits as they happen; the quality collector's
+            // samples and closes come from the notifications, on a thread of their own.
+            start_quality_only(&state, procfs);
             log::info!(
                 "lifecycle collector: source ebpf (--collector.lifecycle.source={}): raw tracepoints inet_sock_set_state and tcp_retransmit_skb attached (no tracefs needed), {} peers in the kernel's map, {}",
                 if choice == SourceChoice::Auto { "auto" } else { "ebpf" },
@@ -569,7 +571,18 @@ pub fn start(state: Arc<Lifecycle>, procfs: &Path, choice: SourceChoice, max_ser
                 "lifecycle collector: the kernel refused the eBPF program ({e}); it needs CAP_BPF and CAP_PERFMON (--collector.lifecycle.source=ebpf, no fallback); closed and failed connection counters are unavailable"
             );
             state.set_status(Status::Failed);
+            start_quality_only(&state, procfs);
         }
+    }
+}
+
+/// Starts the notifications' thread for the quality collector alone, when it is on and
+/// the lifecycle counters do not take the notifications.
+fn start_quality_only(state: &Lifecycle, procfs: &Path) {
+    if let Some(quality) = &state.quality {
+        let notifications =
+            Lifecycle::quality_only(state.namespaces.clone(), state.owners.clone(), Arc::clone(quality));
+        super::subscription::start(Arc::new(notifications), procfs);
     }
 }
 

@@ -27,9 +27,11 @@ use std::sync::{Arc, Mutex};
 
 use crate::classify::{Direction, Folding, PeerKey, Remote, NETNS_OTHER};
 use crate::iface::{IfaceId, InterfaceTable, InterfaceTableBuilder};
+use crate::model::Endpoint;
 use crate::netns::Namespaces;
 use crate::owners::{OwnerId, Owners};
 use crate::parse::sock_destroy::{DestroyedSocket, Outcome};
+use crate::quality::Quality;
 use crate::snapshot::NsLabels;
 
 /// Where a destroyed socket was and who held it, beyond what its message says.
@@ -89,10 +91,11 @@ pub struct Totals {
     pub retransmits: u64,
 }
 
-/// The counters of one namespace, bounded.
+/// Counters by peer, bounded: the lifecycle's [`Totals`], or another collector's totals
+/// kept under the same labels and the same bounding rule (the quality collector's).
 #[derive(Debug)]
-pub struct Counters {
-    series: HashMap<PeerKey, Totals>,
+pub struct Counters<T = Totals> {
+    series: HashMap<PeerKey, T>,
     max_series: usize,
     folding: Folding,
     merged: u64,
@@ -110,9 +113,54 @@ pub struct Counters {
     all_namespaces: bool,
 }
 
-impl Counters {
+impl Counters<Totals> {
     /// At most `max_series` label sets (0: no bound), remotes folded by `folding`.
     pub fn new(max_series: usize, folding: Folding) -> Counters {
+        Counters::with_bound(max_series, folding)
+    }
+
+    /// Counts one destroyed socket of the exporter's own namespace, owner unknown.
+    /// `direction` is what the namespace's [`DirectionRule`](crate::classify::DirectionRule)
+    /// decided when it was destroyed, `table` its interfaces.
+    pub fn add(&mut self, s: &DestroyedSocket, direction: Direction, table: &InterfaceTable) {
+        self.add_from(&Origin::default(), s, direction, table, s.retransmits());
+    }
+
+    /// [`add`](Self::add) for a socket of any namespace, with its owner; `retransmits`
+    /// is what is left to count of its `tcpi_total_retrans` (all of it, unless the
+    /// quality collector counted some while it was open).
+    pub fn add_from(
+        &mut self,
+        origin: &Origin<'_>,
+        s: &DestroyedSocket,
+        direction: Direction,
+        table: &InterfaceTable,
+        retransmits: u64,
+    ) {
+        let inbound = direction == Direction::Inbound;
+        let outcome = s.outcome(inbound);
+        if outcome == Outcome::NotAConnection {
+            return;
+        }
+        // A failed connect or an aborted client has lost its remote port: no port label
+        // rather than a false 0.
+        let port_lost = !inbound && s.remote.port == 0;
+        let t = self.entry(origin, direction, &s.local, &s.remote, s.if_index, table, port_lost);
+        match outcome {
+            Outcome::Failed => t.failed += 1,
+            _ => {
+                t.closed += 1;
+                t.sent_bytes += s.sent_payload(inbound);
+                t.received_bytes += s.received_bytes();
+                t.retransmits += retransmits;
+            }
+        }
+    }
+}
+
+impl<T: Default + Clone> Counters<T> {
+    /// At most `max_series` label sets (0: no bound), remotes folded by `folding`.
+    pub fn with_bound(max_series: usize, folding: Folding) -> Counters<T> {
         let reserved = InterfaceTable::default();
         let iface_names: Vec<String> =
             (0..reserved.len()).map(|i| reserved.name(IfaceId(i as u16)).to_owned()).collect();
@@ -190,46 +238,54 @@ impl Counters {
         IfaceId(n)
     }
 
-    /// Counts one destroyed socket of the exporter's own namespace, owner unknown.
-    /// `direction` is what the namespace's [`DirectionRule`](crate::classify::DirectionRule)
-    /// decided when it was destroyed, `table` its interfaces.
-    pub fn add(&mut self, s: &DestroyedSocket, direction: Direction, table: &InterfaceTable) {
-        self.add_from(&Origin::default(), s, direction, table);
+    /// The totals a socket of a namespace counts in: its label set, or the merged one the
+    /// bound sends it to. `port_lost`: the service port is unknown (no port label).
+    #[allow(clippy::too_many_arguments)]
+    pub fn entry(
+        &mut self,
+        origin: &Origin<'_>,
+        direction: Direction,
+        local: &Endpoint,
+        remote: &Endpoint,
+        if_index: u32,
+        table: &InterfaceTable,
+        port_lost: bool,
+    ) -> &mut T {
+        let key = self.admit(origin, direction, local, remote, if_index, table, port_lost);
+        self.series.entry(key).or_default()
     }
 
-    /// [`add`](Self::add) for a socket of any namespace, with its owner.
-    pub fn add_from(&mut self, origin: &Origin<'_>, s: &DestroyedSocket, direction: Direction, table: &InterfaceTable) {
-        let inbound = direction == Direction::Inbound;
-        let outcome = s.outcome(inbound);
-        if outcome == Outcome::NotAConnection {
-            return;
-        }
-        let iface = self.intern(table.name(table.resolve(&s.local, s.if_index)));
+    /// The label set a socket counts in (see [`entry`](Self::entry)), made if new.
+    #[allow(clippy::too_many_arguments)]
+    pub fn admit(
+        &mut self,
+        origin: &Origin<'_>,
+        direction: Direction,
+        local: &Endpoint,
+        remote: &Endpoint,
+        if_index: u32,
+        table: &InterfaceTable,
+        port_lost: bool,
+    ) -> PeerKey {
+        let iface = self.intern(table.name(table.resolve(local, if_index)));
         let owner = self.intern_owner(origin.process, origin.unit);
-        let mut key = PeerKey {
-            owner,
-            netns: origin.netns,
-            ..PeerKey::of(direction, &s.local, &s.remote, None, iface, &self.folding)
-        };
-        // A failed connect or an aborted client has lost its remote port: no port label
-        // rather than a false 0.
-        if !inbound && s.remote.port == 0 {
+        let mut key =
+            PeerKey { owner, netns: origin.netns, ..PeerKey::of(direction, local, remote, None, iface, &self.folding) };
+        if port_lost {
             key.service_port = None;
         }
-        let t = self.slot(key);
-        match outcome {
-            Outcome::Failed => t.failed += 1,
-            _ => {
-                t.closed += 1;
-                t.sent_bytes += s.sent_payload(inbound);
-                t.received_bytes += s.received_bytes();
-                t.retransmits += s.retransmits();
-            }
-        }
+        let key = self.slot_key(key);
+        self.series.entry(key).or_default();
+        key
+    }
+
+    /// The totals of an admitted label set.
+    pub fn get_mut(&mut self, key: &PeerKey) -> Option<&mut T> {
+        self.series.get_mut(key)
     }
 
     /// The series a key is counted in; see the module's note on bounding.
-    fn slot(&mut self, key: PeerKey) -> &mut Totals {
+    fn slot_key(&mut self, key: PeerKey) -> PeerKey {
         let max = self.max_series;
         let len = self.series.len();
         // Fully folded series: two per direction in host mode; in `all` mode two more,
@@ -238,8 +294,7 @@ impl Counters {
         // Room is left for the fully folded series however small the bound: a label set
         // is admitted as it is only below three quarters of the bound and below the bound
         // less those series.
-        let key = if max == 0 || self.series.contains_key(&key) || len < (max - max / 4).min(max.saturating_sub(folded))
-        {
+        if max == 0 || self.series.contains_key(&key) || len < (max - max / 4).min(max.saturating_sub(folded)) {
             key
         } else {
             self.merged += 1;
@@ -257,13 +312,12 @@ impl Counters {
                     ..key
                 }
             }
-        };
-        self.series.entry(key).or_default()
+        }
     }
 
     /// Every label set with its totals, sorted.
-    pub fn series(&self) -> Vec<(PeerKey, Totals)> {
-        let mut v: Vec<(PeerKey, Totals)> = self.series.iter().map(|(k, t)| (*k, *t)).collect();
+    pub fn series(&self) -> Vec<(PeerKey, T)> {
+        let mut v: Vec<(PeerKey, T)> = self.series.iter().map(|(k, t)| (*k, t.clone())).collect();
         v.sort_unstable_by_key(|e| e.0);
         v
     }
@@ -343,6 +397,11 @@ pub struct Lifecycle {
     /// The socket owner walk, with `--collector.connections.owner` (shared with the
     /// scrapes' reads).
     pub owners: Option<Arc<Owners>>,
+    /// The quality collector, sampled by the notifications' thread (see [`crate::quality`]).
+    pub quality: Option<Arc<Quality>>,
+    /// Whether the notifications count in these counters; not when they only serve the
+    /// quality collector (the lifecycle counters come from the eBPF program, or are off).
+    pub counts: bool,
 }
 
 impl std::fmt::Debug for Lifecycle {
@@ -370,7 +429,26 @@ impl Lifecycle {
             owners: None,
             source: AtomicU8::new(Source::None as u8),
             kernel: Mutex::new(None),
+            quality: None,
+            counts: true,
         }
+    }
+
+    /// Samples the quality collector on the notifications' thread, when it runs.
+    pub fn with_quality(mut self, quality: Option<Arc<Quality>>) -> Lifecycle {
+        self.quality = quality;
+        self
+    }
+
+    /// A subscription that serves only the quality collector: its counters stay empty.
+    pub fn quality_only(
+        namespaces: Option<Arc<Namespaces>>,
+        owners: Option<Arc<Owners>>,
+        quality: Arc<Quality>,
+    ) -> Lifecycle {
+        let mut l = Lifecycle::new(1, Folding::default()).with_sources(namespaces, owners).with_quality(Some(quality));
+        l.counts = false;
+        l
     }
 
     /// Subscribes in every namespace of `namespaces` (`all` mode) and labels counts by
@@ -429,11 +507,11 @@ mod tests {
     }
 
     fn add_from(c: &mut Counters, origin: &Origin<'_>, s: &DestroyedSocket, l: &ListenerSet, t: &InterfaceTable) {
-        c.add_from(origin, s, l.direction(&s.local), t);
+        c.add_from(origin, s, l.direction(&s.local), t, s.retransmits());
     }
 
-    use crate::model::{Endpoint, TcpState};
-    use crate::parse::sock_destroy::FinalInfo;
+    use crate::model::TcpState;
+    use crate::parse::tcp_info::TcpInfo;
     use std::net::{IpAddr, Ipv4Addr};
 
     fn ep(s: &str) -> Endpoint {
@@ -447,7 +525,7 @@ mod tests {
             remote: ep(remote),
             state: TcpState::Close,
             if_index: 0,
-            info: Some(FinalInfo {
+            info: Some(TcpInfo {
                 state: 7,
                 rtt_us: 20,
                 min_rtt_us: Some(10),
@@ -456,7 +534,9 @@ mod tests {
                 bytes_received: 51,
                 bytes_sent: Some(100),
                 bytes_retrans: Some(0),
+                ..TcpInfo::default()
             }),
+            cookie: 0,
         }
     }
 
@@ -575,7 +655,7 @@ mod tests {
         let t = InterfaceTable::default();
         let mut c = Counters::new(10, Folding::default());
         let mut failed = closed("0.0.0.0:40000", "127.0.0.1:0");
-        failed.info = Some(FinalInfo { state: 7, ..FinalInfo::default() });
+        failed.info = Some(TcpInfo { state: 7, ..TcpInfo::default() });
         add(&mut c, &failed, &l, &t);
         add(&mut c, &closed("127.0.0.1:9000", "0.0.0.0:0"), &l, &t);
         let s = c.series();

@@ -50,14 +50,15 @@ use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket, SocketAddr};
 use nix::sys::socket::{getsockopt, setsockopt, sockopt};
 
 use super::{Lifecycle, Origin, Status};
-use crate::classify::{Direction, DirectionRule, ListenerMemory, PortRange, LISTENER_MEMORY};
+use crate::classify::{Direction, DirectionRule, ListenerMemory, PeerKey, PortRange, LISTENER_MEMORY};
 use crate::iface::InterfaceTable;
 use crate::logging::RateLimit;
 use crate::model::{Endpoint, TcpState};
 use crate::netns::{Found, Namespaces};
 use crate::owners::{OwnerId, OwnerTable};
-use crate::parse::sock_destroy::{self, DestroyedSocket};
-use crate::parse::sock_diag::{self, Batch, DecodeError};
+use crate::parse::sock_destroy::{self, DestroyedSocket, Outcome};
+use crate::parse::sock_diag::{self, Batch, DecodeError, InfoSocket};
+use crate::quality::{self, Backlog, Quality, Sampler, Status as QualityStatus};
 use crate::snapshot::NsLabels;
 use crate::source::{self, interfaces, sysctl, SourceError};
 
@@ -137,6 +138,10 @@ pub fn start(state: Arc<Lifecycle>, procfs: &Path) {
             procfs.display()
         );
         state.set_status(Status::Failed);
+        quality_failed(
+            &state,
+            "--path.procfs is not this process's network namespace, whose sockets' tcp_info only netlink gives",
+        );
         return;
     }
     let (socket, got, how) = match subscribe() {
@@ -146,6 +151,7 @@ pub fn start(state: Arc<Lifecycle>, procfs: &Path) {
                 "lifecycle collector: the kernel refused the socket-destroy subscription ({e}); closed and failed connection counters are unavailable"
             );
             state.set_status(Status::Failed);
+            quality_failed(&state, "the kernel refused the socket-destroy subscription its closes come from");
             return;
         }
     };
@@ -161,6 +167,131 @@ pub fn start(state: Arc<Lifecycle>, procfs: &Path) {
     if let Err(e) = spawned {
         log::error!("lifecycle collector: cannot start its thread ({e})");
         state.set_status(Status::Failed);
+        quality_failed(&state, "its thread could not start");
+    }
+}
+
+/// Says once why the quality collector cannot run, and fails it.
+fn quality_failed(state: &Lifecycle, why: &str) {
+    if let Some(q) = &state.quality {
+        log::error!("quality collector: off: {why}; it reports success 0");
+        q.set_status(QualityStatus::Failed);
+    }
+}
+
+/// States dumped for the quality samples: the full sockets (TIME_WAIT and request
+/// sockets have no `tcp_info`), listeners included for direction.
+const SAMPLED_STATES: u32 = 1 << 1 | 1 << 2 | 1 << 4 | 1 << 5 | 1 << 8 | 1 << 9 | 1 << 10 | 1 << 11;
+
+/// A sample of one namespace's sockets with their `tcp_info` into the quality counters
+/// (and, when the notifications feed them, the lifecycle counters' retransmits of open
+/// connections), its queues into `backlog`.
+fn sample(
+    sub: &mut Subscription,
+    state: &Lifecycle,
+    quality: &Quality,
+    sockets: &mut Vec<InfoSocket>,
+    backlog: &mut HashMap<PeerKey, Backlog>,
+) -> Result<(), SubscribeError> {
+    let tables = &mut sub.tables;
+    if tables.diag.is_none() {
+        match tables.place {
+            Place::Own => tables.diag = Some(dump_socket()?),
+            Place::Other(_) => {
+                tables.broken = true;
+                return Err(SubscribeError::Kernel {
+                    what: "quality sample",
+                    source: io::Error::new(io::ErrorKind::NotConnected, "no dump socket in the namespace"),
+                });
+            }
+        }
+    }
+    let Some(diag) = &tables.diag else { return Ok(()) };
+    sockets.clear();
+    let mut buf = Vec::with_capacity(64 * 1024);
+    let kernel = |what| move |source| SubscribeError::Kernel { what, source };
+    for af in [sock_diag::AF_INET, sock_diag::AF_INET6] {
+        diag.send(&sock_diag::info_dump_request(af, SAMPLED_STATES, 2), 0).map_err(kernel("quality sample"))?;
+        loop {
+            buf.clear();
+            diag.recv(&mut buf, 0).map_err(kernel("quality sample"))?;
+            match sock_diag::decode_info_batch(&buf, |s| sockets.push(s)) {
+                Ok(Batch::Done) => break,
+                Ok(Batch::More) => {}
+                Err(DecodeError::Kernel { errno }) if errno == nix::errno::Errno::ENOENT as i32 => break,
+                Err(e) => {
+                    tables.diag = None;
+                    return Err(SubscribeError::Kernel {
+                        what: "quality sample",
+                        source: io::Error::new(io::ErrorKind::InvalidData, e),
+                    });
+                }
+            }
+        }
+    }
+    let now = Instant::now();
+    tables
+        .memory
+        .observe(now, sockets.iter().filter(|s| s.connection.state == TcpState::Listen).map(|s| s.connection.local));
+    tables.rule = DirectionRule::new(tables.memory.set(), tables.port_range);
+    sockets.retain(|s| s.connection.state != TcpState::Listen);
+    let directions: Vec<Direction> = {
+        let d = tables.rule.tally(sockets.iter().map(|s| (&s.connection.local, &s.connection.remote)));
+        sockets.iter().map(|s| d.of(&s.connection.local, &s.connection.remote)).collect()
+    };
+    let netns = sub.netns;
+    let mut counters = quality.lock();
+    let mut lifecycle = state.counts.then(|| state.lock());
+    sub.sampler.begin();
+    for (s, direction) in sockets.iter().zip(directions) {
+        let Some(look) = sub.sampler.observe(s, direction) else { continue };
+        let c = &s.connection;
+        let owner = if look.direction == Direction::Inbound { tables.owner_of(&c.local) } else { None };
+        let origin =
+            Origin { netns, process: owner.map_or("", |o| o.0.as_str()), unit: owner.map_or("", |o| o.1.as_str()) };
+        let key = counters.admit(&origin, look.direction, &c.local, &c.remote, c.if_index, &tables.interfaces, false);
+        if let Some(t) = counters.get_mut(&key) {
+            quality::count(t, &look);
+        }
+        let b = backlog.entry(key).or_default();
+        b.send += u64::from(c.send_queue);
+        b.receive += u64::from(c.recv_queue);
+        b.unsent += u64::from(s.info.and_then(|i| i.notsent_bytes).unwrap_or(0));
+        if let (Some(l), true) = (lifecycle.as_mut(), look.growth.retransmits > 0) {
+            l.entry(&origin, look.direction, &c.local, &c.remote, c.if_index, &tables.interfaces, false).retransmits +=
+                look.growth.retransmits;
+        }
+    }
+    sub.sampler.end();
+    quality.untracked.fetch_add(sub.sampler.untracked().saturating_sub(sub.untracked_seen), Ordering::Relaxed);
+    sub.untracked_seen = sub.sampler.untracked();
+    // A reused buffer, but not one that stays at a past peak of sockets.
+    if sockets.capacity() > 4 * sockets.len().max(1024) {
+        sockets.shrink_to(sockets.len().max(1024));
+    }
+    Ok(())
+}
+
+/// Samples every namespace once; returns when it did.
+fn sample_all(spaces: &mut Spaces, state: &Lifecycle, quality: &Quality, sockets: &mut Vec<InfoSocket>) {
+    let started = Instant::now();
+    let mut backlog = HashMap::new();
+    let mut failed = false;
+    for sub in &mut spaces.subs {
+        if let Err(e) = sample(sub, state, quality, sockets, &mut backlog) {
+            failed = true;
+            quality.failures.fetch_add(1, Ordering::Relaxed);
+            if spaces.warn_limit.allow() {
+                log::warn!("quality collector: a sample failed ({e}); its counts resume at the next one");
+            }
+        }
+    }
+    *quality.lock_backlog() = backlog;
+    quality.set_last_ok(!failed);
+    quality.samples.fetch_add(1, Ordering::Relaxed);
+    quality.last_sample_us.store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+    if !failed || quality.status() == QualityStatus::Starting {
+        quality.set_status(QualityStatus::Sampling);
     }
 }
 
@@ -388,6 +519,10 @@ struct Subscription {
     tables: Tables,
     /// Sockets that look outbound, held until OUTBOUND_HOLD has passed: see its note.
     pending: Vec<(DestroyedSocket, Instant)>,
+    /// The quality collector's last samples of the namespace's sockets.
+    sampler: Sampler,
+    /// `sampler.untracked()` when last added to the collector's total.
+    untracked_seen: u64,
 }
 
 /// What is shared by the namespaces' subscriptions in the thread.
@@ -468,6 +603,10 @@ impl Shared<'_> {
         };
         let mut directions = directions.into_iter();
         let mut counters = None;
+        let mut quality_counters = None;
+        let quality = self.state.quality.as_deref();
+        let counts = self.state.counts;
+        let sampler = &mut sub.sampler;
         sub.pending.retain(|(s, seen)| {
             let direction = directions.next().unwrap_or(Direction::Outbound);
             let ready = direction == Direction::Inbound || now.duration_since(*seen) >= OUTBOUND_HOLD;
@@ -478,7 +617,34 @@ impl Shared<'_> {
                     process: owner.map_or("", |o| o.0.as_str()),
                     unit: owner.map_or("", |o| o.1.as_str()),
                 };
-                counters.get_or_insert_with(|| self.state.lock()).add_from(&origin, s, direction, &tables.interfaces);
+                let mut retransmits = s.retransmits();
+                if let Some(q) = quality {
+                    let look = sampler.close(s, direction);
+                    retransmits = look.growth.retransmits;
+                    if s.outcome(direction == Direction::Inbound) != Outcome::NotAConnection {
+                        let c = quality_counters.get_or_insert_with(|| q.lock());
+                        let port_lost = look.direction == Direction::Outbound && s.remote.port == 0;
+                        let t = c.entry(
+                            &origin,
+                            look.direction,
+                            &s.local,
+                            &s.remote,
+                            s.if_index,
+                            &tables.interfaces,
+                            port_lost,
+                        );
+                        quality::count(t, &look);
+                    }
+                }
+                if counts {
+                    counters.get_or_insert_with(|| self.state.lock()).add_from(
+                        &origin,
+                        s,
+                        direction,
+                        &tables.interfaces,
+                        retransmits,
+                    );
+                }
             }
             !ready
         });
@@ -541,6 +707,20 @@ impl Spaces {
                 );
             }
         }
+        if let Some(q) = &state.quality {
+            let mut counters = q.lock();
+            counters.retain_namespaces(|n| live.contains_key(&n));
+            for f in live.values() {
+                counters.set_namespace(
+                    f.inode,
+                    NsLabels {
+                        netns: f.name.clone(),
+                        container_id: f.container_id.clone(),
+                        pod_uid: f.pod_uid.clone(),
+                    },
+                );
+            }
+        }
         for f in live.values() {
             if self.subs.iter().any(|s| s.netns == f.inode) || self.opening.iter().any(|(o, _)| o.inode == f.inode) {
                 continue;
@@ -573,7 +753,14 @@ impl Spaces {
                     log::debug!("lifecycle collector: subscribed in network namespace {}", found.name);
                     let netns = found.inode;
                     let tables = Tables::new(Place::Other(found), Arc::clone(&self.procfs), Some(diag), read);
-                    self.subs.push(Subscription { netns, socket, tables, pending: Vec::new() });
+                    self.subs.push(Subscription {
+                        netns,
+                        socket,
+                        tables,
+                        pending: Vec::new(),
+                        sampler: Sampler::default(),
+                        untracked_seen: 0,
+                    });
                 }
                 Ok(Err(e)) => {
                     let (found, _) = self.opening.swap_remove(i);
@@ -599,6 +786,8 @@ fn run(socket: Socket, state: &Lifecycle, procfs: Arc<Path>) {
             socket,
             tables: Tables::new(Place::Own, Arc::clone(&procfs), None, None),
             pending: Vec::with_capacity(1024),
+            sampler: Sampler::default(),
+            untracked_seen: 0,
         }],
         procfs,
         opening: Vec::new(),
@@ -613,6 +802,8 @@ fn run(socket: Socket, state: &Lifecycle, procfs: Arc<Path>) {
         last_overrun_log: None,
         overruns_unlogged: 0,
     };
+    let mut next_sample = Instant::now();
+    let mut sampled: Vec<InfoSocket> = Vec::new();
     loop {
         if let Some(namespaces) = state.namespaces.as_deref() {
             if spaces.rescanned.is_none_or(|t| t.elapsed() >= RESCAN) {
@@ -624,6 +815,12 @@ fn run(socket: Socket, state: &Lifecycle, procfs: Arc<Path>) {
         let mut empty = true;
         for sub in &mut spaces.subs {
             empty &= shared.serve(sub);
+        }
+        if let Some(quality) = state.quality.as_deref() {
+            if Instant::now() >= next_sample {
+                sample_all(&mut spaces, state, quality, &mut sampled);
+                next_sample = Instant::now() + quality.interval;
+            }
         }
         if empty {
             std::thread::sleep(BATCH_PAUSE);

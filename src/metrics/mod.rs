@@ -8,6 +8,7 @@ pub mod connections;
 pub mod lifecycle;
 pub mod listeners;
 pub mod peers;
+pub mod quality;
 pub mod self_metrics;
 pub mod states;
 
@@ -24,16 +25,19 @@ pub enum CollectorName {
     Listeners,
     /// `network_connections_closed_total` and the other counters of destroyed sockets.
     Lifecycle,
+    /// `network_connection_rtt_seconds` and the other families of `tcp_info` samples.
+    Quality,
 }
 
 impl CollectorName {
     /// Every collector, in the order their families are written.
-    pub const ALL: [CollectorName; 5] = [
+    pub const ALL: [CollectorName; 6] = [
         CollectorName::Connections,
         CollectorName::States,
         CollectorName::Peers,
         CollectorName::Listeners,
         CollectorName::Lifecycle,
+        CollectorName::Quality,
     ];
 
     /// The name used in flags, `collect[]` and the `collector` label.
@@ -44,12 +48,19 @@ impl CollectorName {
             CollectorName::Peers => "peers",
             CollectorName::Listeners => "listeners",
             CollectorName::Lifecycle => "lifecycle",
+            CollectorName::Quality => "quality",
         }
     }
 
     /// The collector of a name.
     pub fn parse(name: &str) -> Option<CollectorName> {
         CollectorName::ALL.into_iter().find(|c| c.as_str() == name)
+    }
+
+    /// Whether the family is written from counters kept between scrapes, with no read of
+    /// the socket tables.
+    pub fn kept(self) -> bool {
+        matches!(self, CollectorName::Lifecycle | CollectorName::Quality)
     }
 
     /// Whether the family needs every socket kept (not only counted) by the read.

@@ -182,8 +182,20 @@ pub fn write_samples<'a, W: Write>(
     table: &InterfaceTable,
     extra: impl Fn(&PeerKey) -> Extra<'a>,
 ) -> io::Result<()> {
+    write_labelled(enc, series, table, extra, |enc, labels, n| enc.sample(name, labels, Number::Int(*n)))
+}
+
+/// Writes one peer-keyed value of any kind per key: `write` gets the key's labels, in
+/// name order with the folded port left out (a label it adds goes where it sorts).
+pub fn write_labelled<'a, W: Write, V>(
+    enc: &mut Encoder<W>,
+    series: &[(PeerKey, V)],
+    table: &InterfaceTable,
+    extra: impl Fn(&PeerKey) -> Extra<'a>,
+    mut write: impl FnMut(&mut Encoder<W>, &[(&str, Value<'_>)], &V) -> io::Result<()>,
+) -> io::Result<()> {
     let mut remote_text = String::new();
-    for (k, n) in series {
+    for (k, v) in series {
         let remote = remote_label(&k.remote, &mut remote_text);
         let extra = extra(k);
         let mut labels: Vec<(&str, Value<'_>)> = Vec::with_capacity(12);
@@ -210,7 +222,7 @@ pub fn write_samples<'a, W: Write>(
         } else if extra.owner.is_some() {
             labels.sort_by_key(|l| l.0);
         }
-        enc.sample(name, &labels, Number::Int(*n))?;
+        write(enc, &labels, v)?;
     }
     Ok(())
 }

@@ -7,3 +7,4 @@ pub mod route;
 pub mod sock_destroy;
 pub mod sock_diag;
 pub mod sysctl;
+pub mod tcp_info;

@@ -11,42 +11,13 @@
 use std::net::IpAddr;
 
 use crate::model::{Endpoint, TcpState};
-use crate::parse::sock_diag::{decode_socket, DecodeError, SOCK_DIAG_BY_FAMILY};
+use crate::parse::sock_diag::{decode_socket, socket_cookie, DecodeError, SOCK_DIAG_BY_FAMILY};
+use crate::parse::tcp_info::{self, TcpInfo};
 
 const NLMSG_HDRLEN: usize = 16;
 const MSG_LEN: usize = 72;
 /// `INET_DIAG_INFO` in `enum` of `linux/inet_diag.h`.
 const INET_DIAG_INFO: u16 = 2;
-
-/// `struct tcp_info` offsets (`linux/tcp.h`): eight `__u8`, then `__u32`s from 8.
-const TCPI_RTT: usize = 68;
-const TCPI_TOTAL_RETRANS: usize = 100;
-const TCPI_BYTES_ACKED: usize = 120;
-const TCPI_BYTES_RECEIVED: usize = 128;
-const TCPI_MIN_RTT: usize = 148;
-const TCPI_BYTES_SENT: usize = 200;
-const TCPI_BYTES_RETRANS: usize = 208;
-
-/// The final `tcp_info` of a destroyed socket: the fields the counters use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct FinalInfo {
-    /// `tcpi_state`.
-    pub state: u8,
-    /// `tcpi_rtt`, microseconds; 0 when the socket never had a sample.
-    pub rtt_us: u32,
-    /// `tcpi_min_rtt`, microseconds; `None` when absent or `~0` (never sampled).
-    pub min_rtt_us: Option<u32>,
-    /// `tcpi_total_retrans`: segments retransmitted.
-    pub total_retrans: u32,
-    /// `tcpi_bytes_acked`: sequence space the peer acknowledged (SYN and FIN count one).
-    pub bytes_acked: u64,
-    /// `tcpi_bytes_received`: sequence space received (a FIN counts one).
-    pub bytes_received: u64,
-    /// `tcpi_bytes_sent`: payload bytes sent, retransmissions included (Linux 4.19+).
-    pub bytes_sent: Option<u64>,
-    /// `tcpi_bytes_retrans`: payload bytes retransmitted (Linux 4.19+).
-    pub bytes_retrans: Option<u64>,
-}
 
 /// One destroyed TCP socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,7 +32,10 @@ pub struct DestroyedSocket {
     /// Interface index the socket was bound to, 0 for none.
     pub if_index: u32,
     /// The final `tcp_info`, when the message carried `INET_DIAG_INFO`.
-    pub info: Option<FinalInfo>,
+    pub info: Option<TcpInfo>,
+    /// The socket's cookie (`idiag_cookie`): the kernel's id of it, which dumps report
+    /// too.
+    pub cookie: u64,
 }
 
 /// What became of a destroyed socket, for the lifecycle counters.
@@ -81,25 +55,6 @@ fn u16_at(b: &[u8], at: usize) -> u16 {
 
 fn u32_at(b: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_ne_bytes(b.get(at..at + 4)?.try_into().ok()?))
-}
-
-fn u64_at(b: &[u8], at: usize) -> Option<u64> {
-    Some(u64::from_ne_bytes(b.get(at..at + 8)?.try_into().ok()?))
-}
-
-/// Decodes a `tcp_info` attribute; `None` when it is shorter than the fields every
-/// kernel with destroy notifications (4.5+) has, up to `tcpi_bytes_received`.
-pub fn decode_tcp_info(b: &[u8]) -> Option<FinalInfo> {
-    Some(FinalInfo {
-        state: *b.first()?,
-        rtt_us: u32_at(b, TCPI_RTT)?,
-        total_retrans: u32_at(b, TCPI_TOTAL_RETRANS)?,
-        bytes_acked: u64_at(b, TCPI_BYTES_ACKED)?,
-        bytes_received: u64_at(b, TCPI_BYTES_RECEIVED)?,
-        min_rtt_us: u32_at(b, TCPI_MIN_RTT).filter(|&v| v != u32::MAX),
-        bytes_sent: u64_at(b, TCPI_BYTES_SENT),
-        bytes_retrans: u64_at(b, TCPI_BYTES_RETRANS),
-    })
 }
 
 /// Decodes one netlink message (header included) of the destroy groups. `Ok(None)` for a
@@ -128,11 +83,12 @@ pub fn decode_message(buf: &[u8]) -> Result<Option<DestroyedSocket>, DecodeError
             return Err(DecodeError::Truncated { offset: len - attrs.len() });
         }
         if u16_at(attrs, 2) == INET_DIAG_INFO {
-            info = decode_tcp_info(&attrs[4..alen]);
+            info = tcp_info::decode(&attrs[4..alen]);
         }
         attrs = attrs.get((alen + 3) & !3..).unwrap_or(&[]);
     }
-    Ok(Some(DestroyedSocket { local: c.local, remote: c.remote, state: c.state, if_index: c.if_index, info }))
+    let cookie = socket_cookie(payload);
+    Ok(Some(DestroyedSocket { local: c.local, remote: c.remote, state: c.state, if_index: c.if_index, info, cookie }))
 }
 
 impl DestroyedSocket {
@@ -304,9 +260,9 @@ mod tests {
         assert_eq!((s.sent_payload(false), s.received_bytes(), s.retransmits()), (0, 0, 0));
         // A tcp_info cut before tcpi_bytes_received is no tcp_info.
         let full = fixture("ipv4-1");
-        assert!(decode_tcp_info(&full[NLMSG_HDRLEN + MSG_LEN + 12..][..TCPI_BYTES_RECEIVED + 7]).is_none());
+        assert!(tcp_info::decode(&full[NLMSG_HDRLEN + MSG_LEN + 12..][..128 + 7]).is_none());
         // Before tcpi_bytes_sent (Linux < 4.19): sequence space less the SYN.
-        let old = decode_tcp_info(&full[NLMSG_HDRLEN + MSG_LEN + 12..][..TCPI_BYTES_SENT]).unwrap();
+        let old = tcp_info::decode(&full[NLMSG_HDRLEN + MSG_LEN + 12..][..200]).unwrap();
         assert_eq!(old.bytes_sent, None);
         assert_eq!(DestroyedSocket { info: Some(old), ..s }.sent_payload(false), 1001);
     }

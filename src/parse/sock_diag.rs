@@ -11,6 +11,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use thiserror::Error;
 
 use crate::model::{Connection, Endpoint, TcpState};
+use crate::parse::tcp_info::{self, TcpInfo};
 
 /// `struct nlmsghdr`.
 const NLMSG_HDRLEN: usize = 16;
@@ -71,6 +72,59 @@ pub fn dump_request(family: u8, states: u32, seq: u32) -> [u8; REQUEST_LEN] {
     body[4..8].copy_from_slice(&states.to_ne_bytes());
     // The socket id stays zero: a dump matches every socket.
     req
+}
+
+/// `INET_DIAG_INFO` in `enum` of `linux/inet_diag.h`: the `tcp_info` attribute.
+const INET_DIAG_INFO: u16 = 2;
+
+/// [`dump_request`] asking for each socket's `tcp_info` too (`idiag_ext` bit
+/// `INET_DIAG_INFO - 1`). The kernel then fills it for every full socket it sends; a
+/// TIME_WAIT or request socket has none.
+pub fn info_dump_request(family: u8, states: u32, seq: u32) -> [u8; REQUEST_LEN] {
+    let mut req = dump_request(family, states, seq);
+    req[NLMSG_HDRLEN + 2] = 1 << (INET_DIAG_INFO - 1);
+    req
+}
+
+/// The socket's cookie (`idiag_cookie`, two host-order `__u32`s, low word first) of an
+/// `inet_diag_msg` long enough to be decoded; 0 otherwise.
+pub fn socket_cookie(msg: &[u8]) -> u64 {
+    match msg.get(44..52) {
+        Some(c) => u64::from(u32_at(c, 0)) | u64::from(u32_at(c, 4)) << 32,
+        None => 0,
+    }
+}
+
+/// One socket of an [`info_dump_request`] dump.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InfoSocket {
+    /// What every dump gives.
+    pub connection: Connection,
+    /// Its cookie.
+    pub cookie: u64,
+    /// Its `tcp_info`, absent for sockets that have none.
+    pub info: Option<TcpInfo>,
+}
+
+/// [`decode_batch`] for a dump with `tcp_info`: each socket with its cookie and info.
+pub fn decode_info_batch(buf: &[u8], mut sink: impl FnMut(InfoSocket)) -> Result<Batch, DecodeError> {
+    walk_batch(buf, |payload| {
+        let connection = decode_socket(payload)?;
+        let mut info = None;
+        let mut attrs = &payload[MSG_LEN..];
+        while attrs.len() >= 4 {
+            let alen = usize::from(u16_at(attrs, 0));
+            if alen < 4 || alen > attrs.len() {
+                return Err(DecodeError::Truncated { offset: 0 });
+            }
+            if u16_at(attrs, 2) == INET_DIAG_INFO {
+                info = tcp_info::decode(&attrs[4..alen]);
+            }
+            attrs = attrs.get((alen + 3) & !3..).unwrap_or(&[]);
+        }
+        sink(InfoSocket { connection, cookie: socket_cookie(payload), info });
+        Ok(())
+    })
 }
 
 /// What a receive buffer held besides sockets.
@@ -155,7 +209,16 @@ pub fn ends_dump(mut buf: &[u8]) -> bool {
 ///
 /// Messages of other types (none are expected) are skipped; an `NLMSG_ERROR` ends the
 /// dump with its errno.
-pub fn decode_batch(mut buf: &[u8], mut sink: impl FnMut(Connection)) -> Result<Batch, DecodeError> {
+pub fn decode_batch(buf: &[u8], mut sink: impl FnMut(Connection)) -> Result<Batch, DecodeError> {
+    walk_batch(buf, |payload| {
+        sink(decode_socket(payload)?);
+        Ok(())
+    })
+}
+
+/// Walks the messages of one receive buffer, handing each `SOCK_DIAG_BY_FAMILY`
+/// payload to `socket`; an error it returns is reported at that message's offset.
+fn walk_batch(mut buf: &[u8], mut socket: impl FnMut(&[u8]) -> Result<(), DecodeError>) -> Result<Batch, DecodeError> {
     let total = buf.len();
     while !buf.is_empty() {
         let offset = total - buf.len();
@@ -189,10 +252,10 @@ pub fn decode_batch(mut buf: &[u8], mut sink: impl FnMut(Connection)) -> Result<
                     return Err(DecodeError::Kernel { errno });
                 }
             }
-            SOCK_DIAG_BY_FAMILY => sink(decode_socket(payload).map_err(|e| match e {
+            SOCK_DIAG_BY_FAMILY => socket(payload).map_err(|e| match e {
                 DecodeError::Truncated { .. } => DecodeError::Truncated { offset },
                 other => other,
-            })?),
+            })?,
             _ => {}
         }
         // Messages are padded to 4 bytes.

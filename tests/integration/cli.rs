@@ -35,6 +35,7 @@ fn bad_flags_and_values_exit_2_naming_the_flag() {
                 "--no-collector.peers",
                 "--no-collector.listeners",
                 "--no-collector.lifecycle",
+                "--no-collector.quality",
             ],
             "every collector is disabled",
         ),

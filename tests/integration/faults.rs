@@ -151,7 +151,7 @@ done 2>/dev/null"#)
             continue;
         }
         let success = samples(&out, "conn_exporter_scrape_collector_success");
-        if success.len() != 5 || success.iter().any(|s| s.1 != 1.0) {
+        if success.len() != 6 || success.iter().any(|s| s.1 != 1.0) {
             failures.push(format!("scrape {i}: collector success {success:?}"));
             continue;
         }

@@ -14,6 +14,7 @@ mod ns;
 mod owners;
 mod peers;
 mod prometheus;
+mod quality;
 mod robustness;
 mod security;
 mod service_exit;

@@ -306,9 +306,10 @@ pub fn samples(text: &str, name: &str) -> Vec<(Labels, f64)> {
 
 /// Asserts that there are `count` collector success samples and that each is `value`.
 pub fn assert_collectors(text: &str, count: usize, value: f64) {
-    // The collectors that read the socket tables; `lifecycle` is tested in lifecycle.rs.
+    // The collectors that read the socket tables; `lifecycle` is tested in lifecycle.rs,
+    // `quality` in quality.rs.
     let mut s = samples(text, "conn_exporter_scrape_collector_success");
-    s.retain(|(l, _)| l.get("collector").map(String::as_str) != Some("lifecycle"));
+    s.retain(|(l, _)| !matches!(l.get("collector").map(String::as_str), Some("lifecycle" | "quality")));
     assert_eq!(s.len(), count, "collector success samples in:\n{text}");
     assert!(s.iter().all(|x| x.1 == value), "every collector's success should be {value}:\n{text}");
 }
