@@ -389,6 +389,11 @@ mod tests {
             Format::Protobuf,
             "a tie goes to protobuf"
         );
+        assert_eq!(
+            Format::negotiate(Some(&format!("application/openmetrics-text,{PROTOBUF}"))),
+            Format::Protobuf,
+            "a tie with OpenMetrics too"
+        );
         assert_eq!(Format::negotiate(Some(&format!("{PROTOBUF};q=0.5,text/plain"))), Format::Text);
         assert_eq!(
             Format::negotiate(Some(&format!("{PROTOBUF};q=0.5,application/openmetrics-text"))),
