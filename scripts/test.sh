@@ -40,6 +40,9 @@ scripts/fuzz.sh --replay
 step "benchmark smoke run"
 python3 bench/run.py --smoke --exporter "$CONN_EXPORTER_BIN"
 
+step "protobuf against text scrape, quick run (a well-formed MetricFamily stream with every series)"
+python3 bench/formats.py --quick --exporter "$CONN_EXPORTER_BIN"
+
 step "series churn, quick run (network_connection_peers creates at most 30 series)"
 python3 bench/churn.py --quick --exporter "$CONN_EXPORTER_BIN"
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Rewrites tests/golden/* from the real binary's scrape of tests/fixtures/proc, then
+# Rewrites tests/golden/* (text, OpenMetrics, protobuf and its readable form) from the
+# real binary's scrape of tests/fixtures/proc, then
 # shows the diff for review.
 set -euo pipefail
 cd "$(dirname "$0")/.."

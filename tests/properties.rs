@@ -10,13 +10,19 @@
 use std::io::BufReader;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use conn_exporter::exposition::{accepts_gzip, push_ipv6, Encoder, Format, Number, Value};
+use conn_exporter::exposition::{
+    accepts_gzip, push_ipv6, Encoder, Format, HistogramValue, Kind, NativeBuckets, Number, Value,
+};
 use conn_exporter::model::Family;
 use conn_exporter::parse::proc_net::{parse_endpoint, parse_line, parse_tcp, ByteOrder};
 use conn_exporter::parse::route::{parse_if_inet6, parse_routes};
 use conn_exporter::parse::sock_diag::{decode_batch, decode_socket, ends_dump, Batch, AF_INET, AF_INET6};
 use proptest::prelude::*;
 use proptest::test_runner::Config;
+
+#[path = "support/metrics_proto.rs"]
+mod metrics_proto;
+use metrics_proto::{decode_stream, join_chunks, text_samples, TextSample};
 
 /// Enough cases to find the shallow bugs on every run while the whole file stays near a
 /// second; `PROPTEST_CASES=100000 cargo test --test properties` searches longer.
@@ -187,6 +193,10 @@ fn netlink_buffer() -> impl Strategy<Value = Vec<u8>> {
 fn header() -> impl Strategy<Value = String> {
     let piece = prop_oneof![
         Just("application/openmetrics-text"),
+        Just("application/vnd.google.protobuf"),
+        Just("proto=io.prometheus.client.MetricFamily"),
+        Just("encoding=delimited"),
+        Just("encoding=text"),
         Just("text/plain"),
         Just("*/*"),
         Just("text/*"),
@@ -295,14 +305,26 @@ proptest! {
     #[test]
     fn negotiation_any_header_is_a_format(header in header()) {
         let format = Format::negotiate(Some(&header));
+        let lower = header.to_ascii_lowercase();
         if format == Format::OpenMetrics {
-            prop_assert!(header.to_ascii_lowercase().contains("application/openmetrics-text"));
+            prop_assert!(lower.contains("application/openmetrics-text"));
         }
-        // Each media range counts alone: a full-weight OpenMetrics range always wins.
-        prop_assert_eq!(
-            Format::negotiate(Some(&format!("{header},application/openmetrics-text;version=1.0.0"))),
-            Format::OpenMetrics
-        );
+        let names_protobuf = lower.contains("application/vnd.google.protobuf");
+        if format == Format::Protobuf {
+            prop_assert!(names_protobuf && header.contains("io.prometheus.client.MetricFamily") && lower.contains("delimited"));
+        }
+        // Each media range counts alone: a full-weight OpenMetrics range always wins,
+        // unless protobuf is named as high (ties go to protobuf); a full-weight protobuf
+        // range always wins.
+        let om = Format::negotiate(Some(&format!("{header},application/openmetrics-text;version=1.0.0")));
+        if names_protobuf {
+            prop_assert!(om == Format::OpenMetrics || om == Format::Protobuf);
+        } else {
+            prop_assert_eq!(om, Format::OpenMetrics);
+        }
+        prop_assert_eq!(Format::negotiate(Some(&format!("{header},{PROTOBUF_RANGE}"))), Format::Protobuf);
+        // A protobuf range of weight zero changes nothing.
+        prop_assert_eq!(Format::negotiate(Some(&format!("{header},{PROTOBUF_RANGE};q=0"))), format);
         let gzip = accepts_gzip(Some(&header));
         if gzip {
             prop_assert!(header.to_ascii_lowercase().contains("gzip") || header.contains('*'));
@@ -375,6 +397,41 @@ proptest! {
         }
         prop_assert_eq!(rest, format!(" {value}"));
     }
+
+    #[test]
+    fn protobuf_decodes_to_the_text_formats_families_and_samples(families in prop::collection::vec(family(), 0..6)) {
+        let text = String::from_utf8(encode(&families, Format::Text)).unwrap();
+        let proto = encode(&families, Format::Protobuf);
+        let decoded = join_chunks(decode_stream(&proto));
+        let parsed = parse_text(&text);
+        prop_assert_eq!(decoded.len(), parsed.len(), "families: {:?}", decoded.iter().map(|f| &f.name).collect::<Vec<_>>());
+        for (pb, (name, help, kind, samples)) in decoded.iter().zip(&parsed) {
+            prop_assert_eq!(&pb.name, name);
+            prop_assert_eq!(&pb.help, help);
+            prop_assert_eq!(pb.type_name(), kind.as_str());
+            let from_pb = text_samples(pb);
+            prop_assert_eq!(from_pb.len(), samples.len(), "{}", name);
+            for (a, b) in from_pb.iter().zip(samples) {
+                prop_assert_eq!(&a.0, &b.0);
+                prop_assert_eq!(&a.1, &b.1);
+                prop_assert!(a.2 == b.2 || (a.2.is_nan() && b.2.is_nan()), "{}{:?}: {} vs {}", a.0, a.1, a.2, b.2);
+            }
+        }
+        // The native buckets, which text does not carry, read back as they went in.
+        let written = families.iter().filter(|f| f.kind == Kind::Histogram).flat_map(|f| &f.histograms);
+        let read = decoded.iter().filter(|f| f.r#type == 4).flat_map(|f| &f.metric);
+        let mut n = 0;
+        for ((_, w), r) in written.zip(read) {
+            let h = r.histogram.as_ref().expect("a histogram");
+            prop_assert_eq!(h.schema, Some(i32::from(w.schema)));
+            prop_assert_eq!(h.zero_threshold.to_bits(), w.zero_threshold.to_bits());
+            prop_assert_eq!(h.zero_count, w.zero_count);
+            prop_assert_eq!(h.positive_buckets(), w.positive.clone());
+            prop_assert!(!h.positive_span.is_empty() || h.zero_count > 0 || h.zero_threshold > 0.0, "native and recognisable");
+            n += 1;
+        }
+        prop_assert_eq!(n, families.iter().filter(|f| f.kind == Kind::Histogram).map(|f| f.histograms.len()).sum::<usize>());
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -435,4 +492,218 @@ fn gzip_refused_by_name_stays_refused_under_a_wildcard() {
 fn gzip_weight_name_is_case_insensitive() {
     assert!(!accepts_gzip(Some("gzip;Q=0")));
     assert!(!accepts_gzip(Some("gzip; Q=0, *;q=1")));
+}
+
+// ---------------------------------------------------------------------------------------
+// Families for the protobuf/text comparison: owned inputs of `Encoder` calls.
+
+const PROTOBUF_RANGE: &str =
+    "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited";
+
+#[derive(Clone, Debug)]
+enum LabelValue {
+    Str(String),
+    Ip(IpAddr),
+    Int(u64),
+}
+
+impl LabelValue {
+    fn value(&self) -> Value<'_> {
+        match self {
+            LabelValue::Str(s) => Value::Str(s),
+            LabelValue::Ip(ip) => Value::Ip(*ip),
+            LabelValue::Int(n) => Value::Int(*n),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Histogram {
+    count: u64,
+    sum: f64,
+    buckets: Vec<(f64, u64)>,
+    schema: i8,
+    zero_threshold: f64,
+    zero_count: u64,
+    positive: Vec<(i32, u64)>,
+}
+
+#[derive(Clone, Debug)]
+struct TestFamily {
+    kind: Kind,
+    help: String,
+    samples: Vec<(Vec<LabelValue>, Number)>,
+    histograms: Vec<(Vec<LabelValue>, Histogram)>,
+}
+
+const LABEL_NAMES: [&str; 5] = ["destination_address", "direction", "l2", "state", "source_port"];
+
+fn label_values() -> impl Strategy<Value = Vec<LabelValue>> {
+    let value = prop_oneof![
+        any::<String>().prop_map(LabelValue::Str),
+        "[\\\\\"\n a-z{}=,]{0,12}".prop_map(LabelValue::Str),
+        address().prop_map(LabelValue::Ip),
+        any::<u64>().prop_map(LabelValue::Int),
+    ];
+    prop::collection::vec(value, 0..=LABEL_NAMES.len())
+}
+
+fn number() -> impl Strategy<Value = Number> {
+    prop_oneof![
+        any::<u64>().prop_map(Number::Int),
+        any::<f64>().prop_map(Number::Float),
+        prop::sample::select(vec![0.0, -0.0, f64::NAN, f64::INFINITY, f64::NEG_INFINITY, 0.1, 1e300, 5e-324])
+            .prop_map(Number::Float),
+    ]
+}
+
+fn histogram() -> impl Strategy<Value = Histogram> {
+    let bounds = prop::collection::btree_set(1u32..1_000_000, 0..12);
+    let native = prop::collection::btree_map(-300i32..300, 0u64..1000, 0..20);
+    (
+        bounds,
+        prop::collection::vec(0u64..1000, 12),
+        0u64..1000,
+        any::<f64>(),
+        -4i8..=8,
+        prop::sample::select(vec![0.0, 2f64.powi(-128), 1e-9, 0.001]),
+        0u64..100,
+        native,
+    )
+        .prop_map(|(bounds, steps, above, sum, schema, zero_threshold, zero_count, positive)| {
+            let mut cumulative = 0;
+            let buckets: Vec<(f64, u64)> = bounds
+                .iter()
+                .zip(&steps)
+                .map(|(b, step)| {
+                    cumulative += step;
+                    (f64::from(*b) / 1e6, cumulative)
+                })
+                .collect();
+            Histogram {
+                count: cumulative + above,
+                sum,
+                buckets,
+                schema,
+                zero_threshold,
+                zero_count,
+                positive: positive.into_iter().collect(),
+            }
+        })
+}
+
+fn family() -> impl Strategy<Value = TestFamily> {
+    let kind = prop::sample::select(vec![Kind::Gauge, Kind::Counter, Kind::Histogram]);
+    (
+        kind,
+        "[A-Za-z0-9 .,()]{0,30}",
+        prop::collection::vec((label_values(), number()), 0..8),
+        prop::collection::vec((label_values(), histogram()), 0..4),
+    )
+        .prop_map(|(kind, help, samples, histograms)| {
+            let (samples, histograms) = if kind == Kind::Histogram { (vec![], histograms) } else { (samples, vec![]) };
+            TestFamily { kind, help, samples, histograms }
+        })
+}
+
+fn family_name(i: usize, kind: Kind) -> String {
+    match kind {
+        Kind::Counter => format!("conn_exporter_test{i}_total"),
+        _ => format!("conn_exporter_test{i}"),
+    }
+}
+
+/// The same `Encoder` calls in any format.
+fn encode(families: &[TestFamily], format: Format) -> Vec<u8> {
+    let mut e = Encoder::new(Vec::new(), format);
+    for (i, f) in families.iter().enumerate() {
+        let name = family_name(i, f.kind);
+        e.family(&name, f.kind, &f.help).unwrap();
+        for (values, n) in &f.samples {
+            let labels: Vec<(&str, Value<'_>)> = LABEL_NAMES.iter().zip(values).map(|(k, v)| (*k, v.value())).collect();
+            e.sample(&name, &labels, *n).unwrap();
+        }
+        for (values, h) in &f.histograms {
+            let labels: Vec<(&str, Value<'_>)> = LABEL_NAMES.iter().zip(values).map(|(k, v)| (*k, v.value())).collect();
+            let value = HistogramValue {
+                count: h.count,
+                sum: h.sum,
+                buckets: &h.buckets,
+                native: Some(NativeBuckets {
+                    schema: h.schema,
+                    zero_threshold: h.zero_threshold,
+                    zero_count: h.zero_count,
+                    positive: &h.positive,
+                }),
+            };
+            e.histogram(&name, &labels, &value).unwrap();
+        }
+    }
+    e.finish().unwrap()
+}
+
+/// Text 0.0.4 read back, family by family: name, help, type and samples. Written here
+/// from the format's documentation (HELP/TYPE lines, `name{label="value",...} value`).
+fn parse_text(text: &str) -> Vec<(String, String, String, Vec<TextSample>)> {
+    let mut out: Vec<(String, String, String, Vec<TextSample>)> = Vec::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (name, help) = rest.split_once(' ').unwrap_or((rest, ""));
+            out.push((name.to_owned(), help.to_owned(), String::new(), Vec::new()));
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').expect("a type");
+            let last = out.last_mut().expect("TYPE after HELP");
+            assert_eq!(last.0, name);
+            last.2 = kind.to_owned();
+        } else {
+            let name_end = line.find(['{', ' ']).expect("a sample line");
+            let name = line[..name_end].to_owned();
+            let mut rest = &line[name_end..];
+            let mut labels = Vec::new();
+            if let Some(r) = rest.strip_prefix('{') {
+                rest = r;
+                loop {
+                    if let Some(r) = rest.strip_prefix('}') {
+                        rest = r;
+                        break;
+                    }
+                    rest = rest.strip_prefix(',').unwrap_or(rest);
+                    let (label, r) = rest.split_once("=\"").expect("label=\"");
+                    let (value, used) = unescape_label_value(r).expect("an escaped, closed value");
+                    labels.push((label.to_owned(), value));
+                    rest = &r[used..];
+                }
+            }
+            let value = match rest.strip_prefix(' ').expect("a space before the value") {
+                "NaN" => f64::NAN,
+                "+Inf" => f64::INFINITY,
+                "-Inf" => f64::NEG_INFINITY,
+                v => v.parse().unwrap_or_else(|e| panic!("{v:?}: {e}")),
+            };
+            out.last_mut().expect("a sample after its family").3.push((name, labels, value));
+        }
+    }
+    out
+}
+
+/// A family far larger than one protobuf message is written as several messages of the
+/// same family, each bounded, that together hold every sample in order.
+#[test]
+fn a_huge_family_is_several_bounded_messages_with_every_sample() {
+    let samples: Vec<(Vec<LabelValue>, Number)> = (0..5000u64)
+        .map(|i| {
+            let ip = IpAddr::V6(Ipv6Addr::from(u128::from(i) << 64 | 0xfe80));
+            (vec![LabelValue::Ip(ip), LabelValue::Str("inbound".into()), LabelValue::Int(i)], Number::Int(i))
+        })
+        .collect();
+    let family = TestFamily { kind: Kind::Gauge, help: "Many.".into(), samples, histograms: vec![] };
+    let families = [family];
+    let proto = encode(&families, Format::Protobuf);
+    let messages = decode_stream(&proto);
+    assert!(messages.len() > 3, "{} messages for {} bytes", messages.len(), proto.len());
+    assert!(messages.iter().all(|m| m.name == "conn_exporter_test0" && m.help == "Many." && m.r#type == 1));
+    assert!(messages.iter().all(|m| m.metric.len() < 2000), "each message bounded");
+    let joined = join_chunks(messages);
+    let text = parse_text(std::str::from_utf8(&encode(&families, Format::Text)).unwrap());
+    assert_eq!(text_samples(&joined[0]), text[0].3);
 }

@@ -9,6 +9,8 @@ mod hash_password;
 mod hostile;
 mod lifecycle;
 mod live;
+#[path = "../support/metrics_proto.rs"]
+mod metrics_proto;
 mod namespaces;
 mod ns;
 mod owners;

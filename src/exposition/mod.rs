@@ -1,21 +1,65 @@
-//! Exposition formats: text 0.0.4 and OpenMetrics 1.0.0, content negotiation, and a
-//! writer that puts label values straight into the output without building strings.
+//! Exposition: the one place that knows the formats. Families write through
+//! [`Encoder`] and never learn which format a client asked for.
+//!
+//! # Design
+//!
+//! - **A façade and one file per format** (the shape of client_rust's `encoding`):
+//!   this module holds what every format shares: [`Format`] and the `Accept`
+//!   negotiation, the [`Encoder`] façade, the values families hand it ([`Kind`],
+//!   [`Value`], [`Number`], [`HistogramValue`], [`NativeBuckets`]) and the rendering of
+//!   addresses. `text.rs` writes text 0.0.4 and OpenMetrics 1.0.0 (one writer, two
+//!   dialects); `protobuf.rs` writes length-delimited `io.prometheus.client.MetricFamily`
+//!   messages. The façade dispatches on an enum, not a trait object: a sample is one
+//!   `match` and a direct call.
+//! - **One call sequence for all formats:** `family`, then `sample`s (or `histogram`s),
+//!   then the next `family`, and `finish`. Text writes each line as it comes; protobuf
+//!   gathers a family's metrics and writes them as a `MetricFamily` when the next family
+//!   starts, at `finish`, or every 64 KiB of metrics (a huge family becomes several
+//!   consecutive messages of the same name, which Prometheus reads as one family), so
+//!   memory stays bounded whatever the family's size.
+//! - **Names:** a counter's family name carries `_total` in text and in protobuf (as
+//!   client_golang names it: Prometheus stores a protobuf counter under the
+//!   `MetricFamily` name, so the series are the same as from text); OpenMetrics drops it
+//!   from `# HELP`/`# TYPE` only.
+//! - **Histograms:** text and OpenMetrics write the classic buckets; protobuf writes one
+//!   `Histogram` per label set with the classic buckets (`cumulative_count`,
+//!   `upper_bound`; `+Inf` implied by `sample_count`) *and* the native ones (schema,
+//!   zero threshold and count, positive spans and delta-encoded counts), plus
+//!   `sample_count` and `sample_sum`. Prometheus with native histograms on stores the
+//!   native form; without, or with `scrape_classic_histograms`, the classic one.
+//! - **No protobuf crate:** the exporter writes nine small messages and reads none.
+//!   Writing their fields with a varint writer (`protobuf.rs`, about 150 lines) streams
+//!   a metric at a time from reused buffers, with label values rendered straight into
+//!   the message as text does. prost would want an owned `Metric` (a `String` per label)
+//!   built for every sample and a whole `MetricFamily` in memory before
+//!   `encode_length_delimited`, plus a build script or generated code to keep in step.
+//!   The tests decode the output with prost (hand-declared messages), a decoder that
+//!   shares nothing with this writer.
 
 use std::io::{self, Write};
 use std::net::IpAddr;
+
+mod protobuf;
+mod text;
 
 /// `Content-Type` of the text format.
 pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// `Content-Type` of OpenMetrics.
 pub const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// `Content-Type` of the protobuf format (client_golang's spelling).
+pub const PROTOBUF_CONTENT_TYPE: &str =
+    "application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; encoding=delimited";
 
-/// The two formats served.
+/// The formats served.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
     /// Prometheus text format 0.0.4.
     Text,
     /// OpenMetrics 1.0.0 text.
     OpenMetrics,
+    /// Length-delimited `io.prometheus.client.MetricFamily` protobuf messages, the only
+    /// format that carries native histograms.
+    Protobuf,
 }
 
 impl Format {
@@ -24,23 +68,35 @@ impl Format {
         match self {
             Format::Text => TEXT_CONTENT_TYPE,
             Format::OpenMetrics => OPENMETRICS_CONTENT_TYPE,
+            Format::Protobuf => PROTOBUF_CONTENT_TYPE,
         }
     }
 
-    /// Picks the format for an `Accept` header: OpenMetrics when it is acceptable and
-    /// weighted at least as high as the text format, text otherwise (and when absent).
+    /// Picks the format for an `Accept` header: protobuf when it is acceptable and
+    /// weighted at least as high as the others; otherwise OpenMetrics when it is
+    /// acceptable and weighted at least as high as the text format; text otherwise (and
+    /// when absent).
+    ///
+    /// Protobuf is acceptable only as `application/vnd.google.protobuf` with
+    /// `proto=io.prometheus.client.MetricFamily` and `encoding=delimited`, the range
+    /// Prometheus sends first when native histograms are on:
+    /// `application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited,application/openmetrics-text;version=1.0.0;q=0.8,...`.
+    /// A header that does not name it gets what it got before protobuf existed.
     pub fn negotiate(accept: Option<&str>) -> Format {
         let Some(accept) = accept else { return Format::Text };
-        let (mut om, mut text) = (0.0f32, 0.0f32);
+        let (mut proto, mut om, mut text) = (0.0f32, 0.0f32, 0.0f32);
         for range in accept.split(',') {
             let mut parts = range.split(';').map(str::trim);
             let media = parts.next().unwrap_or("").to_ascii_lowercase();
-            let (mut q, mut version) = (1.0f32, None);
+            let (mut q, mut version, mut message, mut encoding) = (1.0f32, None, None, None);
             for p in parts {
                 if let Some((k, v)) = p.split_once('=') {
+                    let (v, unquoted) = (v.trim(), v.trim().trim_matches('"'));
                     match k.trim().to_ascii_lowercase().as_str() {
-                        "q" => q = v.trim().parse().ok().filter(|q: &f32| (0.0..=1.0).contains(q)).unwrap_or(0.0),
-                        "version" => version = Some(v.trim().trim_matches('"').to_owned()),
+                        "q" => q = v.parse().ok().filter(|q: &f32| (0.0..=1.0).contains(q)).unwrap_or(0.0),
+                        "version" => version = Some(unquoted.to_owned()),
+                        "proto" => message = Some(unquoted.to_owned()),
+                        "encoding" => encoding = Some(unquoted.to_ascii_lowercase()),
                         _ => {}
                     }
                 }
@@ -49,10 +105,18 @@ impl Format {
                 "application/openmetrics-text" if version.as_deref().is_none_or(|v| v == "1.0.0") => om = om.max(q),
                 "text/plain" if version.as_deref().is_none_or(|v| v == "0.0.4") => text = text.max(q),
                 "*/*" | "text/*" => text = text.max(q),
+                "application/vnd.google.protobuf"
+                    if message.as_deref() == Some("io.prometheus.client.MetricFamily")
+                        && encoding.as_deref() == Some("delimited") =>
+                {
+                    proto = proto.max(q)
+                }
                 _ => {}
             }
         }
-        if om > 0.0 && om >= text {
+        if proto > 0.0 && proto >= om && proto >= text {
+            Format::Protobuf
+        } else if om > 0.0 && om >= text {
             Format::OpenMetrics
         } else {
             Format::Text
@@ -120,6 +184,12 @@ pub struct NativeBuckets<'a> {
     /// Resolution: each bucket is `2^(2^-schema)` times the one before.
     pub schema: i8,
     /// Observations at most this (in absolute value) are counted in the zero bucket.
+    ///
+    /// Keep it above zero: Prometheus before 2.49 (Debian's 2.42 among them) takes a
+    /// histogram for native only when it has a populated bucket, a zero count or a
+    /// positive zero threshold, judging by the first histogram of each message; an empty
+    /// one with a zero threshold of 0 would make it read the whole message as classic.
+    /// client_golang's default is 2^-128.
     pub zero_threshold: f64,
     /// Observations in the zero bucket.
     pub zero_count: u64,
@@ -147,21 +217,33 @@ pub enum Number {
     Float(f64),
 }
 
-/// Writes families and samples in one format.
+/// Writes families and samples in one format: the one interface every family writes
+/// through, whatever the client asked for.
 ///
-/// Each sample line is assembled in a reused buffer and handed to the writer in one
-/// call: at hundreds of thousands of series, per-fragment `write_all` calls and the
-/// formatting machinery cost more than the kernel's dump itself.
+/// Call [`family`](Self::family) once per family, then its samples with
+/// [`sample`](Self::sample) (whose name is the family's) or its histograms with
+/// [`histogram`](Self::histogram), then [`finish`](Self::finish) once.
 pub struct Encoder<W: Write> {
-    out: W,
     format: Format,
-    line: Vec<u8>,
+    writer: Writer<W>,
+}
+
+/// The format's own writer; an enum rather than a trait object, so that each sample is a
+/// direct call.
+enum Writer<W: Write> {
+    Text(text::TextEncoder<W>),
+    Protobuf(protobuf::ProtobufEncoder<W>),
 }
 
 impl<W: Write> Encoder<W> {
     /// An encoder writing to `out`.
     pub fn new(out: W, format: Format) -> Self {
-        Encoder { out, format, line: Vec::with_capacity(512) }
+        let writer = match format {
+            Format::Text => Writer::Text(text::TextEncoder::new(out, false)),
+            Format::OpenMetrics => Writer::Text(text::TextEncoder::new(out, true)),
+            Format::Protobuf => Writer::Protobuf(protobuf::ProtobufEncoder::new(out)),
+        };
+        Encoder { format, writer }
     }
 
     /// The format being written.
@@ -169,84 +251,40 @@ impl<W: Write> Encoder<W> {
         self.format
     }
 
-    /// Writes `# HELP` and `# TYPE` for a family. `name` is the sample name, with
-    /// `_total` for counters.
+    /// Starts a family: `# HELP` and `# TYPE` in text, a new `MetricFamily` in protobuf.
+    /// `name` is the sample name, with `_total` for counters.
     pub fn family(&mut self, name: &str, kind: Kind, help: &str) -> io::Result<()> {
-        let family = match (self.format, kind) {
-            (Format::OpenMetrics, Kind::Counter) => name.strip_suffix("_total").unwrap_or(name),
-            _ => name,
-        };
-        let kind = match kind {
-            Kind::Gauge => "gauge",
-            Kind::Counter => "counter",
-            Kind::Histogram => "histogram",
-        };
-        writeln!(self.out, "# HELP {family} {help}\n# TYPE {family} {kind}")
+        match &mut self.writer {
+            Writer::Text(w) => w.family(name, kind, help),
+            Writer::Protobuf(w) => w.family(name, kind, help),
+        }
     }
 
-    /// Writes one histogram of a family declared [`Kind::Histogram`]: its classic
-    /// buckets, `_sum` and `_count` (`le` after the other labels).
+    /// Writes one histogram of a family declared [`Kind::Histogram`]: in text its classic
+    /// buckets, `_sum` and `_count` (`le` after the other labels); in protobuf one
+    /// `Histogram` with the classic and the native buckets.
     pub fn histogram(&mut self, name: &str, labels: &[(&str, Value<'_>)], h: &HistogramValue<'_>) -> io::Result<()> {
-        let bucket = format!("{name}_bucket");
-        let bounds: Vec<String> = h.buckets.iter().map(|&(le, _)| float_text(le)).collect();
-        let mut with_le: Vec<(&str, Value<'_>)> = Vec::with_capacity(labels.len() + 1);
-        for (bound, &(_, n)) in bounds.iter().zip(h.buckets) {
-            with_le.clear();
-            with_le.extend_from_slice(labels);
-            with_le.push(("le", Value::Str(bound)));
-            self.sample(&bucket, &with_le, Number::Int(n))?;
+        match &mut self.writer {
+            Writer::Text(w) => w.histogram(name, labels, h),
+            Writer::Protobuf(w) => w.histogram(name, labels, h),
         }
-        with_le.clear();
-        with_le.extend_from_slice(labels);
-        with_le.push(("le", Value::Str("+Inf")));
-        self.sample(&bucket, &with_le, Number::Int(h.count))?;
-        self.sample(&format!("{name}_sum"), labels, Number::Float(h.sum))?;
-        self.sample(&format!("{name}_count"), labels, Number::Int(h.count))
     }
 
-    /// Writes one sample line.
+    /// Writes one sample.
     pub fn sample(&mut self, name: &str, labels: &[(&str, Value<'_>)], value: Number) -> io::Result<()> {
-        let line = &mut self.line;
-        line.clear();
-        line.extend_from_slice(name.as_bytes());
-        if !labels.is_empty() {
-            let mut sep = b'{';
-            for (label, v) in labels {
-                line.push(sep);
-                sep = b',';
-                line.extend_from_slice(label.as_bytes());
-                line.extend_from_slice(b"=\"");
-                match *v {
-                    Value::Str(s) => push_escaped(line, s),
-                    Value::Ip(IpAddr::V4(ip)) => push_ipv4(line, ip.octets()),
-                    Value::Ip(IpAddr::V6(ip)) => push_ipv6(line, ip),
-                    Value::Int(n) => line.extend_from_slice(itoa::Buffer::new().format(n).as_bytes()),
-                }
-                line.push(b'"');
-            }
-            line.push(b'}');
+        match &mut self.writer {
+            Writer::Text(w) => w.sample(name, labels, value),
+            Writer::Protobuf(w) => w.sample(name, labels, value),
         }
-        line.push(b' ');
-        match value {
-            Number::Int(n) => line.extend_from_slice(itoa::Buffer::new().format(n).as_bytes()),
-            Number::Float(f) if f.is_finite() => {
-                // Display never uses exponents, so this is a valid Prometheus float.
-                write!(line, "{f}")?;
-            }
-            Number::Float(f) if f.is_nan() => line.extend_from_slice(b"NaN"),
-            Number::Float(f) => line.extend_from_slice(if f > 0.0 { b"+Inf" } else { b"-Inf" }),
-        }
-        line.push(b'\n');
-        self.out.write_all(line)
     }
 
-    /// Ends the exposition (`# EOF` in OpenMetrics) and returns the writer.
-    pub fn finish(mut self) -> io::Result<W> {
-        if self.format == Format::OpenMetrics {
-            self.out.write_all(b"# EOF\n")?;
+    /// Ends the exposition (`# EOF` in OpenMetrics; the last message in protobuf) and
+    /// returns the writer.
+    pub fn finish(self) -> io::Result<W> {
+        match self.writer {
+            Writer::Text(w) => w.finish(),
+            Writer::Protobuf(w) => w.finish(),
         }
-        self.out.flush()?;
-        Ok(self.out)
     }
 }
 
@@ -256,14 +294,14 @@ pub fn float_text(f: f64) -> String {
     format!("{f}")
 }
 
-fn push_escaped(line: &mut Vec<u8>, s: &str) {
-    for &b in s.as_bytes() {
-        match b {
-            b'\\' => line.extend_from_slice(b"\\\\"),
-            b'"' => line.extend_from_slice(b"\\\""),
-            b'\n' => line.extend_from_slice(b"\\n"),
-            b => line.push(b),
-        }
+/// A label value's text, unescaped: as protobuf carries it, and as text writes
+/// addresses and integers (which hold nothing to escape).
+fn push_raw_value(buf: &mut Vec<u8>, value: Value<'_>) {
+    match value {
+        Value::Str(s) => buf.extend_from_slice(s.as_bytes()),
+        Value::Ip(IpAddr::V4(ip)) => push_ipv4(buf, ip.octets()),
+        Value::Ip(IpAddr::V6(ip)) => push_ipv6(buf, ip),
+        Value::Int(n) => buf.extend_from_slice(itoa::Buffer::new().format(n).as_bytes()),
     }
 }
 
@@ -330,6 +368,46 @@ mod tests {
     use super::*;
 
     const PROMETHEUS_2_ACCEPT: &str = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+    /// scrape/scrape.go's `scrapeAcceptHeaderWithProtobuf` in Prometheus 2.42, sent with
+    /// `--enable-feature=native-histograms`.
+    const PROMETHEUS_2_NATIVE_ACCEPT: &str = "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited,application/openmetrics-text;version=1.0.0;q=0.8,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+    const PROTOBUF: &str = "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited";
+
+    #[test]
+    fn negotiation_of_protobuf() {
+        assert_eq!(Format::negotiate(Some(PROMETHEUS_2_NATIVE_ACCEPT)), Format::Protobuf);
+        assert_eq!(Format::negotiate(Some(PROTOBUF)), Format::Protobuf);
+        assert_eq!(Format::negotiate(Some(PROTOBUF_CONTENT_TYPE)), Format::Protobuf, "with spaces");
+        assert_eq!(
+            Format::negotiate(Some(
+                "Application/Vnd.Google.Protobuf; Proto=\"io.prometheus.client.MetricFamily\"; Encoding=Delimited"
+            )),
+            Format::Protobuf
+        );
+        assert_eq!(
+            Format::negotiate(Some(&format!("{PROTOBUF},text/plain"))),
+            Format::Protobuf,
+            "a tie goes to protobuf"
+        );
+        assert_eq!(
+            Format::negotiate(Some(&format!("application/openmetrics-text,{PROTOBUF}"))),
+            Format::Protobuf,
+            "a tie with OpenMetrics too"
+        );
+        assert_eq!(Format::negotiate(Some(&format!("{PROTOBUF};q=0.5,text/plain"))), Format::Text);
+        assert_eq!(
+            Format::negotiate(Some(&format!("{PROTOBUF};q=0.5,application/openmetrics-text"))),
+            Format::OpenMetrics
+        );
+        assert_eq!(Format::negotiate(Some(&format!("{PROTOBUF};q=0"))), Format::Text);
+        // Only the delimited MetricFamily stream is served.
+        assert_eq!(Format::negotiate(Some("application/vnd.google.protobuf")), Format::Text);
+        let text_encoding = "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=text";
+        assert_eq!(Format::negotiate(Some(text_encoding)), Format::Text);
+        let other = "application/vnd.google.protobuf;proto=io.prometheus.write.WriteRequest;encoding=delimited";
+        assert_eq!(Format::negotiate(Some(other)), Format::Text);
+        assert_eq!(Format::negotiate(Some("application/*")), Format::Text);
+    }
 
     #[test]
     fn negotiation() {
