@@ -394,22 +394,96 @@ fn prometheus_with_native_histograms_scrapes_protobuf_and_stores_what_text_gives
         }
     }
     eprintln!("{} series in both, {compared} values compared, families {names:?}", from_text.len());
-    native_histogram_checks(&native, &classic, t);
 }
 
-/// PLACE FOR THE NATIVE HISTOGRAM CHECKS (issue 20), once the quality collector exports
-/// `network_connection_rtt_seconds`: with connections of known RTT open, check here that
-/// `native` stores one native series per label set (TSDB status API or
-/// `count(network_connection_rtt_seconds)` against the classic `_bucket` series in
-/// `classic`), that `histogram_count(rate(network_connection_rtt_seconds[1m]))` equals
-/// the observations made, that `histogram_quantile(0.5, rate(...[1m]))` falls in the
-/// bucket `ss -tin` puts the RTT in, and that `classic` has the classic buckets from the
-/// text format. Until then there is no histogram family to check.
-fn native_histogram_checks(native: &Prometheus, classic: &Prometheus, t: f64) {
-    for p in [native, classic] {
+/// Issue 20 with issue 19's histogram: while connections of known RTT stay open, a
+/// Prometheus 2.42 with native histograms stores `network_connection_rtt_seconds` as one
+/// native series per label set, counts the observations made, and puts the median in
+/// the native bucket that holds the RTT `ss -tin` shows; a Prometheus without the flag
+/// stores the classic buckets from the text format, and the same quantile query form
+/// over `_bucket` lands in the classic bucket that holds it.
+#[test]
+fn native_histograms_hold_the_rtt_family_in_one_series_per_peer() {
+    let _serial = crate::util::serial();
+    let exporter = Exporter::start(&["--collector.quality.interval=1s", "--no-collector.connections"]);
+    let (native, classic) = (
+        Prometheus::start_with(exporter.addr, &["--enable-feature=native-histograms"]),
+        Prometheus::start(exporter.addr),
+    );
+    let port = 7191u16;
+    let script = crate::util::repo().join("tests/scenarios/quality.py");
+    let mut held = Command::new("python3")
+        .args([script.to_str().unwrap(), &port.to_string(), "3", "100000"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(held.stdout.as_mut().unwrap()), &mut line).unwrap();
+    assert!(line.contains("stalled_written"), "{line}");
+    let now = || SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64();
+    // Settled: from here every observation is of an idle connection.
+    std::thread::sleep(Duration::from_secs(2));
+    let t0 = now();
+    std::thread::sleep(Duration::from_secs(20));
+    let t = now();
+    let window = format!("{}s", (t - t0).floor() as u64);
+    let (code, out, err) = run(Command::new("ss").args([
+        "-tinH",
+        "state",
+        "established",
+        &format!("( sport = :{port} or dport = :{port} )"),
+    ]));
+    assert_eq!(code, 0, "{err}");
+    let sockets: Vec<crate::quality::SsSocket> = crate::quality::parse_ss_info(&out)
+        .into_iter()
+        .filter(|s| !s.local.starts_with("127.0.0.9:") && !s.remote.starts_with("127.0.0.9:"))
+        .collect();
+    assert_eq!(sockets.len(), 6, "{out}");
+    let selector =
+        |l: &crate::util::Labels| l.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect::<Vec<_>>().join(",");
+    for s in &sockets {
+        let sel = selector(&crate::quality::labels_of(s, port));
+        let rtt = s.rtt_us as f64 / 1e6;
+        // Counts: one observation per sample, each sample seen in the same scrapes.
+        let counted =
+            native.scalar(&format!("histogram_count(rate(network_connection_rtt_seconds{{{sel}}}[{window}]))"), t);
+        let samples = native.scalar(&format!("rate(conn_exporter_quality_samples_total[{window}])"), t);
         assert!(
-            p.query("network_connection_rtt_seconds_count", t).is_empty(),
-            "the RTT family exists: write its checks here"
+            counted > 0.0 && (counted - samples).abs() < 1e-9 * samples.max(1.0),
+            "{sel}: {counted} observations/s, {samples} samples/s"
         );
+        // The median falls in the native bucket that holds the RTT: (2^((i-1)/8), 2^(i/8)].
+        let median = native
+            .scalar(&format!("histogram_quantile(0.5, rate(network_connection_rtt_seconds{{{sel}}}[{window}]))"), t);
+        let i = (rtt.log2() * 8.0).ceil();
+        let (lower, upper) = (((i - 1.0) / 8.0).exp2(), (i / 8.0).exp2());
+        assert!(
+            lower <= median && median <= upper,
+            "{sel}: median {median} s outside ({lower}, {upper}] of srtt {rtt} s"
+        );
+        // The classic Prometheus: the same query form over _bucket, in the classic bucket.
+        let median = classic.scalar(
+            &format!(
+                "histogram_quantile(0.5, sum by (le) (rate(network_connection_rtt_seconds_bucket{{{sel}}}[{window}])))"
+            ),
+            t,
+        );
+        let bounds = [0.0, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01];
+        let b = bounds.iter().position(|&le| le >= rtt).unwrap();
+        assert!(bounds[b - 1] <= median && median <= bounds[b], "{sel}: classic median {median} s, srtt {rtt} s");
     }
+    // Series for the same peers: one per label set native, 19 classic.
+    let peers = native.scalar("count(network_connection_rtt_seconds)", t);
+    let native_series = native.scalar("count({__name__=~\"network_connection_rtt_seconds.*\"})", t);
+    let classic_series = classic.scalar("count({__name__=~\"network_connection_rtt_seconds.*\"})", t);
+    let classic_peers = classic.scalar("count(network_connection_rtt_seconds_count)", t);
+    eprintln!("network_connection_rtt_seconds: {peers} label sets; series native {native_series}, classic {classic_series} for {classic_peers} label sets");
+    assert_eq!(native_series, peers, "one native series per label set, no _bucket/_sum/_count");
+    assert!(
+        classic_peers >= peers - 2.0 && classic_series == 19.0 * classic_peers,
+        "{classic_series} for {classic_peers}"
+    );
+    let _ = held.kill();
+    let _ = held.wait();
 }

@@ -12,22 +12,26 @@ use crate::util::{repo, samples, serial, wait_for, Labels};
 
 /// One socket as `ss -tinH` prints it.
 #[derive(Debug, Clone, Default)]
-struct SsSocket {
-    recv_q: u64,
-    send_q: u64,
-    local: String,
-    remote: String,
-    rtt_us: u64,
-    retrans_total: u64,
-    dsack_dups: u64,
-    rwnd_limited_ms: u64,
-    notsent: u64,
+pub struct SsSocket {
+    pub recv_q: u64,
+    pub send_q: u64,
+    pub local: String,
+    pub remote: String,
+    pub rtt_us: u64,
+    pub retrans_total: u64,
+    pub dsack_dups: u64,
+    pub rwnd_limited_ms: u64,
+    pub notsent: u64,
 }
 
 /// `ss -tinH` of a namespace, established sockets only: a header line per socket then a
 /// line of its tcp_info.
-fn ss_info(ns: &Netns) -> Vec<SsSocket> {
-    let out = ns.exec(&["ss", "-tinH", "state", "established"]);
+pub fn ss_info(ns: &Netns) -> Vec<SsSocket> {
+    parse_ss_info(&ns.exec(&["ss", "-tinH", "state", "established"]))
+}
+
+/// Parses `ss -tinH` output.
+pub fn parse_ss_info(out: &str) -> Vec<SsSocket> {
     let mut sockets: Vec<SsSocket> = Vec::new();
     for line in out.lines() {
         if !line.starts_with(char::is_whitespace) {
@@ -67,7 +71,7 @@ fn addr(endpoint: &str) -> (&str, u16) {
 
 /// The labels of the label set a socket counts in: inbound on the service's port, or
 /// outbound to it.
-fn labels_of(s: &SsSocket, service_port: u16) -> Labels {
+pub fn labels_of(s: &SsSocket, service_port: u16) -> Labels {
     let (local, lport) = addr(&s.local);
     let (remote, _) = addr(&s.remote);
     let mut l = Labels::new();
