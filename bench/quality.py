@@ -17,6 +17,9 @@ Three measurements, each in alternating runs, medians with the spread (min..max)
   scrape  the CPU of one scrape of /metrics (every family) with the collector on
           against off: sampling is off the scrape path, so the two should match.
 
+The exporter's resident memory after each window is reported beside (the collector
+keeps each socket's last totals, and reuses the buffer of one namespace's sample).
+
 Run as root, inside a network namespace of your own, with a release build:
     ip netns add bench; ip netns exec bench ip link set lo up
     ip netns exec bench python3 bench/quality.py --connections 50000
@@ -45,15 +48,15 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
-from benchlib import Processes, free_port, proc_cpu_seconds, wait_port  # noqa: E402
+from benchlib import Processes, free_port, proc_cpu_seconds, proc_status, wait_port  # noqa: E402
 
 NETLINK_SOCK_DIAG = 4
 SOCK_DIAG_BY_FAMILY = 20
 NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 INET_DIAG_INFO = 2
-# The states the collector samples: every full socket, listeners for direction.
-SAMPLED_STATES = sum(1 << s for s in (1, 2, 4, 5, 8, 9, 10, 11))
+# The states the collector samples: every full socket but listeners (dumped apart).
+SAMPLED_STATES = sum(1 << s for s in (1, 2, 4, 5, 8, 9, 11))
 
 
 def dump(family: int, ext: int) -> tuple[int, int]:
@@ -178,6 +181,7 @@ def main() -> int:
             sample_cpu: dict[bool, list[float]] = {True: [], False: []}
             samples_taken: list[float] = []
             scrape_cpu: dict[bool, list[float]] = {True: [], False: []}
+            rss: dict[bool, list[float]] = {True: [], False: []}
             for r in range(a.rounds):
                 for quality in ((True, False) if r % 2 == 0 else (False, True)):
                     p, port = start_exporter(a.exporter, quality, a.interval, procs)
@@ -194,6 +198,7 @@ def main() -> int:
                         c0 = proc_cpu_seconds(p.pid)
                         time.sleep(a.window)
                         c1 = proc_cpu_seconds(p.pid)
+                        rss[quality].append(proc_status(p.pid).get("VmRSS", 0) / 1024)
                         text = scrape(port, "/metrics?collect[]=quality") if quality else ""
                         n1 = value(text, "conn_exporter_quality_samples_total") if quality else 0
                         sample_cpu[quality].append(c1 - c0)
@@ -218,6 +223,7 @@ def main() -> int:
                   f"samples {med(samples_taken)}")
             print(f"  CPU per sample (user+sys, kernel dump included): {med(per_sample, 1e3)} ms; "
                   f"at the default 15 s interval: {med([x / 15 for x in per_sample], 100, '{:.3f}')} % of one core")
+            print(f"exporter RSS after the window: quality on {med(rss[True])} MiB, off {med(rss[False])} MiB")
             print(f"scrape CPU (every family): quality on {med(scrape_cpu[True], 1e3)} ms, "
                   f"off {med(scrape_cpu[False], 1e3)} ms")
             if samples_taken and min(samples_taken) < max(1, a.window / interval_s - 2):

@@ -8,7 +8,8 @@ of Debian's Prometheus servers, each with one shipped configuration scraping tha
   single      deploy/prometheus/prometheus-scrape-config.yml as shipped: every family,
               per-connection series included;
   fleet       deploy/prometheus/prometheus-multi-host-config.yml with the host in targets/:
-              the bounded families (collect[]: states, peers, listeners, lifecycle);
+              the bounded families (collect[]: states, peers, listeners, lifecycle,
+              quality; the RTT histogram's classic buckets dropped);
   fleet+drill the same with the host also in targets-connections/: the opt-in drill-down
               job adds the per-connection series (collect[]=connections, every 60 s).
 

@@ -55,6 +55,12 @@ python3 bench/load.py --quick --exporter "$CONN_EXPORTER_BIN"
 step "lifecycle benchmark, quick run"
 python3 bench/lifecycle.py --quick --exporter "$CONN_EXPORTER_BIN"
 
+step "lifecycle benchmark with the quality collector on, quick run (closes counted exactly)"
+python3 bench/lifecycle.py --quick --modes netlink+quality,ebpf+quality --exporter "$CONN_EXPORTER_BIN"
+
+step "quality collector cost, quick run (dump with and without tcp_info, CPU per sample, scrape CPU)"
+python3 bench/quality.py --quick --exporter "$CONN_EXPORTER_BIN"
+
 step "owner cost benchmark, quick run (owners named on 99% of the held sockets)"
 python3 bench/owners.py --quick --exporter "$CONN_EXPORTER_BIN"
 

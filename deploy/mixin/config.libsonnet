@@ -2,7 +2,7 @@
 // a mixin that imports this one: (import 'mixin.libsonnet') + { _config+:: { ... } }.
 {
   _config+:: {
-    // The scrape job of the bounded families (states, peers, listeners, lifecycle);
+    // The scrape job of the bounded families (states, peers, listeners, lifecycle, quality);
     // alerts, recording rules and dashboards select it.
     jobSelector: 'job="conn-exporter"',
     // Any job of the exporter: the bounded one above, or the opt-in drill-down job

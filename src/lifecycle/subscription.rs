@@ -38,6 +38,7 @@
 //! it.
 
 use std::collections::{HashMap, HashSet};
+use std::hash::BuildHasherDefault;
 use std::io;
 use std::os::fd::AsFd;
 use std::path::Path;
@@ -50,7 +51,7 @@ use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket, SocketAddr};
 use nix::sys::socket::{getsockopt, setsockopt, sockopt};
 
 use super::{Lifecycle, Origin, Status};
-use crate::classify::{Direction, DirectionRule, ListenerMemory, PeerKey, PortRange, LISTENER_MEMORY};
+use crate::classify::{Direction, DirectionRule, ListenerMemory, PeerHasher, PeerKey, PortRange, LISTENER_MEMORY};
 use crate::iface::InterfaceTable;
 use crate::logging::RateLimit;
 use crate::model::{Endpoint, TcpState};
@@ -58,7 +59,7 @@ use crate::netns::{Found, Namespaces};
 use crate::owners::{OwnerId, OwnerTable};
 use crate::parse::sock_destroy::{self, DestroyedSocket, Outcome};
 use crate::parse::sock_diag::{self, Batch, DecodeError, InfoSocket};
-use crate::quality::{self, Backlog, Quality, Sampler, Status as QualityStatus};
+use crate::quality::{self, Backlog, Growth, Look, Quality, Sampler, Status as QualityStatus};
 use crate::snapshot::NsLabels;
 use crate::source::{self, interfaces, sysctl, SourceError};
 
@@ -179,9 +180,9 @@ fn quality_failed(state: &Lifecycle, why: &str) {
     }
 }
 
-/// States dumped for the quality samples: the full sockets (TIME_WAIT and request
-/// sockets have no `tcp_info`), listeners included for direction.
-const SAMPLED_STATES: u32 = 1 << 1 | 1 << 2 | 1 << 4 | 1 << 5 | 1 << 8 | 1 << 9 | 1 << 10 | 1 << 11;
+/// States dumped for the quality samples: the full sockets but listeners (TIME_WAIT and
+/// request sockets have no `tcp_info`; listeners come from a dump of their own).
+const SAMPLED_STATES: u32 = 1 << 1 | 1 << 2 | 1 << 4 | 1 << 5 | 1 << 8 | 1 << 9 | 1 << 11;
 
 /// A sample of one namespace's sockets with their `tcp_info` into the quality counters
 /// (and, when the notifications feed them, the lifecycle counters' retransmits of open
@@ -190,7 +191,7 @@ fn sample(
     sub: &mut Subscription,
     state: &Lifecycle,
     quality: &Quality,
-    sockets: &mut Vec<InfoSocket>,
+    undecided: &mut Vec<InfoSocket>,
     backlog: &mut HashMap<PeerKey, Backlog>,
 ) -> Result<(), SubscribeError> {
     let tables = &mut sub.tables;
@@ -206,8 +207,23 @@ fn sample(
             }
         }
     }
+    // Listeners first (a dump of LISTEN sockets only, cheap), so that most sockets of the
+    // main dump are decided as they arrive and only the undecided are kept for the
+    // rule's tally: memory in proportion to those, not to every socket.
+    let now = Instant::now();
+    let listeners = tables.dump_listeners()?;
+    tables.memory.observe(now, listeners.iter().map(|(e, _)| *e));
+    tables.open = listeners;
+    tables.rule = DirectionRule::new(tables.memory.set(), tables.port_range);
     let Some(diag) = &tables.diag else { return Ok(()) };
-    sockets.clear();
+    let sampler = &mut sub.sampler;
+    let rule = &tables.rule;
+    undecided.clear();
+    // Folded per raw peer (direction, the service's endpoint, the client's address,
+    // interface index) with a cheap hasher, so that the bounded counters, the owner
+    // lookups and the backlog see each peer once rather than each socket.
+    let mut peers: HashMap<RawPeer, Gathered, BuildHasherDefault<PeerHasher>> = HashMap::default();
+    sampler.begin();
     let mut buf = Vec::with_capacity(64 * 1024);
     let kernel = |what| move |source| SubscribeError::Kernel { what, source };
     for af in [sock_diag::AF_INET, sock_diag::AF_INET6] {
@@ -215,7 +231,12 @@ fn sample(
         loop {
             buf.clear();
             diag.recv(&mut buf, 0).map_err(kernel("quality sample"))?;
-            match sock_diag::decode_info_batch(&buf, |s| sockets.push(s)) {
+            let decoded =
+                sock_diag::decode_info_batch(&buf, |s| match rule.decided(&s.connection.local, &s.connection.remote) {
+                    Some(direction) => gather(&mut peers, sampler, &s, direction),
+                    None => undecided.push(s),
+                });
+            match decoded {
                 Ok(Batch::Done) => break,
                 Ok(Batch::More) => {}
                 Err(DecodeError::Kernel { errno }) if errno == nix::errno::Errno::ENOENT as i32 => break,
@@ -229,47 +250,95 @@ fn sample(
             }
         }
     }
-    let now = Instant::now();
-    tables
-        .memory
-        .observe(now, sockets.iter().filter(|s| s.connection.state == TcpState::Listen).map(|s| s.connection.local));
-    tables.rule = DirectionRule::new(tables.memory.set(), tables.port_range);
-    sockets.retain(|s| s.connection.state != TcpState::Listen);
-    let directions: Vec<Direction> = {
-        let d = tables.rule.tally(sockets.iter().map(|s| (&s.connection.local, &s.connection.remote)));
-        sockets.iter().map(|s| d.of(&s.connection.local, &s.connection.remote)).collect()
-    };
+    {
+        let d = rule.tally(undecided.iter().map(|s| (&s.connection.local, &s.connection.remote)));
+        for s in undecided.iter() {
+            gather(&mut peers, sampler, s, d.of(&s.connection.local, &s.connection.remote));
+        }
+    }
     let netns = sub.netns;
     let mut counters = quality.lock();
     let mut lifecycle = state.counts.then(|| state.lock());
-    sub.sampler.begin();
-    for (s, direction) in sockets.iter().zip(directions) {
-        let Some(look) = sub.sampler.observe(s, direction) else { continue };
-        let c = &s.connection;
-        let owner = if look.direction == Direction::Inbound { tables.owner_of(&c.local) } else { None };
+    for (peer, g) in &peers {
+        let owner = if peer.direction == Direction::Inbound { tables.owner_of(&peer.local) } else { None };
         let origin =
             Origin { netns, process: owner.map_or("", |o| o.0.as_str()), unit: owner.map_or("", |o| o.1.as_str()) };
-        let key = counters.admit(&origin, look.direction, &c.local, &c.remote, c.if_index, &tables.interfaces, false);
+        let key = counters.admit(
+            &origin,
+            peer.direction,
+            &peer.local,
+            &peer.remote,
+            peer.if_index,
+            &tables.interfaces,
+            false,
+        );
         if let Some(t) = counters.get_mut(&key) {
-            quality::count(t, &look);
+            for &rtt in &g.rtts {
+                t.rtt.observe_us(rtt);
+            }
+            quality::count(t, &Look { direction: peer.direction, rtt_us: None, growth: g.growth });
         }
         let b = backlog.entry(key).or_default();
-        b.send += u64::from(c.send_queue);
-        b.receive += u64::from(c.recv_queue);
-        b.unsent += u64::from(s.info.and_then(|i| i.notsent_bytes).unwrap_or(0));
-        if let (Some(l), true) = (lifecycle.as_mut(), look.growth.retransmits > 0) {
-            l.entry(&origin, look.direction, &c.local, &c.remote, c.if_index, &tables.interfaces, false).retransmits +=
-                look.growth.retransmits;
+        b.send += g.backlog.send;
+        b.receive += g.backlog.receive;
+        b.unsent += g.backlog.unsent;
+        if let (Some(l), true) = (lifecycle.as_mut(), g.growth.retransmits > 0) {
+            l.entry(&origin, peer.direction, &peer.local, &peer.remote, peer.if_index, &tables.interfaces, false)
+                .retransmits += g.growth.retransmits;
         }
     }
     sub.sampler.end();
     quality.untracked.fetch_add(sub.sampler.untracked().saturating_sub(sub.untracked_seen), Ordering::Relaxed);
     sub.untracked_seen = sub.sampler.untracked();
     // A reused buffer, but not one that stays at a past peak of sockets.
-    if sockets.capacity() > 4 * sockets.len().max(1024) {
-        sockets.shrink_to(sockets.len().max(1024));
+    if undecided.capacity() > 4 * undecided.len().max(1024) {
+        undecided.shrink_to(undecided.len().max(1024));
     }
     Ok(())
+}
+
+/// One socket of a sample into its raw peer's gathering.
+fn gather(
+    peers: &mut HashMap<RawPeer, Gathered, BuildHasherDefault<PeerHasher>>,
+    sampler: &mut Sampler,
+    s: &InfoSocket,
+    direction: Direction,
+) {
+    let Some(look) = sampler.observe(s, direction) else { return };
+    let c = &s.connection;
+    let (local, remote) = match look.direction {
+        Direction::Inbound => (c.local, Endpoint::new(c.remote.ip, 0)),
+        Direction::Outbound => (Endpoint::new(c.local.ip, 0), c.remote),
+    };
+    let g = peers.entry(RawPeer { direction: look.direction, local, remote, if_index: c.if_index }).or_default();
+    if let Some(rtt) = look.rtt_us {
+        g.rtts.push(rtt);
+    }
+    g.growth.retransmits += look.growth.retransmits;
+    g.growth.lost_segments += look.growth.lost_segments;
+    g.growth.rwnd_limited_us += look.growth.rwnd_limited_us;
+    g.growth.sndbuf_limited_us += look.growth.sndbuf_limited_us;
+    g.backlog.send += u64::from(c.send_queue);
+    g.backlog.receive += u64::from(c.recv_queue);
+    g.backlog.unsent += u64::from(s.info.and_then(|i| i.notsent_bytes).unwrap_or(0));
+}
+
+/// A socket's peer before labels: the service's endpoint kept whole, the client's port
+/// zero.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+struct RawPeer {
+    direction: Direction,
+    local: Endpoint,
+    remote: Endpoint,
+    if_index: u32,
+}
+
+/// What one sample gathered of a raw peer's sockets.
+#[derive(Default)]
+struct Gathered {
+    rtts: Vec<u32>,
+    growth: Growth,
+    backlog: Backlog,
 }
 
 /// Samples every namespace once; returns when it did.

@@ -22,11 +22,12 @@
 //! do not depend on how many servers scrape.
 
 use std::collections::{BTreeMap, HashMap};
+use std::hash::BuildHasherDefault;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::classify::{Direction, Folding, PeerKey};
+use crate::classify::{Direction, Folding, PeerHasher, PeerKey};
 use crate::exposition::NativeBuckets;
 use crate::lifecycle::Counters;
 use crate::parse::sock_destroy::{DestroyedSocket, Outcome};
@@ -226,7 +227,8 @@ pub struct Look {
 /// thread that samples and receives the closes.
 #[derive(Debug, Default)]
 pub struct Sampler {
-    sockets: HashMap<u64, Last>,
+    /// By cookie: the kernel's, not chosen by whoever opens sockets, so a cheap hasher.
+    sockets: HashMap<u64, Last, BuildHasherDefault<PeerHasher>>,
     /// Samples begun; 0 before the first.
     samples: u64,
     /// Whether a sample has completed: sockets first seen after it are new.

@@ -129,9 +129,21 @@ fn samples_taken(text: &str) -> f64 {
 
 #[test]
 fn each_socket_shows_what_ss_shows() {
+    each_socket_shows_what_ss_shows_with("netlink");
+}
+
+/// With the eBPF lifecycle source the program counts retransmits; the quality
+/// collector's samples and closes come from a notifications thread of its own.
+#[test]
+fn each_socket_shows_what_ss_shows_with_the_ebpf_source() {
+    each_socket_shows_what_ss_shows_with("ebpf");
+}
+
+fn each_socket_shows_what_ss_shows_with(source: &str) {
     let _serial = serial();
-    let ns = Netns::new("cx-quality");
-    let e = ns.exporter(&["--collector.quality.interval=1s"]);
+    let ns = Netns::new(&format!("cx-quality-{source}"));
+    let e = ns.exporter(&["--collector.quality.interval=1s", &format!("--collector.lifecycle.source={source}")]);
+    assert!(ns.scrape(&e, "").contains(&format!("conn_exporter_lifecycle_source_info{{source=\"{source}\"}} 1")));
     wait_for(Duration::from_secs(10), "a first sample", || (samples_taken(&ns.scrape(&e, "")) >= 1.0).then_some(()));
     let script = repo().join("tests/scenarios/quality.py");
     let port = 7101;
@@ -212,10 +224,19 @@ fn each_socket_shows_what_ss_shows() {
 
 #[test]
 fn closes_observe_once_and_scrapers_change_nothing() {
+    closes_observe_once_with("netlink");
+}
+
+#[test]
+fn closes_observe_once_with_the_ebpf_source() {
+    closes_observe_once_with("ebpf");
+}
+
+fn closes_observe_once_with(source: &str) {
     let _serial = serial();
-    let ns = Netns::new("cx-quality-close");
+    let ns = Netns::new(&format!("cx-quality-close-{source}"));
     // One sample, at start: every observation after it is a close.
-    let e = ns.exporter(&["--collector.quality.interval=1h"]);
+    let e = ns.exporter(&["--collector.quality.interval=1h", &format!("--collector.lifecycle.source={source}")]);
     wait_for(Duration::from_secs(10), "the first sample", || (samples_taken(&ns.scrape(&e, "")) >= 1.0).then_some(()));
     let script = repo().join("tests/scenarios/quality.py");
     let port = 7102;
@@ -268,10 +289,27 @@ fn procfs_source_reports_failure_and_invents_nothing() {
 
 #[test]
 fn all_mode_labels_another_namespaces_connections() {
+    all_mode_with("netlink");
+}
+
+#[test]
+fn all_mode_labels_another_namespaces_connections_with_the_ebpf_source() {
+    all_mode_with("ebpf");
+}
+
+fn all_mode_with(source: &str) {
     let _serial = serial();
-    let host = Netns::new("cx-quality-host");
+    let host = Netns::new(&format!("cx-quality-host-{source}"));
     let other = Netns::new("cx-quality-pod");
-    let e = host.exporter(&["--collector.namespaces=all", "--collector.quality.interval=1s"]);
+    let e = host.exporter(&[
+        "--collector.namespaces=all",
+        "--collector.quality.interval=1s",
+        &format!("--collector.lifecycle.source={source}"),
+    ]);
+    // The pod's namespace found (rescans every 2 s) and sampled once before its
+    // connections open: a socket open before its namespace's first sample counts only
+    // what it does afterwards, and this test compares whole lives.
+    wait_for(Duration::from_secs(20), "samples", || (samples_taken(&host.scrape(&e, "")) >= 5.0).then_some(()));
     let script = repo().join("tests/scenarios/quality.py");
     let (_held, _) = other.hold(script.to_str().unwrap(), &["7103", "2", "10000"]);
     let open = ss_info(&other);

@@ -135,7 +135,7 @@ python3 - deploy/prometheus/prometheus-multi-host-config.yml deploy/kubernetes/p
     "$guide_tls_job" <<'PY' || fail "a scrape the docs call bounded does not set collect[]"
 import sys, yaml
 fleet, op, guide_tls_job = sys.argv[1:]
-BOUNDED = {"states", "peers", "listeners", "lifecycle"}
+BOUNDED = {"states", "peers", "listeners", "lifecycle", "quality"}
 bad, seen = [], []
 def check(where, params, want):
     got = (params or {}).get("collect[]")
