@@ -28,5 +28,22 @@
     connectFailuresMinRate: 0.1,
     connectFailuresFor: '10m',
     rateWindow: '5m',
+
+    // Connection quality (the quality collector, issue 19).
+    // PeerRetransmitRatioHigh: retransmitted segments per segment sent to one remote
+    // address, over rateWindow, for retransmitRatioFor. Only bytes sent are counted
+    // (network_connection_sent_bytes_total), so segments sent are estimated as bytes
+    // sent / retransmitRatioSegmentBytes: 1448 is the MSS of a 1500-byte MTU path
+    // with TCP timestamps (IPv4; 1428 for IPv6). Full-size segments make the ratio the
+    // share of segments retransmitted; smaller segments make it read high, a larger
+    // MSS (jumbo frames) low. The alert needs at least retransmitRatioMinSegmentsRate
+    // such segments per second, so that a trickle of traffic (or none, as between two
+    // closes) does not divide by almost nothing.
+    retransmitRatioThreshold: 0.01,
+    retransmitRatioSegmentBytes: 1448,
+    retransmitRatioMinSegmentsRate: 10,
+    retransmitRatioFor: '10m',
+    // The window of the recorded RTT quantiles (its name carries it).
+    rttQuantileWindow: '5m',
   },
 }

@@ -5,6 +5,8 @@
 (import 'alerts/connections.libsonnet') +
 (import 'alerts/health.libsonnet') +
 (import 'alerts/peers.libsonnet') +
+(import 'alerts/quality.libsonnet') +
 (import 'rules/totals.libsonnet') +
+(import 'rules/quality.libsonnet') +
 (import 'dashboards/single-host.libsonnet') +
 (import 'dashboards/multi-host.libsonnet')

@@ -165,16 +165,21 @@ ok "pod $POD_UID: container_id from the cgroup; join names shop/web-0 with $pod_
 elapsed=$(($(date +%s) - PROM_START))
 ((elapsed >= 12)) || sleep $((12 - elapsed))
 HAVE=namespaces,owners,kube_pod_info
+# --exporter: only a family this exporter does not serve (yet: families.py QUALITY) may
+# go without data; every other SKIP fails below.
 ip netns exec "$NS_EXP" python3 "$OPS_DIR/lib/run_doc_queries.py" --prom "$PROM" --have "$HAVE" --only-needing \
-    docs/promql-queries.md >"$WORK/doc-queries.txt" 2>&1 || { cat "$WORK/doc-queries.txt"; fail "docs/promql-queries.md queries"; }
+    --exporter http://127.0.0.1:9100/metrics docs/promql-queries.md >"$WORK/doc-queries.txt" 2>&1 || { cat "$WORK/doc-queries.txt"; fail "docs/promql-queries.md queries"; }
 sed 's/^/    /' "$WORK/doc-queries.txt"
-grep -q '^SKIP' "$WORK/doc-queries.txt" && fail "a documented query was not required to return data"
+grep '^SKIP' "$WORK/doc-queries.txt" | grep -qv 'the exporter serves no' &&
+    fail "a documented query was not required to return data"
 now=$(date +%s)
 ip netns exec "$NS_EXP" python3 "$OPS_DIR/lib/check_dashboards.py" queries --prom "$PROM" --job conn-exporter \
     --instances 127.0.0.1:9100 --rate-interval 10s --start "$((now - 10))" --end "$now" --have "$HAVE" --only-needing \
+    --exporter http://127.0.0.1:9100/metrics \
     deploy/grafana/conn-exporter-single-host.json deploy/grafana/conn-exporter-multi-host.json \
     >"$WORK/dash-queries.txt" 2>&1 || { cat "$WORK/dash-queries.txt"; fail "dashboard queries"; }
 sed 's/^/    /' "$WORK/dash-queries.txt"
-grep -q 'SKIP' "$WORK/dash-queries.txt" && fail "a dashboard query was not required to return data"
+grep 'SKIP' "$WORK/dash-queries.txt" | grep -qv 'the exporter serves no' &&
+    fail "a dashboard query was not required to return data"
 ok "docs: $(tail -n1 "$WORK/doc-queries.txt"); dashboards: $(grep -c '^  ok ' "$WORK/dash-queries.txt") panel queries return data"
 log "all namespace dashboard checks passed"

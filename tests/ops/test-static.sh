@@ -71,7 +71,7 @@ promtool test rules deploy/prometheus/alerts_test.yml >"$WORK/out" 2>&1 || { cat
 ok "promtool test rules: alerts_test.yml passes"
 
 # Every alert has a firing and a not-firing case in the unit tests.
-python3 - deploy/prometheus/alerts.yml deploy/prometheus/alerts_test.yml <<'PY' || fail "alert test coverage"
+python3 - deploy/prometheus/alerts.yml deploy/prometheus/alerts_test.yml deploy/prometheus/recording-rules.yml <<'PY' || fail "alert and recording rule test coverage"
 import sys, yaml
 rules = yaml.safe_load(open(sys.argv[1]))
 tests = yaml.safe_load(open(sys.argv[2]))
@@ -82,7 +82,7 @@ for t in tests["tests"]:
         (fires if a.get("exp_alerts") else silent).add(a["alertname"])
 required = {"TooManyConnections", "NoListeningSSH", "ConnExporterDown", "ConnExporterSeriesTruncated",
             "ConnExporterCollectorFailing", "CloseWaitPileUp", "TimeWaitPileUp", "ListenQueueFilling",
-            "ConnectFailures"}
+            "ConnectFailures", "PeerRetransmitRatioHigh"}
 bad = []
 if required - alerts:
     bad.append(f"missing alerts: {sorted(required - alerts)}")
@@ -95,7 +95,14 @@ if expr.get("TooManyConnections") != 'sum by (instance) (network_connection_stat
 for a, e in expr.items():
     if "job=" not in e:
         bad.append(f"{a} selects no job")
-print("\n".join(bad) if bad else f"{len(alerts)} alerts, each tested firing and silent, each selecting its job")
+# Every recording rule's output is tested (a promql_expr_test reads it).
+records = {r["record"] for g in yaml.safe_load(open(sys.argv[3]))["groups"] for r in g["rules"]}
+tested = {e["expr"].strip() for t in tests["tests"] for e in t.get("promql_expr_test", [])}
+for r in sorted(records):
+    if not any(r in e for e in tested):
+        bad.append(f"recording rule {r}: no promql_expr_test reads it")
+print("\n".join(bad) if bad else f"{len(alerts)} alerts, each tested firing and silent, each selecting its job; "
+      f"{len(records)} recording rules, each tested")
 sys.exit(1 if bad else 0)
 PY
 # Bounded mode: no alert or recording rule reads the per-connection series (the fleet

@@ -239,6 +239,91 @@ local wildcardPeer = @'0\\.0\\.0\\.0|::|::ffff:0\\.0\\.0\\.0';
                      thresholds=g.redAbove0), 4, 8),
     ],
 
+  // The quality collector's families (issue 19): TCP's own RTT as a histogram per
+  // peer, retransmits and lost segments, time stalled by the receiver's window or the
+  // send buffer, and the current backlog. See docs/promql-queries.md, "Connection quality".
+  quality(multiHost)::
+    local by = if multiHost then 'instance, ' else '';
+    local who = if multiHost then '{{instance}} ' else '';
+    local rate(metric, sel) = 'rate(' + metric + '{' + sel + '}[$__rate_interval])';
+    local quantile(q, sel, peer) =
+      'topk(10, histogram_quantile(' + q + ', sum by (le, ' + by + peer + ') (' +
+      rate('network_connection_rtt_seconds_bucket', sel) + ')))';
+    local outbound = iface + ',direction="outbound"';
+    local inbound = iface + ',direction="inbound"';
+    local segmentBytes = '1448';
+    [
+      g.row('Connection quality'),
+      g.panel(g.timeseries('RTT p50 and p99 by remote service (outbound)',
+                           "TCP's smoothed RTT to each remote address and port (network_connection_rtt_seconds: " +
+                           'one observation per connection at its close, and one per open connection every ' +
+                           '--collector.quality.interval), 50th and 99th percentile over $__rate_interval, ' +
+                           'the 10 highest of each.',
+                           [
+                             g.target(quantile('0.5', outbound, 'destination_address, destination_port'),
+                                      who + '{{destination_address}}:{{destination_port}} p50'),
+                             g.target(quantile('0.99', outbound, 'destination_address, destination_port'),
+                                      who + '{{destination_address}}:{{destination_port}} p99', ref='B'),
+                           ],
+                           unit='s'), 12, 8),
+      g.panel(g.timeseries('RTT p50 and p99 by service (inbound)',
+                           "TCP's smoothed RTT to the clients of each local service (address and port), " +
+                           '50th and 99th percentile over $__rate_interval, the 10 highest of each.',
+                           [
+                             g.target(quantile('0.5', inbound, 'source_address, source_port'),
+                                      who + '{{source_address}}:{{source_port}} p50'),
+                             g.target(quantile('0.99', inbound, 'source_address, source_port'),
+                                      who + '{{source_address}}:{{source_port}} p99', ref='B'),
+                           ],
+                           unit='s'), 12, 8),
+      g.panel(g.timeseries('Retransmit ratio by remote address',
+                           'Segments retransmitted per segment sent, per remote address, both directions: ' +
+                           'network_connection_retransmits_total over network_connection_sent_bytes_total / ' +
+                           segmentBytes + ' (a full-size segment; only bytes sent are counted, and on closed ' +
+                           'connections only, so a peer without closes in the window shows nothing). What the ' +
+                           'PeerRetransmitRatioHigh alert watches; the 10 highest.',
+                           [g.target('topk(10, sum by (' + by + 'destination_address) (' +
+                                     rate('network_connection_retransmits_total', iface) + ') / (sum by (' + by +
+                                     'destination_address) (' + rate('network_connection_sent_bytes_total', iface) +
+                                     ') / ' + segmentBytes + ' > 0))',
+                                     who + '{{destination_address}}')],
+                           unit='percentunit'), 8, 8),
+      g.panel(g.timeseries('Lost segments per second by remote address',
+                           'Retransmitted segments that the peer did not report as duplicates (DSACK): ' +
+                           'network_connection_lost_segments_total, open connections included; the 10 highest.',
+                           [g.target('topk(10, sum by (' + by + 'destination_address) (' +
+                                     rate('network_connection_lost_segments_total', iface) + '))',
+                                     who + '{{destination_address}}')],
+                           unit='cps'), 8, 8),
+      g.panel(g.timeseries('Stalled time by remote address',
+                           'Share of time the connections to each remote address could not send because the ' +
+                           "peer's receive window was full (receiver slow: rwnd) or the local send buffer was " +
+                           'full (sndbuf), summed over connections (2 = two connections stalled all the time); ' +
+                           'the 10 highest of each.',
+                           [
+                             g.target('topk(10, sum by (' + by + 'destination_address) (' +
+                                      rate('network_connection_receive_window_limited_seconds_total', iface) + '))',
+                                      who + '{{destination_address}} rwnd'),
+                             g.target('topk(10, sum by (' + by + 'destination_address) (' +
+                                      rate('network_connection_send_buffer_limited_seconds_total', iface) + '))',
+                                      who + '{{destination_address}} sndbuf', ref='B'),
+                           ],
+                           unit='percentunit'), 8, 8),
+      g.panel(g.timeseries('Backlog by remote address',
+                           'Bytes queued now on the connections to each remote address: the send queue ' +
+                           '(sent or unsent, not yet acknowledged), the receive queue (arrived, not yet read by ' +
+                           'the application) and the unsent part of the send queue; the 10 largest of each.',
+                           [
+                             g.target('topk(10, sum by (' + by + 'destination_address) (network_connection_queued_bytes{' +
+                                      iface + ',queue="send"}))', who + '{{destination_address}} send queue'),
+                             g.target('topk(10, sum by (' + by + 'destination_address) (network_connection_queued_bytes{' +
+                                      iface + ',queue="receive"}))', who + '{{destination_address}} receive queue', ref='B'),
+                             g.target('topk(10, sum by (' + by + 'destination_address) (network_connection_unsent_bytes{' +
+                                      iface + '}))', who + '{{destination_address}} unsent', ref='C'),
+                           ],
+                           unit='bytes'), 24, 8),
+    ],
+
   // Needs --collector.namespaces=all (netns, container_id, pod_uid) and, for the
   // process panels, --collector.connections.owner (process, systemd_unit).
   namespaces(multiHost)::

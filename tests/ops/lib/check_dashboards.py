@@ -11,7 +11,8 @@ substitutes the template variables (every selected host, all interfaces and
 states) and runs each variable query and each panel query through the
 Prometheus HTTP API. Each must parse and return data. With --exporter URL (an
 exporter's /metrics), a panel query that uses a lifecycle family (families.LIFECYCLE)
-which that exporter does not serve must still evaluate, but need not return data
+(or a quality family, families.QUALITY) which that exporter does not serve must still
+evaluate, but need not return data
 (reported as SKIP data check). A variable or panel query that needs what a default
 exporter lacks (families.NEEDS) must evaluate, and return data only when --have names
 all it needs; --only-needing checks only such queries.
@@ -67,6 +68,12 @@ REQUIRED_TOPICS = {
     "peers by process": lambda p: any("process, destination_address)" in e for e in exprs(p)),
     "listeners by process": lambda p: any("process, systemd_unit" in e and "network_listen_queue_length{" in e
                                           for e in exprs(p)),
+    "rtt p50 and p99 by peer": lambda p: p["type"] == "timeseries"
+    and any("histogram_quantile(0.5, " in e and "rate(network_connection_rtt_seconds_bucket{" in e for e in exprs(p))
+    and any("histogram_quantile(0.99, " in e and "rate(network_connection_rtt_seconds_bucket{" in e for e in exprs(p)),
+    "retransmit ratio by peer": lambda p: any("rate(network_connection_retransmits_total{" in e
+                                              and "rate(network_connection_sent_bytes_total{" in e
+                                              and "destination_address)" in e for e in exprs(p)),
     "bytes by peer": lambda p: any("network_connection_sent_bytes_total{" in e for e in exprs(p))
     and any("network_connection_received_bytes_total{" in e for e in exprs(p)),
 }

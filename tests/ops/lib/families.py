@@ -1,8 +1,10 @@
 """Which metric families an exporter serves, for queries that need families not yet built.
 
 The lifecycle collector (issue 10) is built on its own branch; until it is merged the
-exporter has none of its families, and the queries over them return nothing. A query that
-names one of LIFECYCLE is skipped then, and only then: the decision comes from the
+exporter has none of its families, and the queries over them return nothing. The same
+holds for the quality collector (issue 19, QUALITY), which an exporter may also run
+with off. A query that names one of LIFECYCLE or QUALITY is skipped then, and only
+then: the decision comes from the
 exporter's own /metrics (its `# TYPE` lines), not from the query's result, so a family
 the exporter serves but Prometheus lacks, or a misspelt name, still fails.
 """
@@ -19,6 +21,19 @@ LIFECYCLE = (
     "conn_exporter_lifecycle_overruns_total",
 )
 
+# The quality collector's families (issue 19). A histogram's series carry the
+# suffixes _bucket, _sum and _count; served() adds them for a histogram family.
+QUALITY = (
+    "network_connection_rtt_seconds_bucket",
+    "network_connection_rtt_seconds_sum",
+    "network_connection_rtt_seconds_count",
+    "network_connection_lost_segments_total",
+    "network_connection_receive_window_limited_seconds_total",
+    "network_connection_send_buffer_limited_seconds_total",
+    "network_connection_queued_bytes",
+    "network_connection_unsent_bytes",
+)
+
 
 def served(url):
     """The families named by `# TYPE` lines of the exporter's text exposition."""
@@ -30,14 +45,16 @@ def served(url):
         names.add(m.group(1))
         if m.group(2) == "counter" and not m.group(1).endswith("_total"):
             names.add(m.group(1) + "_total")  # OpenMetrics names counter families without it
+        if m.group(2) == "histogram":
+            names.update(m.group(1) + suffix for suffix in ("_bucket", "_sum", "_count"))
     if not names:
         raise RuntimeError(f"{url}: no # TYPE lines: not an exporter's /metrics?")
     return names
 
 
 def lacking(expr, families):
-    """The lifecycle families the expression uses that the exporter does not serve."""
-    return sorted(n for n in LIFECYCLE if re.search(r"\b" + n + r"\b", expr) and n not in families)
+    """The lifecycle and quality families the expression uses that the exporter does not serve."""
+    return sorted(n for n in LIFECYCLE + QUALITY if re.search(r"\b" + n + r"\b", expr) and n not in families)
 
 
 # What a query needs beyond a default exporter: the labels of --collector.namespaces=all,

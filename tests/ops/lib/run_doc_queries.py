@@ -7,7 +7,8 @@ One query per block; '#' lines are comments. A block with a '# may be empty'
 comment must evaluate without error; every other block must also return data.
 
 With --exporter URL (an exporter's /metrics), a block that uses a lifecycle family
-(families.LIFECYCLE) which that exporter does not serve must still evaluate without
+(families.LIFECYCLE) or a quality family (families.QUALITY) which that exporter does not
+serve must still evaluate without
 error, but its data check is skipped (reported as SKIP); without --exporter, or when
 the exporter serves the family, the block is checked as any other.
 
