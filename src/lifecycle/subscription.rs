@@ -60,7 +60,7 @@ use crate::owners::{OwnerId, OwnerTable};
 use crate::parse::ebpf_close;
 use crate::parse::sock_destroy::{self, DestroyedSocket, Outcome};
 use crate::parse::sock_diag::{self, Batch, DecodeError, InfoSocket};
-use crate::quality::{self, Backlog, Growth, Look, Quality, Sampler, Status as QualityStatus};
+use crate::quality::{self, Backlog, Growth, Look, Quality, QualityTotals, Sampler, Status as QualityStatus};
 use crate::snapshot::NsLabels;
 use crate::source::{self, interfaces, sysctl, SourceError};
 
@@ -281,10 +281,7 @@ fn sample(
             false,
         );
         if let Some(t) = counters.get_mut(&key) {
-            for &rtt in &g.rtts {
-                t.rtt.observe_us(rtt);
-            }
-            quality::count(t, &Look { direction: peer.direction, rtt_us: None, growth: g.growth });
+            g.count_into(t);
         }
         let b = backlog.entry(key).or_default();
         b.send += g.backlog.send;
@@ -319,14 +316,7 @@ fn gather(
         Direction::Outbound => (Endpoint::new(c.local.ip, 0), c.remote),
     };
     let g = peers.entry(RawPeer { direction: look.direction, local, remote, if_index: c.if_index }).or_default();
-    if let Some(rtt) = look.rtt_us {
-        g.rtts.push(rtt);
-    }
-    g.growth.retransmits += look.growth.retransmits;
-    g.growth.lost_segments += look.growth.lost_segments;
-    g.growth.sent_segments += look.growth.sent_segments;
-    g.growth.rwnd_limited_us += look.growth.rwnd_limited_us;
-    g.growth.sndbuf_limited_us += look.growth.sndbuf_limited_us;
+    g.add(&look);
     g.backlog.send += u64::from(c.send_queue);
     g.backlog.receive += u64::from(c.recv_queue);
     g.backlog.unsent += u64::from(s.info.and_then(|i| i.notsent_bytes).unwrap_or(0));
@@ -356,17 +346,41 @@ fn count_ebpf_closes(
         return true;
     }
     let full = records.len() == MAX_RECORDS;
-    let mut counters = quality.lock();
+    // Folded per namespace and raw peer first, as a sample is: the bounded counters see
+    // each peer once per read, not each close.
+    let mut peers: HashMap<(usize, RawPeer), Gathered, BuildHasherDefault<PeerHasher>> = HashMap::default();
     for r in &records {
         let netns = if u64::from(r.netns) == own_netns { 0 } else { u64::from(r.netns) };
-        let Some(sub) = subs.iter_mut().find(|s| s.netns == netns) else { continue };
-        let look = sub.sampler.close(&r.socket, r.direction);
+        let Some(i) = subs.iter().position(|s| s.netns == netns) else { continue };
+        let look = subs[i].sampler.close(&r.socket, r.direction);
         let s = &r.socket;
-        let owner = if look.direction == Direction::Inbound { sub.tables.owner_of(&s.local) } else { None };
-        let origin =
-            Origin { netns, process: owner.map_or("", |o| o.0.as_str()), unit: owner.map_or("", |o| o.1.as_str()) };
-        let t = counters.entry(&origin, look.direction, &s.local, &s.remote, s.if_index, &sub.tables.interfaces, false);
-        quality::count(t, &look);
+        let (local, remote) = match look.direction {
+            Direction::Inbound => (s.local, Endpoint::new(s.remote.ip, 0)),
+            Direction::Outbound => (Endpoint::new(s.local.ip, 0), s.remote),
+        };
+        let g =
+            peers.entry((i, RawPeer { direction: look.direction, local, remote, if_index: s.if_index })).or_default();
+        g.add(&look);
+    }
+    let mut counters = quality.lock();
+    for ((i, peer), g) in &peers {
+        let sub = &subs[*i];
+        let owner = if peer.direction == Direction::Inbound { sub.tables.owner_of(&peer.local) } else { None };
+        let origin = Origin {
+            netns: sub.netns,
+            process: owner.map_or("", |o| o.0.as_str()),
+            unit: owner.map_or("", |o| o.1.as_str()),
+        };
+        let t = counters.entry(
+            &origin,
+            peer.direction,
+            &peer.local,
+            &peer.remote,
+            peer.if_index,
+            &sub.tables.interfaces,
+            false,
+        );
+        g.count_into(t);
     }
     !full
 }
@@ -381,12 +395,34 @@ struct RawPeer {
     if_index: u32,
 }
 
-/// What one sample gathered of a raw peer's sockets.
+/// What one sample (or one read of close records) gathered of a raw peer's sockets.
 #[derive(Default)]
 struct Gathered {
     rtts: Vec<u32>,
     growth: Growth,
     backlog: Backlog,
+}
+
+impl Gathered {
+    /// Adds one look at a socket.
+    fn add(&mut self, look: &Look) {
+        if let Some(rtt) = look.rtt_us {
+            self.rtts.push(rtt);
+        }
+        self.growth.retransmits += look.growth.retransmits;
+        self.growth.lost_segments += look.growth.lost_segments;
+        self.growth.sent_segments += look.growth.sent_segments;
+        self.growth.rwnd_limited_us += look.growth.rwnd_limited_us;
+        self.growth.sndbuf_limited_us += look.growth.sndbuf_limited_us;
+    }
+
+    /// Counts what was gathered into a label set's totals.
+    fn count_into(&self, t: &mut QualityTotals) {
+        for &rtt in &self.rtts {
+            t.rtt.observe_us(rtt);
+        }
+        quality::count(t, &Look { direction: Direction::Outbound, rtt_us: None, growth: self.growth });
+    }
 }
 
 /// Samples every namespace once; returns when it did.
