@@ -84,11 +84,12 @@ def scrape(port: int) -> str:
         return r.read().decode()
 
 
-def closed_for(text: str, port: int) -> int:
-    """Closed connections counted for the bench listener's port, both directions."""
+def closed_for(text: str, port: int, family: str = "network_connections_closed_total") -> int:
+    """Closed connections counted for the bench listener's port, both directions (or,
+    with `family` network_connection_rtt_seconds_count, RTT observations)."""
     total = 0
     for line in text.splitlines():
-        if line.startswith("network_connections_closed_total{") and (
+        if line.startswith(family + "{") and (
                 f'source_port="{port}"' in line or f'destination_port="{port}"' in line):
             total += int(float(line.rsplit(" ", 1)[1]))
     return total
@@ -208,6 +209,18 @@ def run_once(exporter: str, mode: str, rate: float | None, duration: float,
                 if counted >= 2 * made or (spread and closed_all(after) - closed_all(before) >= 2 * made):
                     break
                 time.sleep(0.1)
+        # With the quality collector: an RTT observation for each close (both ends), and
+        # a few more from samples of connections open at that moment.
+        observed = 0
+        if quality:
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                observed = closed_for(after, lport, "network_connection_rtt_seconds_count") - closed_for(
+                    before, lport, "network_connection_rtt_seconds_count")
+                if observed >= 2 * made:
+                    break
+                time.sleep(0.1)
+                after = scrape(port)
         ncores = os.cpu_count() or 1
         bounded = {}
         if spread:
@@ -227,6 +240,7 @@ def run_once(exporter: str, mode: str, rate: float | None, duration: float,
             "rate": made / elapsed,
             "counted": counted,
             "expected": 2 * made,
+            "rtt_observed": observed if quality else None,
             "overruns": value(after, "conn_exporter_lifecycle_overruns_total") if collector else 0,
             "exporter_cpu_per_1k_ms": (cpu1 - cpu0) / made * 1e6 if made else float("nan"),
             "exporter_core_share": (cpu1 - cpu0) / elapsed,
@@ -325,9 +339,12 @@ def main() -> int:
                     line += (f"; rate / off in the same round {statistics.median(ratios):.3f} "
                              f"({min(ratios):.3f}..{max(ratios):.3f})")
             print(line)
-    bad = [x for x in runs if x["mode"] != "off" and (x["counted"] != x["expected"] or x["overruns"] != 0)]
+    bad = [x for x in runs if x["mode"] != "off" and (x["counted"] != x["expected"] or x["overruns"] != 0
+                                                       or (x["rtt_observed"] is not None
+                                                           and x["rtt_observed"] < x["expected"]))]
     if bad:
-        print(f"lifecycle counts not exact or overrun in {len(bad)} run(s)", file=sys.stderr)
+        print(f"lifecycle counts not exact, overrun, or closes without an RTT observation in {len(bad)} run(s)",
+              file=sys.stderr)
         return 1
     return 0
 
