@@ -293,7 +293,11 @@ impl Sampler {
             self.sockets.remove(&s.cookie);
             return Look { direction, rtt_us: None, growth: Growth::default() };
         };
-        let rtt_us = (established && info.rtt_us > 0).then_some(info.rtt_us);
+        // An aborted connection (a RST sent, SO_LINGER 0) has its smoothed RTT cleared by
+        // the kernel before the notification is built, but keeps its minimum RTT: that
+        // is its observation then.
+        let rtt_us = if info.rtt_us > 0 { Some(info.rtt_us) } else { info.min_rtt_us.filter(|&m| m > 0) };
+        let rtt_us = rtt_us.filter(|_| established);
         let now = Last::of(&info, direction, self.samples);
         match self.sockets.remove(&s.cookie) {
             Some(last) => Look { direction: last.direction, rtt_us, growth: last.growth_to(&now) },
@@ -563,6 +567,17 @@ mod tests {
             s.end();
         }
         assert_eq!(s.tracked(), 0, "a socket whose close never came is dropped");
+    }
+
+    #[test]
+    fn an_aborted_connection_is_observed_at_its_minimum_rtt() {
+        let mut s = Sampler::default();
+        let mut aborted = closed(11, info(0, 0, 0, 0));
+        aborted.info =
+            Some(TcpInfo { state: 7, rtt_us: 0, min_rtt_us: Some(35), bytes_acked: 0, ..TcpInfo::default() });
+        assert_eq!(s.close(&aborted, Direction::Inbound).rtt_us, Some(35));
+        aborted.info = Some(TcpInfo { state: 7, rtt_us: 0, min_rtt_us: None, ..TcpInfo::default() });
+        assert_eq!(s.close(&aborted, Direction::Inbound).rtt_us, None, "no RTT at all: no observation");
     }
 
     #[test]
