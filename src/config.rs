@@ -153,7 +153,7 @@ pub struct Args {
     pub quality_interval: std::time::Duration,
 
     /// Most label sets of the quality families (one label set is 19 series of the RTT
-    /// histogram's classic buckets plus 6 others); past three quarters of it new remote
+    /// histogram's classic buckets plus 7 others); past three quarters of it new remote
     /// addresses are counted in destination_address="other" (counts kept, series never
     /// decrease). 0 means no limit.
     #[arg(long = "collector.quality.max-series", value_name = "N", default_value_t = 500)]

@@ -316,6 +316,7 @@ fn gather(
     }
     g.growth.retransmits += look.growth.retransmits;
     g.growth.lost_segments += look.growth.lost_segments;
+    g.growth.sent_segments += look.growth.sent_segments;
     g.growth.rwnd_limited_us += look.growth.rwnd_limited_us;
     g.growth.sndbuf_limited_us += look.growth.sndbuf_limited_us;
     g.backlog.send += u64::from(c.send_queue);

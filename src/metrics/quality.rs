@@ -15,11 +15,17 @@ use crate::quality::{Backlog, Quality, QualityTotals, Status};
 /// the value divided by `scale` on the way out (microseconds to seconds).
 type Counter = (&'static str, &'static str, fn(&QualityTotals) -> u64, Option<f64>);
 
-const COUNTERS: [Counter; 3] = [
+const COUNTERS: [Counter; 4] = [
     (
         "network_connection_lost_segments_total",
         "Segments lost: retransmitted and not reported by the peer as received twice (tcpi_total_retrans less tcpi_dsack_dups), of open connections between samples and of closed ones up to their close.",
         |t| t.lost_segments,
+        None,
+    ),
+    (
+        "network_connection_sent_segments_total",
+        "Data segments sent, retransmissions included (tcpi_data_segs_out), of open connections between samples and of closed ones up to their close: the denominator of the retransmit ratio.",
+        |t| t.sent_segments,
         None,
     ),
     (

@@ -17,6 +17,7 @@ const TCPI_BYTES_ACKED: usize = 120;
 const TCPI_BYTES_RECEIVED: usize = 128;
 const TCPI_NOTSENT_BYTES: usize = 144;
 const TCPI_MIN_RTT: usize = 148;
+const TCPI_DATA_SEGS_OUT: usize = 156;
 /// `__u64`, microseconds.
 const TCPI_RWND_LIMITED: usize = 176;
 /// `__u64`, microseconds.
@@ -51,6 +52,9 @@ pub struct TcpInfo {
     pub bytes_received: u64,
     /// `tcpi_notsent_bytes`: bytes written by the application not yet sent (Linux 4.6+).
     pub notsent_bytes: Option<u32>,
+    /// `tcpi_data_segs_out`: data segments sent, retransmissions included, a running
+    /// total (Linux 4.6+).
+    pub data_segs_out: Option<u32>,
     /// `tcpi_rwnd_limited`: time sending was limited by the peer's receive window,
     /// microseconds (Linux 4.10+).
     pub rwnd_limited_us: Option<u64>,
@@ -88,6 +92,7 @@ pub fn decode(b: &[u8]) -> Option<TcpInfo> {
         bytes_received: u64_at(b, TCPI_BYTES_RECEIVED)?,
         notsent_bytes: u32_at(b, TCPI_NOTSENT_BYTES),
         min_rtt_us: u32_at(b, TCPI_MIN_RTT).filter(|&v| v != u32::MAX),
+        data_segs_out: u32_at(b, TCPI_DATA_SEGS_OUT),
         rwnd_limited_us: u64_at(b, TCPI_RWND_LIMITED),
         sndbuf_limited_us: u64_at(b, TCPI_SNDBUF_LIMITED),
         bytes_sent: u64_at(b, TCPI_BYTES_SENT),
@@ -131,6 +136,7 @@ mod tests {
             (TCPI_NOTSENT_BYTES, 4096),
             (TCPI_MIN_RTT, 40_001),
             (TCPI_DSACK_DUPS, 4),
+            (TCPI_DATA_SEGS_OUT, 700),
         ] {
             put32(&mut b, at, v);
         }
@@ -148,6 +154,7 @@ mod tests {
         assert_eq!((i.state, i.unacked, i.lost, i.rtt_us, i.rttvar_us, i.total_retrans), (1, 3, 2, 40_123, 500, 9));
         assert_eq!((i.bytes_acked, i.bytes_received), (1001, 51));
         assert_eq!((i.notsent_bytes, i.min_rtt_us, i.dsack_dups), (Some(4096), Some(40_001), Some(4)));
+        assert_eq!(i.data_segs_out, Some(700));
         assert_eq!((i.rwnd_limited_us, i.sndbuf_limited_us), (Some(7_000_000), Some(8)));
         assert_eq!((i.bytes_sent, i.bytes_retrans), (Some(1000), Some(10)));
         assert_eq!(i.lost_segments(), 5);

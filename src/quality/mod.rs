@@ -136,6 +136,8 @@ pub struct QualityTotals {
     pub rtt: RttHistogram,
     /// Segments lost: retransmitted and not reported duplicate by the peer.
     pub lost_segments: u64,
+    /// Data segments sent, retransmissions included.
+    pub sent_segments: u64,
     /// Time sending was limited by the peer's receive window, microseconds.
     pub rwnd_limited_us: u64,
     /// Time sending was limited by the send buffer, microseconds.
@@ -160,6 +162,8 @@ pub struct Growth {
     pub retransmits: u64,
     /// [`TcpInfo::lost_segments`].
     pub lost_segments: u64,
+    /// `tcpi_data_segs_out`.
+    pub sent_segments: u64,
     /// `tcpi_rwnd_limited`, microseconds.
     pub rwnd_limited_us: u64,
     /// `tcpi_sndbuf_limited`, microseconds.
@@ -171,6 +175,7 @@ pub struct Growth {
 struct Last {
     retransmits: u64,
     lost_segments: u64,
+    sent_segments: u64,
     rwnd_limited_us: u64,
     sndbuf_limited_us: u64,
     /// The direction it was first counted in: its later growth goes to the same series.
@@ -184,6 +189,7 @@ impl Last {
         Last {
             retransmits: u64::from(i.total_retrans),
             lost_segments: i.lost_segments(),
+            sent_segments: u64::from(i.data_segs_out.unwrap_or(0)),
             rwnd_limited_us: i.rwnd_limited_us.unwrap_or(0),
             sndbuf_limited_us: i.sndbuf_limited_us.unwrap_or(0),
             direction,
@@ -197,6 +203,7 @@ impl Last {
         Growth {
             retransmits: now.retransmits.saturating_sub(self.retransmits),
             lost_segments: now.lost_segments.saturating_sub(self.lost_segments),
+            sent_segments: now.sent_segments.saturating_sub(self.sent_segments),
             rwnd_limited_us: now.rwnd_limited_us.saturating_sub(self.rwnd_limited_us),
             sndbuf_limited_us: now.sndbuf_limited_us.saturating_sub(self.sndbuf_limited_us),
         }
@@ -206,6 +213,7 @@ impl Last {
     fn advance(&mut self, now: &Last) {
         self.retransmits = self.retransmits.max(now.retransmits);
         self.lost_segments = self.lost_segments.max(now.lost_segments);
+        self.sent_segments = self.sent_segments.max(now.sent_segments);
         self.rwnd_limited_us = self.rwnd_limited_us.max(now.rwnd_limited_us);
         self.sndbuf_limited_us = self.sndbuf_limited_us.max(now.sndbuf_limited_us);
         self.seen = now.seen;
@@ -398,6 +406,7 @@ pub fn count(t: &mut QualityTotals, look: &Look) {
         t.rtt.observe_us(rtt);
     }
     t.lost_segments += look.growth.lost_segments;
+    t.sent_segments += look.growth.sent_segments;
     t.rwnd_limited_us += look.growth.rwnd_limited_us;
     t.sndbuf_limited_us += look.growth.sndbuf_limited_us;
 }
@@ -422,6 +431,8 @@ mod tests {
             sndbuf_limited_us: Some(0),
             bytes_acked: 1,
             min_rtt_us: Some(rtt),
+            // Ten data segments for each retransmission, to tell the counts apart.
+            data_segs_out: Some(retrans * 10),
             ..TcpInfo::default()
         }
     }
@@ -495,7 +506,13 @@ mod tests {
         let second = s.observe(&open(7, info(8, 1, 4_000, 310)), Direction::Inbound).unwrap();
         assert_eq!(
             second.growth,
-            Growth { retransmits: 3, lost_segments: 3, rwnd_limited_us: 3_000, sndbuf_limited_us: 0 }
+            Growth {
+                retransmits: 3,
+                lost_segments: 3,
+                sent_segments: 30,
+                rwnd_limited_us: 3_000,
+                sndbuf_limited_us: 0
+            }
         );
         assert_eq!(second.direction, Direction::Outbound, "it stays in the series it began in");
         s.end();
@@ -503,7 +520,7 @@ mod tests {
         let last = s.close(&closed(7, info(10, 2, 4_500, 320)), Direction::Outbound);
         assert_eq!(
             last.growth,
-            Growth { retransmits: 2, lost_segments: 1, rwnd_limited_us: 500, sndbuf_limited_us: 0 }
+            Growth { retransmits: 2, lost_segments: 1, sent_segments: 20, rwnd_limited_us: 500, sndbuf_limited_us: 0 }
         );
         assert_eq!(last.rtt_us, Some(320));
         assert_eq!(s.tracked(), 0);
@@ -521,6 +538,7 @@ mod tests {
         // One that lives and dies between two samples: all of it at its close.
         let brief = s.close(&closed(10, info(4, 1, 0, 70)), Direction::Inbound);
         assert_eq!((brief.growth.retransmits, brief.growth.lost_segments, brief.rtt_us), (4, 3, Some(70)));
+        assert_eq!(brief.growth.sent_segments, 40);
     }
 
     #[test]

@@ -22,6 +22,7 @@ pub struct SsSocket {
     pub dsack_dups: u64,
     pub rwnd_limited_ms: u64,
     pub notsent: u64,
+    pub data_segs_out: u64,
 }
 
 /// `ss -tinH` of a namespace, established sockets only: a header line per socket then a
@@ -57,6 +58,7 @@ pub fn parse_ss_info(out: &str) -> Vec<SsSocket> {
                 "dsack_dups" => s.dsack_dups = value.parse().unwrap(),
                 "rwnd_limited" => s.rwnd_limited_ms = ms(value) as u64,
                 "notsent" => s.notsent = value.parse().unwrap(),
+                "data_segs_out" => s.data_segs_out = value.parse().unwrap(),
                 _ => {}
             }
         }
@@ -188,6 +190,18 @@ fn each_socket_shows_what_ss_shows_with(source: &str) {
         // Counters: the connections were opened after the first sample, so the counts
         // are their whole life: what ss says, at the same moment (nothing moves here but
         // the stalled sender's window time).
+        let sent = value(&after, "network_connection_sent_segments_total", &l);
+        if stalled {
+            let floor = if s.data_segs_out > 0 { 1.0 } else { 0.0 };
+            assert!(
+                sent <= later.data_segs_out as f64 && sent >= floor,
+                "{l:?}: {sent} segments, ss {}..{}",
+                s.data_segs_out,
+                later.data_segs_out
+            );
+        } else {
+            assert_eq!(sent, s.data_segs_out as f64, "{l:?}: data segments sent");
+        }
         let lost = value(&after, "network_connection_lost_segments_total", &l);
         let retrans = lifecycle_value(&after, "network_connection_retransmits_total", &l);
         if stalled {
