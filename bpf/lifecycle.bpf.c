@@ -50,7 +50,12 @@ typedef struct {
 	struct net *net;
 } possible_net_t;
 
+typedef struct {
+	__s64 counter;
+} atomic64_t;
+
 struct sock_common {
+	atomic64_t skc_cookie;
 	__be32 skc_daddr;
 	__be32 skc_rcv_saddr;
 	__be16 skc_dport;
@@ -79,6 +84,9 @@ struct tcp_sock {
 	__u64 bytes_acked;
 	__u64 bytes_retrans;
 	__u32 total_retrans;
+	__u32 srtt_us;        /* smoothed RTT << 3, microseconds */
+	__u32 dsack_dups;
+	__u32 data_segs_out;
 } __attribute__((preserve_access_index));
 
 /* A peer with the ephemeral port folded away, in its network namespace. Mirrored by
@@ -104,16 +112,48 @@ struct peer_totals {
 	__u64 total_retrans;   /* total_retrans of the sockets closed, read at close */
 };
 
+/* One established connection's close, for the quality collector (issue 19): what its
+ * tcp_info would say of the fields it counts. Mirrored by `parse::ebpf_close`: 72 bytes,
+ * no implicit padding. */
+struct close_record {
+	__u64 cookie;         /* the socket's cookie; 0 when no dump ever asked for it */
+	__u8 local[16];       /* IPv4: first 4 bytes, network order */
+	__u8 remote[16];
+	__u32 netns;          /* nsfs inode */
+	__u32 ifindex;
+	__u16 local_port;     /* host order */
+	__u16 remote_port;
+	__u8 family;
+	__u8 direction;       /* INBOUND or OUTBOUND */
+	__u8 pad[2];
+	__u32 srtt_us;        /* tcpi_rtt */
+	__u32 total_retrans;  /* tcpi_total_retrans */
+	__u32 dsack_dups;     /* tcpi_dsack_dups */
+	__u32 data_segs_out;  /* tcpi_data_segs_out */
+};
+_Static_assert(sizeof(struct close_record) == 72, "struct close_record has implicit padding");
+
 /* Indexes of `stats`. */
 #define STAT_CLOSES 0          /* sockets of the namespace that entered CLOSE */
 #define STAT_UNTRACKED 1       /* established sockets closed with no direction known */
 #define STAT_OVERFLOW 2        /* additions merged into `overflow` because `peers` was full */
 #define STAT_DIRECTIONS_FULL 3 /* established sockets whose direction could not be kept */
-#define STAT_MAX 4
+#define STAT_CLOSES_LOST 4     /* close records the ring buffer had no room for */
+#define STAT_MAX 5
 
 /* The network namespace counted (its inode number); 0 counts every namespace. Set by
  * the loader. */
 const volatile __u32 netns_ino = 0;
+
+/* Whether each established connection's close is sent to `closes` (the quality
+ * collector is on). Set by the loader. */
+const volatile __u8 report_closes = 0;
+
+/* Close records; its size is set by the loader (one page when none are reported). */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 22);
+} closes SEC(".maps");
 
 /* Direction of each established socket, by the socket's address; deleted at close. */
 struct {
@@ -208,6 +248,32 @@ static __always_inline struct peer_totals *totals_of(struct peer_key *key)
 	return bpf_map_lookup_elem(&overflow, &dir);
 }
 
+static __always_inline void report_close(struct sock *sk, struct tcp_sock *tp, struct peer_key *key)
+{
+	struct close_record *r = bpf_ringbuf_reserve(&closes, sizeof(*r), 0);
+
+	if (!r) {
+		stat_add(STAT_CLOSES_LOST);
+		return;
+	}
+	r->cookie = BPF_CORE_READ(sk, __sk_common.skc_cookie.counter);
+	__builtin_memcpy(r->local, key->local, 16);
+	__builtin_memcpy(r->remote, key->remote, 16);
+	r->netns = key->netns;
+	r->ifindex = key->ifindex;
+	r->local_port = bpf_ntohs(BPF_CORE_READ((struct inet_sock *)sk, inet_sport));
+	r->remote_port = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	r->family = key->family;
+	r->direction = key->direction;
+	r->pad[0] = 0;
+	r->pad[1] = 0;
+	r->srtt_us = BPF_CORE_READ(tp, srtt_us) >> 3;
+	r->total_retrans = BPF_CORE_READ(tp, total_retrans);
+	r->dsack_dups = BPF_CORE_READ(tp, dsack_dups);
+	r->data_segs_out = BPF_CORE_READ(tp, data_segs_out);
+	bpf_ringbuf_submit(r, 0);
+}
+
 SEC("raw_tracepoint/inet_sock_set_state")
 int on_state(struct bpf_raw_tracepoint_args *ctx)
 {
@@ -282,6 +348,8 @@ int on_state(struct bpf_raw_tracepoint_args *ctx)
 		__sync_fetch_and_add(&t->sent_bytes, acked < payload ? acked : payload);
 		__sync_fetch_and_add(&t->received_bytes, BPF_CORE_READ(tp, bytes_received));
 		__sync_fetch_and_add(&t->total_retrans, BPF_CORE_READ(tp, total_retrans));
+		if (report_closes)
+			report_close(sk, tp, &key);
 	}
 	return 0;
 }

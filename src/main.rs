@@ -199,6 +199,7 @@ fn run(config: Config, web: Option<WebConfigFile>) -> Result<()> {
                 lifecycle.namespaces.clone(),
                 lifecycle.owners.clone(),
                 exporter.quality(),
+                None,
             );
             conn_exporter::lifecycle::subscription::start(Arc::new(notifications), &config.exporter.procfs);
         }

@@ -27,7 +27,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aya::maps::{Array, HashMap as BpfHashMap, MapData, MapError};
+use aya::maps::{Array, HashMap as BpfHashMap, MapData, MapError, RingBuf};
 use aya::programs::{ProgramError, RawTracePoint};
 use aya::{Ebpf, EbpfError, EbpfLoader};
 
@@ -61,6 +61,10 @@ const STAT_CLOSES: u32 = 0;
 const STAT_UNTRACKED: u32 = 1;
 const STAT_OVERFLOW: u32 = 2;
 const STAT_DIRECTIONS_FULL: u32 = 3;
+const STAT_CLOSES_LOST: u32 = 4;
+
+/// Size of the close records' ring buffer when the quality collector reads it.
+const CLOSES_BYTES: u32 = 4 << 20;
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
@@ -192,6 +196,8 @@ pub struct Kernel {
     _bpf: Ebpf,
     peers: BpfHashMap<MapData, RawKey, RawTotals>,
     overflow: Array<MapData, RawTotals>,
+    /// The close records for the quality collector, until its thread takes them.
+    closes: Option<RingBuf<MapData>>,
     stats: Array<MapData, u64>,
     /// The totals of each key as last read, to add only what is new.
     seen: HashMap<RawKey, RawTotals>,
@@ -219,15 +225,23 @@ impl Kernel {
     /// Loads and attaches the program, counting sockets of this process's network
     /// namespace (of every one with `all_namespaces`), with room for `max_peers` peers in
     /// the kernel's map.
-    pub fn load(max_peers: u32, all_namespaces: bool) -> Result<Kernel, LoadError> {
+    ///
+    /// `report_closes`: each established connection's close is also written to the
+    /// `closes` ring buffer, for the quality collector ([`Kernel::take_closes`]).
+    pub fn load(max_peers: u32, all_namespaces: bool, report_closes: bool) -> Result<Kernel, LoadError> {
         let own = std::fs::metadata("/proc/self/ns/net").map_err(LoadError::Namespace)?.ino();
         // An inode number is 32 bits in the kernel (ns_common.inum).
         let own_netns = u32::try_from(own).unwrap_or(0);
         // 0: the program counts every namespace.
         let counted = if all_namespaces { 0 } else { own_netns };
+        let report = u8::from(report_closes);
         let mut bpf = EbpfLoader::new()
             .override_global("netns_ino", &counted, true)
+            .override_global("report_closes", &report, true)
             .map_max_entries("peers", max_peers)
+            // 4 MiB: 58,000 records, a second at the highest close rate measured here
+            // (the reader drains it every 25 ms); one page when nothing is reported.
+            .map_max_entries("closes", if report_closes { CLOSES_BYTES } else { 4096 })
             .load(OBJECT)
             .map_err(|e| LoadError::Object(Box::new(e)))?;
         for (program, tracepoint) in PROGRAMS {
@@ -249,10 +263,12 @@ impl Kernel {
         let peers = take(&mut bpf, "peers")?;
         let overflow = take(&mut bpf, "overflow")?;
         let stats = take(&mut bpf, "stats")?;
+        let closes = if report_closes { Some(take(&mut bpf, "closes")?) } else { None };
         Ok(Kernel {
             _bpf: bpf,
             peers,
             overflow,
+            closes,
             stats,
             seen: HashMap::new(),
             seen_overflow: [[0; 6]; 2],
@@ -266,6 +282,16 @@ impl Kernel {
             rescanned: None,
             warn_limit: RateLimit::new(Duration::from_secs(60)),
         })
+    }
+
+    /// The close records, once: the quality collector's thread reads them.
+    pub fn take_closes(&mut self) -> Option<RingBuf<MapData>> {
+        self.closes.take()
+    }
+
+    /// Close records the ring buffer had no room for.
+    pub fn closes_lost(&self) -> u64 {
+        self.stat(STAT_CLOSES_LOST)
     }
 
     fn stat(&self, i: u32) -> u64 {
@@ -494,6 +520,9 @@ impl Lifecycle {
         let Some(k) = kernel.as_mut() else { return };
         let closes = k.drain(&mut self.lock(), self.namespaces.as_deref());
         self.events.store(closes, Ordering::Relaxed);
+        if let Some(q) = &self.quality {
+            q.closes_lost.store(k.closes_lost(), Ordering::Relaxed);
+        }
         let (entered, refused) = k.namespaces();
         self.subscribed.store(entered, Ordering::Relaxed);
         self.unsubscribed.store(refused, Ordering::Relaxed);
@@ -544,14 +573,15 @@ pub fn start(state: Arc<Lifecycle>, procfs: &Path, choice: SourceChoice, max_ser
         return;
     }
     let all_namespaces = state.namespaces.is_some();
-    match Kernel::load(kernel_peers(max_series), all_namespaces) {
-        Ok(k) => {
+    match Kernel::load(kernel_peers(max_series), all_namespaces, state.quality.is_some()) {
+        Ok(mut k) => {
+            let closes = k.take_closes();
             *state.kernel.lock().unwrap_or_else(|e| e.into_inner()) = Some(k);
             state.set_source(super::Source::Ebpf);
             state.set_status(Status::Subscribed);
-            // The program counts retransmits as they happen; the quality collector's
-            // samples and closes come from the notifications, on a thread of their own.
-            start_quality_only(&state, procfs);
+            // The program counts retransmits as they happen and reports each close to
+            // the quality collector, whose samples run on a thread of their own.
+            start_quality_only(&state, procfs, closes);
             log::info!(
                 "lifecycle collector: source ebpf (--collector.lifecycle.source={}): raw tracepoints inet_sock_set_state and tcp_retransmit_skb attached (no tracefs needed), {} peers in the kernel's map, {}",
                 if choice == SourceChoice::Auto { "auto" } else { "ebpf" },
@@ -571,18 +601,20 @@ pub fn start(state: Arc<Lifecycle>, procfs: &Path, choice: SourceChoice, max_ser
                 "lifecycle collector: the kernel refused the eBPF program ({e}); it needs CAP_BPF and CAP_PERFMON (--collector.lifecycle.source=ebpf, no fallback); closed and failed connection counters are unavailable"
             );
             state.set_status(Status::Failed);
-            start_quality_only(&state, procfs);
+            start_quality_only(&state, procfs, None);
         }
     }
 }
 
-/// Starts the notifications' thread for the quality collector alone, when it is on and
-/// the lifecycle counters do not take the notifications.
-fn start_quality_only(state: &Lifecycle, procfs: &Path) {
+/// Starts the sampling thread for the quality collector alone, when it is on and the
+/// lifecycle counters do not take the notifications: its closes come from the program's
+/// records when given (no notifications are then subscribed, so the kernel builds none),
+/// from the notifications otherwise.
+fn start_quality_only(state: &Lifecycle, procfs: &Path, closes: Option<RingBuf<MapData>>) {
     if let Some(quality) = &state.quality {
-        let notifications =
-            Lifecycle::quality_only(state.namespaces.clone(), state.owners.clone(), Arc::clone(quality));
-        super::subscription::start(Arc::new(notifications), procfs);
+        let sampling =
+            Lifecycle::quality_only(state.namespaces.clone(), state.owners.clone(), Arc::clone(quality), closes);
+        super::subscription::start(Arc::new(sampling), procfs);
     }
 }
 

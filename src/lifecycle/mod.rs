@@ -402,6 +402,9 @@ pub struct Lifecycle {
     /// Whether the notifications count in these counters; not when they only serve the
     /// quality collector (the lifecycle counters come from the eBPF program, or are off).
     pub counts: bool,
+    /// The eBPF program's close records, for the quality collector's thread (which then
+    /// subscribes to no notifications).
+    pub ebpf_closes: Mutex<Option<aya::maps::RingBuf<aya::maps::MapData>>>,
 }
 
 impl std::fmt::Debug for Lifecycle {
@@ -431,6 +434,7 @@ impl Lifecycle {
             kernel: Mutex::new(None),
             quality: None,
             counts: true,
+            ebpf_closes: Mutex::new(None),
         }
     }
 
@@ -441,13 +445,16 @@ impl Lifecycle {
     }
 
     /// A subscription that serves only the quality collector: its counters stay empty.
+    /// `closes`: the eBPF program's close records, read instead of the notifications.
     pub fn quality_only(
         namespaces: Option<Arc<Namespaces>>,
         owners: Option<Arc<Owners>>,
         quality: Arc<Quality>,
+        closes: Option<aya::maps::RingBuf<aya::maps::MapData>>,
     ) -> Lifecycle {
         let mut l = Lifecycle::new(1, Folding::default()).with_sources(namespaces, owners).with_quality(Some(quality));
         l.counts = false;
+        l.ebpf_closes = Mutex::new(closes);
         l
     }
 

@@ -57,9 +57,10 @@ use crate::logging::RateLimit;
 use crate::model::{Endpoint, TcpState};
 use crate::netns::{Found, Namespaces};
 use crate::owners::{OwnerId, OwnerTable};
+use crate::parse::ebpf_close;
 use crate::parse::sock_destroy::{self, DestroyedSocket, Outcome};
 use crate::parse::sock_diag::{self, Batch, DecodeError, InfoSocket};
-use crate::quality::{self, Backlog, Growth, Look, Quality, Sampler, Status as QualityStatus};
+use crate::quality::{self, Backlog, Growth, Look, Quality, QualityTotals, Sampler, Status as QualityStatus};
 use crate::snapshot::NsLabels;
 use crate::source::{self, interfaces, sysctl, SourceError};
 
@@ -109,6 +110,12 @@ fn dump_socket() -> Result<Socket, SubscribeError> {
 
 /// Opens and subscribes the socket; returns it with the receive buffer it got.
 pub fn subscribe() -> Result<(Socket, usize, &'static str), SubscribeError> {
+    subscribe_to(true)
+}
+
+/// [`subscribe`], or with `join` false a socket of the same kind that joins no group: the
+/// kernel then builds no destroy messages for it (the closes come from the eBPF program).
+fn subscribe_to(join: bool) -> Result<(Socket, usize, &'static str), SubscribeError> {
     let kernel = |what| move |source| SubscribeError::Kernel { what, source };
     let mut socket = Socket::new(NETLINK_SOCK_DIAG).map_err(kernel("opening a NETLINK_SOCK_DIAG socket"))?;
     // SO_RCVBUFFORCE passes net.core.rmem_max with CAP_NET_ADMIN; without it SO_RCVBUF
@@ -121,7 +128,7 @@ pub fn subscribe() -> Result<(Socket, usize, &'static str), SubscribeError> {
     };
     let got = getsockopt(&socket.as_fd(), sockopt::RcvBuf).unwrap_or(0);
     socket.bind(&SocketAddr::new(0, 0)).map_err(kernel("binding the NETLINK_SOCK_DIAG socket"))?;
-    for g in GROUPS {
+    for g in GROUPS.into_iter().filter(|_| join) {
         socket.add_membership(g).map_err(kernel("joining the TCP destroy groups"))?;
     }
     socket.set_non_blocking(true).map_err(kernel("making the destroy socket non-blocking"))?;
@@ -145,7 +152,8 @@ pub fn start(state: Arc<Lifecycle>, procfs: &Path) {
         );
         return;
     }
-    let (socket, got, how) = match subscribe() {
+    let join = state.ebpf_closes.lock().unwrap_or_else(|e| e.into_inner()).is_none();
+    let (socket, got, how) = match subscribe_to(join) {
         Ok(s) => s,
         Err(e) => {
             log::error!(
@@ -273,10 +281,7 @@ fn sample(
             false,
         );
         if let Some(t) = counters.get_mut(&key) {
-            for &rtt in &g.rtts {
-                t.rtt.observe_us(rtt);
-            }
-            quality::count(t, &Look { direction: peer.direction, rtt_us: None, growth: g.growth });
+            g.count_into(t);
         }
         let b = backlog.entry(key).or_default();
         b.send += g.backlog.send;
@@ -311,17 +316,73 @@ fn gather(
         Direction::Outbound => (Endpoint::new(c.local.ip, 0), c.remote),
     };
     let g = peers.entry(RawPeer { direction: look.direction, local, remote, if_index: c.if_index }).or_default();
-    if let Some(rtt) = look.rtt_us {
-        g.rtts.push(rtt);
-    }
-    g.growth.retransmits += look.growth.retransmits;
-    g.growth.lost_segments += look.growth.lost_segments;
-    g.growth.sent_segments += look.growth.sent_segments;
-    g.growth.rwnd_limited_us += look.growth.rwnd_limited_us;
-    g.growth.sndbuf_limited_us += look.growth.sndbuf_limited_us;
+    g.add(&look);
     g.backlog.send += u64::from(c.send_queue);
     g.backlog.receive += u64::from(c.recv_queue);
     g.backlog.unsent += u64::from(s.info.and_then(|i| i.notsent_bytes).unwrap_or(0));
+}
+
+/// Most close records read in one go, so that the namespaces' queues are served between.
+const MAX_RECORDS: usize = 16_384;
+
+/// Counts the eBPF program's close records into the quality collector, each in the
+/// sampler of its namespace (whose last samples give the remainders); returns whether
+/// the ring was emptied. A record of a namespace not subscribed yet is counted whole at
+/// its first sample's baseline, so it is dropped here.
+fn count_ebpf_closes(
+    ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
+    subs: &mut [Subscription],
+    quality: &Quality,
+    own_netns: u64,
+) -> bool {
+    let mut records = Vec::new();
+    while records.len() < MAX_RECORDS {
+        let Some(item) = ring.next() else { break };
+        if let Some(r) = ebpf_close::decode(&item) {
+            records.push(r);
+        }
+    }
+    if records.is_empty() {
+        return true;
+    }
+    let full = records.len() == MAX_RECORDS;
+    // Folded per namespace and raw peer first, as a sample is: the bounded counters see
+    // each peer once per read, not each close.
+    let mut peers: HashMap<(usize, RawPeer), Gathered, BuildHasherDefault<PeerHasher>> = HashMap::default();
+    for r in &records {
+        let netns = if u64::from(r.netns) == own_netns { 0 } else { u64::from(r.netns) };
+        let Some(i) = subs.iter().position(|s| s.netns == netns) else { continue };
+        let look = subs[i].sampler.close(&r.socket, r.direction);
+        let s = &r.socket;
+        let (local, remote) = match look.direction {
+            Direction::Inbound => (s.local, Endpoint::new(s.remote.ip, 0)),
+            Direction::Outbound => (Endpoint::new(s.local.ip, 0), s.remote),
+        };
+        let g =
+            peers.entry((i, RawPeer { direction: look.direction, local, remote, if_index: s.if_index })).or_default();
+        g.add(&look);
+    }
+    let mut counters = quality.lock();
+    for ((i, peer), g) in &peers {
+        let sub = &subs[*i];
+        let owner = if peer.direction == Direction::Inbound { sub.tables.owner_of(&peer.local) } else { None };
+        let origin = Origin {
+            netns: sub.netns,
+            process: owner.map_or("", |o| o.0.as_str()),
+            unit: owner.map_or("", |o| o.1.as_str()),
+        };
+        let t = counters.entry(
+            &origin,
+            peer.direction,
+            &peer.local,
+            &peer.remote,
+            peer.if_index,
+            &sub.tables.interfaces,
+            false,
+        );
+        g.count_into(t);
+    }
+    !full
 }
 
 /// A socket's peer before labels: the service's endpoint kept whole, the client's port
@@ -334,12 +395,34 @@ struct RawPeer {
     if_index: u32,
 }
 
-/// What one sample gathered of a raw peer's sockets.
+/// What one sample (or one read of close records) gathered of a raw peer's sockets.
 #[derive(Default)]
 struct Gathered {
     rtts: Vec<u32>,
     growth: Growth,
     backlog: Backlog,
+}
+
+impl Gathered {
+    /// Adds one look at a socket.
+    fn add(&mut self, look: &Look) {
+        if let Some(rtt) = look.rtt_us {
+            self.rtts.push(rtt);
+        }
+        self.growth.retransmits += look.growth.retransmits;
+        self.growth.lost_segments += look.growth.lost_segments;
+        self.growth.sent_segments += look.growth.sent_segments;
+        self.growth.rwnd_limited_us += look.growth.rwnd_limited_us;
+        self.growth.sndbuf_limited_us += look.growth.sndbuf_limited_us;
+    }
+
+    /// Counts what was gathered into a label set's totals.
+    fn count_into(&self, t: &mut QualityTotals) {
+        for &rtt in &self.rtts {
+            t.rtt.observe_us(rtt);
+        }
+        quality::count(t, &Look { direction: Direction::Outbound, rtt_us: None, growth: self.growth });
+    }
 }
 
 /// Samples every namespace once; returns when it did.
@@ -623,6 +706,9 @@ impl Shared<'_> {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
                 Err(e) if e.raw_os_error() == Some(nix::errno::Errno::ENOBUFS as i32) => {
                     state.overruns.fetch_add(1, Ordering::Relaxed);
+                    if let (false, Some(q)) = (state.counts, &state.quality) {
+                        q.closes_lost.fetch_add(1, Ordering::Relaxed);
+                    }
                     self.overruns_unlogged += 1;
                     if self.last_overrun_log.is_none_or(|t| t.elapsed() >= OVERRUN_LOG_EVERY) {
                         log::warn!(
@@ -731,8 +817,8 @@ fn refreshed(procfs: &Path) -> Result<Refreshed, SourceError> {
 }
 
 /// Opens a subscription in the calling thread's namespace (a namespace's thread).
-fn open_here(procfs: &Path) -> Result<Opened, SubscribeError> {
-    let (socket, _, _) = subscribe()?;
+fn open_here(procfs: &Path, join: bool) -> Result<Opened, SubscribeError> {
+    let (socket, _, _) = subscribe_to(join)?;
     let diag = dump_socket()?;
     Ok((socket, diag, refreshed(procfs).ok()))
 }
@@ -747,6 +833,9 @@ struct Spaces {
     warn_limit: RateLimit,
     /// `--path.procfs`, for the namespaces' port ranges.
     procfs: Arc<Path>,
+    /// Whether the subscriptions join the destroy groups (not when the closes come from
+    /// the eBPF program).
+    join: bool,
 }
 
 impl Spaces {
@@ -796,7 +885,8 @@ impl Spaces {
                 continue;
             }
             let procfs = Arc::clone(&self.procfs);
-            match namespaces.run(f, move || open_here(&procfs)) {
+            let join = self.join;
+            match namespaces.run(f, move || open_here(&procfs, join)) {
                 Ok(rx) => self.opening.push(((*f).clone(), rx)),
                 Err(e) if e.is_gone() && e.missing_capability().is_none() => {}
                 Err(e) => {
@@ -850,7 +940,11 @@ impl Spaces {
 }
 
 fn run(socket: Socket, state: &Lifecycle, procfs: Arc<Path>) {
+    let mut closes = state.ebpf_closes.lock().unwrap_or_else(|e| e.into_inner()).take();
+    let own_netns =
+        std::fs::metadata("/proc/self/ns/net").map(|m| std::os::unix::fs::MetadataExt::ino(&m)).unwrap_or(0);
     let mut spaces = Spaces {
+        join: closes.is_none(),
         subs: vec![Subscription {
             netns: 0,
             socket,
@@ -885,6 +979,9 @@ fn run(socket: Socket, state: &Lifecycle, procfs: Arc<Path>) {
         let mut empty = true;
         for sub in &mut spaces.subs {
             empty &= shared.serve(sub);
+        }
+        if let (Some(ring), Some(quality)) = (closes.as_mut(), state.quality.as_deref()) {
+            empty &= count_ebpf_closes(ring, &mut spaces.subs, quality, own_netns);
         }
         if let Some(quality) = state.quality.as_deref() {
             if Instant::now() >= next_sample {

@@ -137,6 +137,11 @@ pub fn write<W: Write>(enc: &mut Encoder<W>, state: &Quality, owners: bool) -> i
             state.untracked.load(Ordering::Relaxed),
         ),
         (
+            "conn_exporter_quality_closes_lost_total",
+            "Closes the quality collector did not see: with the ebpf source, records its ring buffer had no room for; with the notifications of its own (lifecycle off or ebpf refused), times the kernel dropped socket-destroy messages.",
+            state.closes_lost.load(Ordering::Relaxed),
+        ),
+        (
             "conn_exporter_quality_merged_total",
             "Looks at sockets (a sample of one, or its close) counted in a destination_address=\"other\" series by --collector.quality.max-series.",
             merged,

@@ -338,6 +338,8 @@ pub struct Quality {
     pub failures: AtomicU64,
     /// Sockets not followed because a namespace's map was full.
     pub untracked: AtomicU64,
+    /// With the eBPF source: close records its ring buffer had no room for.
+    pub closes_lost: AtomicU64,
     /// Wall time of the last sample of every namespace, microseconds.
     pub last_sample_us: AtomicU64,
     /// Whether the last sample read every namespace whole.
@@ -359,6 +361,7 @@ impl Quality {
             samples: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             untracked: AtomicU64::new(0),
+            closes_lost: AtomicU64::new(0),
             last_sample_us: AtomicU64::new(0),
             last_ok: AtomicBool::new(false),
             status: AtomicU8::new(Status::Starting as u8),

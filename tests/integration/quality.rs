@@ -251,6 +251,19 @@ fn closes_observe_once_with(source: &str) {
     let ns = Netns::new(&format!("cx-quality-close-{source}"));
     // One sample, at start: every observation after it is a close.
     let e = ns.exporter(&["--collector.quality.interval=1h", &format!("--collector.lifecycle.source={source}")]);
+    // With the eBPF source the closes come from the program's records: no socket of the
+    // exporter joins the destroy groups (which would make the kernel build a message per
+    // close); with netlink one does.
+    let subscribed = ns
+        .exec(&["cat", "/proc/net/netlink"])
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.get(1) == Some(&"4") && f.get(3).is_some_and(|g| u32::from_str_radix(g, 16).unwrap_or(0) != 0)
+        })
+        .count();
+    assert_eq!(subscribed, usize::from(source == "netlink"), "sock_diag sockets joined to groups");
     wait_for(Duration::from_secs(10), "the first sample", || (samples_taken(&ns.scrape(&e, "")) >= 1.0).then_some(()));
     let script = repo().join("tests/scenarios/quality.py");
     let port = 7102;
