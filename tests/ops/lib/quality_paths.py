@@ -32,7 +32,8 @@ that is not the exporter:
          data or not, and no retransmission; this connection sends no segment without
          data between the two readings). PeerRetransmitRatioHigh is pending or firing in
          Prometheus for destination_address="10.77.0.2" and not for the clean loopback
-         peer, whose ratio Prometheus computes as 0 with more than 10 segments/s.
+         peer, whose ratio Prometheus computes under 0.01 (0 unless, in mode all, another
+         namespace's loopback traffic retransmits) with more than 10 segments/s.
          (6 MiB: the alert's rate() over 5m divides by the whole window, and the test's
          series are younger than it, so the floor of 10 segments/s needs more than
          3,000 segments.)
@@ -465,8 +466,11 @@ def alert_phase(mode):
     if "alert" in broken:
         check(got.get(clean) in ("pending", "firing"), f"[broken on purpose] alert firing for clean {clean}")
     else:
-        check(clean not in got and r.get(clean) == 0 and g.get(clean, 0) > 10,
-              f"no PeerRetransmitRatioHigh for the clean {clean}: ratio {r.get(clean)},"
+        # Under the threshold, over the floor: the ratio is what keeps it silent. (In
+        # mode all, 127.0.0.1 sums the loopback traffic of every namespace on the
+        # machine, so its ratio need not be exactly 0.)
+        check(clean not in got and r.get(clean) is not None and r[clean] < 0.01 and g.get(clean, 0) > 10,
+              f"no PeerRetransmitRatioHigh for the clean {clean}: ratio {r.get(clean)} (< 0.01),"
               f" {g.get(clean)} segments/s (over the floor of 10)")
 
 
