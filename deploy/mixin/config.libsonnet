@@ -30,17 +30,14 @@
     rateWindow: '5m',
 
     // Connection quality (the quality collector, issue 19).
-    // PeerRetransmitRatioHigh: retransmitted segments per segment sent to one remote
-    // address, over rateWindow, for retransmitRatioFor. Only bytes sent are counted
-    // (network_connection_sent_bytes_total), so segments sent are estimated as bytes
-    // sent / retransmitRatioSegmentBytes: 1448 is the MSS of a 1500-byte MTU path
-    // with TCP timestamps (IPv4; 1428 for IPv6). Full-size segments make the ratio the
-    // share of segments retransmitted; smaller segments make it read high, a larger
-    // MSS (jumbo frames) low. The alert needs at least retransmitRatioMinSegmentsRate
-    // such segments per second, so that a trickle of traffic (or none, as between two
-    // closes) does not divide by almost nothing.
+    // PeerRetransmitRatioHigh: retransmitted segments per data segment sent to one
+    // remote address (network_connection_retransmits_total over
+    // network_connection_sent_segments_total), over rateWindow, above
+    // retransmitRatioThreshold for retransmitRatioFor. 1 % resent is far above what a
+    // healthy path loses (a path that drops 1 packet in 100 costs TCP throughput). The
+    // alert needs at least retransmitRatioMinSegmentsRate data segments sent per second,
+    // so that a trickle of traffic (or none) does not divide by almost nothing.
     retransmitRatioThreshold: 0.01,
-    retransmitRatioSegmentBytes: 1448,
     retransmitRatioMinSegmentsRate: 10,
     retransmitRatioFor: '10m',
     // The window of the recorded RTT quantiles (its name carries it).

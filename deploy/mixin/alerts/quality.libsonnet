@@ -7,27 +7,27 @@
         {
           // The retransmit ratio per remote address (loss is a property of the path to
           // a host, so both directions and every port of that address count together):
-          // segments retransmitted per segment sent. No segments family exists, only
-          // bytes sent, so segments sent are estimated as bytes sent divided by a
-          // full-size segment (retransmitRatioSegmentBytes, see config.libsonnet). The
-          // floor on the estimated segment rate also removes a zero denominator (bytes
-          // sent are counted when a connection closes: a peer with only long-lived
-          // connections can show retransmits and no bytes sent in the window).
+          // the share of the data segments sent that were retransmissions. Both counters
+          // count open connections (between two quality samples) and closed ones (up to
+          // their close): network_connection_retransmits_total (the lifecycle family) over
+          // network_connection_sent_segments_total (the quality collector's
+          // tcpi_data_segs_out, retransmissions included). The floor on the segment rate
+          // keeps a trickle of traffic (or none: a zero denominator) from alerting.
           alert: 'PeerRetransmitRatioHigh',
           expr: |||
             (
               sum by (instance, destination_address) (rate(network_connection_retransmits_total{%(jobSelector)s}[%(rateWindow)s]))
               /
-              (sum by (instance, destination_address) (rate(network_connection_sent_bytes_total{%(jobSelector)s}[%(rateWindow)s])) / %(retransmitRatioSegmentBytes)g)
+              sum by (instance, destination_address) (rate(network_connection_sent_segments_total{%(jobSelector)s}[%(rateWindow)s]))
             ) > %(retransmitRatioThreshold)g
             and
-            sum by (instance, destination_address) (rate(network_connection_sent_bytes_total{%(jobSelector)s}[%(rateWindow)s])) / %(retransmitRatioSegmentBytes)g > %(retransmitRatioMinSegmentsRate)g
+            sum by (instance, destination_address) (rate(network_connection_sent_segments_total{%(jobSelector)s}[%(rateWindow)s])) > %(retransmitRatioMinSegmentsRate)g
           ||| % $._config,
           'for': $._config.retransmitRatioFor,
           labels: { severity: 'warning' },
           annotations: {
             summary: 'Retransmits to {{ $labels.destination_address }} high on {{ $labels.instance }}',
-            description: '{{ $labels.instance }} retransmits {{ $value | humanizePercentage }} of the segments it sends to {{ $labels.destination_address }} (retransmits per %(retransmitRatioSegmentBytes)g bytes sent, over %(rateWindow)s, for %(retransmitRatioFor)s): the path to that peer loses packets, or the peer is overloaded.' % $._config,
+            description: '{{ $labels.instance }} retransmits {{ $value | humanizePercentage }} of the segments it sends to {{ $labels.destination_address }} (retransmitted segments per data segment sent, over %(rateWindow)s, for %(retransmitRatioFor)s): the path to that peer loses packets, or the peer is overloaded.' % $._config,
           },
         },
       ],

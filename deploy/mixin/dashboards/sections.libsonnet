@@ -251,7 +251,6 @@ local wildcardPeer = @'0\\.0\\.0\\.0|::|::ffff:0\\.0\\.0\\.0';
       rate('network_connection_rtt_seconds_bucket', sel) + ')))';
     local outbound = iface + ',direction="outbound"';
     local inbound = iface + ',direction="inbound"';
-    local segmentBytes = '1448';
     [
       g.row('Connection quality'),
       g.panel(g.timeseries('RTT p50 and p99 by remote service (outbound)',
@@ -277,15 +276,14 @@ local wildcardPeer = @'0\\.0\\.0\\.0|::|::ffff:0\\.0\\.0\\.0';
                            ],
                            unit='s'), 12, 8),
       g.panel(g.timeseries('Retransmit ratio by remote address',
-                           'Segments retransmitted per segment sent, per remote address, both directions: ' +
-                           'network_connection_retransmits_total over network_connection_sent_bytes_total / ' +
-                           segmentBytes + ' (a full-size segment; only bytes sent are counted, and on closed ' +
-                           'connections only, so a peer without closes in the window shows nothing). What the ' +
+                           'Share of the data segments sent that were retransmissions, per remote address, ' +
+                           'both directions: network_connection_retransmits_total over ' +
+                           'network_connection_sent_segments_total, open connections included. What the ' +
                            'PeerRetransmitRatioHigh alert watches; the 10 highest.',
                            [g.target('topk(10, sum by (' + by + 'destination_address) (' +
                                      rate('network_connection_retransmits_total', iface) + ') / (sum by (' + by +
-                                     'destination_address) (' + rate('network_connection_sent_bytes_total', iface) +
-                                     ') / ' + segmentBytes + ' > 0))',
+                                     'destination_address) (' + rate('network_connection_sent_segments_total', iface) +
+                                     ') > 0))',
                                      who + '{{destination_address}}')],
                            unit='percentunit'), 8, 8),
       g.panel(g.timeseries('Lost segments per second by remote address',

@@ -72,7 +72,7 @@ REQUIRED_TOPICS = {
     and any("histogram_quantile(0.5, " in e and "rate(network_connection_rtt_seconds_bucket{" in e for e in exprs(p))
     and any("histogram_quantile(0.99, " in e and "rate(network_connection_rtt_seconds_bucket{" in e for e in exprs(p)),
     "retransmit ratio by peer": lambda p: any("rate(network_connection_retransmits_total{" in e
-                                              and "rate(network_connection_sent_bytes_total{" in e
+                                              and "rate(network_connection_sent_segments_total{" in e
                                               and "destination_address)" in e for e in exprs(p)),
     "bytes by peer": lambda p: any("network_connection_sent_bytes_total{" in e for e in exprs(p))
     and any("network_connection_received_bytes_total{" in e for e in exprs(p)),

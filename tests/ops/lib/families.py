@@ -28,6 +28,7 @@ QUALITY = (
     "network_connection_rtt_seconds_sum",
     "network_connection_rtt_seconds_count",
     "network_connection_lost_segments_total",
+    "network_connection_sent_segments_total",
     "network_connection_receive_window_limited_seconds_total",
     "network_connection_send_buffer_limited_seconds_total",
     "network_connection_queued_bytes",
