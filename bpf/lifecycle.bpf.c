@@ -89,6 +89,12 @@ struct tcp_sock {
 	__u32 data_segs_out;
 } __attribute__((preserve_access_index));
 
+/* The control buffer, where TCP keeps a struct tcp_skb_cb: seq, end_seq, then the
+ * union whose first u16 is tcp_gso_segs (offset 8), the segments in the packet. */
+struct sk_buff {
+	char cb[48];
+} __attribute__((preserve_access_index));
+
 /* A peer with the ephemeral port folded away, in its network namespace. Mirrored by
  * `RawKey` in src/lifecycle/ebpf.rs: 44 bytes, no implicit padding. */
 struct peer_key {
@@ -108,7 +114,7 @@ struct peer_totals {
 	__u64 failed;
 	__u64 sent_bytes;      /* min(bytes_acked less the SYN if outbound, bytes_sent - bytes_retrans) */
 	__u64 received_bytes;  /* bytes_received: payload plus the FIN if it came */
-	__u64 retransmits;     /* tcp:tcp_retransmit_skb, as they happen */
+	__u64 retransmits;     /* tcp:tcp_retransmit_skb, as they happen, by segments */
 	__u64 total_retrans;   /* total_retrans of the sockets closed, read at close */
 };
 
@@ -382,8 +388,17 @@ int on_retransmit(struct bpf_raw_tracepoint_args *ctx)
 	if (make_key(sk, dir, &key))
 		return 0;
 	t = totals_of(&key);
-	if (t)
-		__sync_fetch_and_add(&t->retransmits, 1);
+	if (t) {
+		/* A retransmitted packet can carry several segments (GSO): the kernel adds
+		 * tcp_skb_pcount(skb) to total_retrans and RetransSegs, so do we. */
+		struct sk_buff *skb = (struct sk_buff *)ctx->args[1];
+		char cb[48];
+		__u16 segs = 0;
+
+		BPF_CORE_READ_INTO(&cb, skb, cb);
+		__builtin_memcpy(&segs, cb + 8, sizeof(segs));
+		__sync_fetch_and_add(&t->retransmits, segs ? segs : 1);
+	}
 	return 0;
 }
 

@@ -28,13 +28,19 @@ impl Prometheus {
 
     /// A Prometheus with extra flags (`--enable-feature=native-histograms`).
     fn start_with(target: std::net::SocketAddr, flags: &[&str]) -> Prometheus {
+        Prometheus::start_with_rules(target, flags, None)
+    }
+
+    /// [`start_with`](Self::start_with), loading a rule file.
+    fn start_with_rules(target: std::net::SocketAddr, flags: &[&str], rules: Option<&std::path::Path>) -> Prometheus {
         let bin = require_tool("prometheus");
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("prometheus.yml");
         std::fs::write(
             &config,
             format!(
-                "global:\n  scrape_interval: 2s\n  scrape_timeout: 2s\n  evaluation_interval: 2s\nscrape_configs:\n  - job_name: conn-exporter\n    static_configs:\n      - targets: ['{target}']\n        labels:\n          service: network-monitoring\n"
+                "global:\n  scrape_interval: 2s\n  scrape_timeout: 2s\n  evaluation_interval: 2s\n{}scrape_configs:\n  - job_name: conn-exporter\n    static_configs:\n      - targets: ['{target}']\n        labels:\n          service: network-monitoring\n",
+                rules.map_or(String::new(), |r| format!("rule_files:\n  - {}\n", r.display()))
             ),
         )
         .unwrap();
@@ -406,9 +412,11 @@ fn prometheus_with_native_histograms_scrapes_protobuf_and_stores_what_text_gives
 fn native_histograms_hold_the_rtt_family_in_one_series_per_peer() {
     let _serial = crate::util::serial();
     let exporter = Exporter::start(&["--collector.quality.interval=1s", "--no-collector.connections"]);
+    // Both with the shipped recording rules: the p99 rule's native branch and its classic one.
+    let rules = crate::util::repo().join("deploy/prometheus/recording-rules.yml");
     let (native, classic) = (
-        Prometheus::start_with(exporter.addr, &["--enable-feature=native-histograms"]),
-        Prometheus::start(exporter.addr),
+        Prometheus::start_with_rules(exporter.addr, &["--enable-feature=native-histograms"], Some(&rules)),
+        Prometheus::start_with_rules(exporter.addr, &[], Some(&rules)),
     );
     let port = 7191u16;
     let script = crate::util::repo().join("tests/scenarios/quality.py");
@@ -472,6 +480,17 @@ fn native_histograms_hold_the_rtt_family_in_one_series_per_peer() {
         let bounds = [0.0, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01];
         let b = bounds.iter().position(|&le| le >= rtt).unwrap();
         assert!(bounds[b - 1] <= median && median <= bounds[b], "{sel}: classic median {median} s, srtt {rtt} s");
+    }
+    // The shipped p99 recording rule answers in both: from the native histogram in one,
+    // from the classic buckets in the other; a loopback service is under a millisecond.
+    for p in [&native, &classic] {
+        let p99 = p.scalar(
+            &format!(
+                "instance_service:network_connection_rtt_seconds:p99_rate5m{{direction=\"inbound\",source_address=\"127.0.0.1\",source_port=\"{port}\"}}"
+            ),
+            t,
+        );
+        assert!(p99 > 0.0 && p99 <= 0.001, "p99 of a loopback service: {p99} s");
     }
     // Series for the same peers: one per label set native, 19 classic.
     let peers = native.scalar("count(network_connection_rtt_seconds)", t);

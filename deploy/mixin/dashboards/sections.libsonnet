@@ -246,9 +246,18 @@ local wildcardPeer = @'0\\.0\\.0\\.0|::|::ffff:0\\.0\\.0\\.0';
     local by = if multiHost then 'instance, ' else '';
     local who = if multiHost then '{{instance}} ' else '';
     local rate(metric, sel) = 'rate(' + metric + '{' + sel + '}[$__rate_interval])';
+    // One query for both kinds of histogram: the classic buckets (text scrapes) or the
+    // native series (a Prometheus with native histograms); the other side is empty.
     local quantile(q, sel, peer) =
       'topk(10, histogram_quantile(' + q + ', sum by (le, ' + by + peer + ') (' +
-      rate('network_connection_rtt_seconds_bucket', sel) + ')))';
+      rate('network_connection_rtt_seconds_bucket', sel) + ')) or histogram_quantile(' + q + ', sum by (' + by + peer +
+      ') (' + rate('network_connection_rtt_seconds', sel) + ')))';
+    // The mean, which the fleet configuration keeps when it drops the classic buckets.
+    local mean(sel, peer) =
+      'topk(10, sum by (' + by + peer + ') (' + rate('network_connection_rtt_seconds_sum', sel) + ') / sum by (' + by +
+      peer + ') (' + rate('network_connection_rtt_seconds_count', sel) + ') or histogram_sum(sum by (' + by + peer +
+      ') (' + rate('network_connection_rtt_seconds', sel) + ')) / histogram_count(sum by (' + by + peer + ') (' +
+      rate('network_connection_rtt_seconds', sel) + ')))';
     local outbound = iface + ',direction="outbound"';
     local inbound = iface + ',direction="inbound"';
     [
@@ -257,12 +266,15 @@ local wildcardPeer = @'0\\.0\\.0\\.0|::|::ffff:0\\.0\\.0\\.0';
                            "TCP's smoothed RTT to each remote address and port (network_connection_rtt_seconds: " +
                            'one observation per connection at its close, and one per open connection every ' +
                            '--collector.quality.interval), 50th and 99th percentile over $__rate_interval, ' +
-                           'the 10 highest of each.',
+                           'the 10 highest of each, from the classic buckets or the native histogram, and the ' +
+                           'mean (the fleet configuration keeps only _sum and _count of a text scrape).',
                            [
                              g.target(quantile('0.5', outbound, 'destination_address, destination_port'),
                                       who + '{{destination_address}}:{{destination_port}} p50'),
                              g.target(quantile('0.99', outbound, 'destination_address, destination_port'),
                                       who + '{{destination_address}}:{{destination_port}} p99', ref='B'),
+                             g.target(mean(outbound, 'destination_address, destination_port'),
+                                      who + '{{destination_address}}:{{destination_port}} mean', ref='C'),
                            ],
                            unit='s'), 12, 8),
       g.panel(g.timeseries('RTT p50 and p99 by service (inbound)',
@@ -273,6 +285,8 @@ local wildcardPeer = @'0\\.0\\.0\\.0|::|::ffff:0\\.0\\.0\\.0';
                                       who + '{{source_address}}:{{source_port}} p50'),
                              g.target(quantile('0.99', inbound, 'source_address, source_port'),
                                       who + '{{source_address}}:{{source_port}} p99', ref='B'),
+                             g.target(mean(inbound, 'source_address, source_port'),
+                                      who + '{{source_address}}:{{source_port}} mean', ref='C'),
                            ],
                            unit='s'), 12, 8),
       g.panel(g.timeseries('Retransmit ratio by remote address',

@@ -21,11 +21,19 @@ local quality = {
       rules: [
         {
           record: 'instance_service:network_connection_rtt_seconds:p99_rate%(rttQuantileWindow)s' % $._config,
+          // The classic buckets (a text scrape), or the native histogram (a Prometheus
+          // with native histograms, which stores no _bucket series): one side is empty.
           expr: |||
             histogram_quantile(0.99,
               sum without (%(outboundWithout)s) (rate(network_connection_rtt_seconds_bucket{%(jobSelector)s,direction="outbound"}[%(rttQuantileWindow)s]))
               or
               sum without (%(inboundWithout)s) (rate(network_connection_rtt_seconds_bucket{%(jobSelector)s,direction="inbound"}[%(rttQuantileWindow)s]))
+            )
+            or
+            histogram_quantile(0.99,
+              sum without (%(outboundWithout)s) (rate(network_connection_rtt_seconds{%(jobSelector)s,direction="outbound"}[%(rttQuantileWindow)s]))
+              or
+              sum without (%(inboundWithout)s) (rate(network_connection_rtt_seconds{%(jobSelector)s,direction="inbound"}[%(rttQuantileWindow)s]))
             )
           ||| % ($._config + quality),
         },

@@ -268,7 +268,7 @@ def check_queries(path, args):
             print(f"  var {var['name']}: {len(res['data'])} values, e.g. {res['data'][:4]}")
             if var["name"] == "instance" and not set(instances) <= set(res["data"]):
                 err(f"{path}: variable instance lists {res['data']}, missing some of {instances}")
-    families = served(args.exporter) if args.exporter else None
+    families = served(args.exporter, args.dropped or []) if args.exporter else None
     count = skipped = 0
     for row, p in panels_in_rows(dash):
         for t in p.get("targets", []):
@@ -326,6 +326,8 @@ def main():
     q.add_argument("--start", type=float, required=True, help="range query start (unix time)")
     q.add_argument("--end", type=float, required=True)
     q.add_argument("--exporter", help="an exporter's /metrics URL: skip lifecycle queries it cannot answer")
+    q.add_argument("--dropped", action="append",
+                   help="a series-name regex the scrape job drops (metric_relabel_configs): as not served")
     q.add_argument("--have", help="comma-separated families.NEEDS the scraped setup provides")
     q.add_argument("--only-needing", action="store_true", help="check only queries that need something")
     q.add_argument("--drill-down-off", action="store_true",

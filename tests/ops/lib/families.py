@@ -36,8 +36,10 @@ QUALITY = (
 )
 
 
-def served(url):
-    """The families named by `# TYPE` lines of the exporter's text exposition."""
+def served(url, dropped=()):
+    """The families named by `# TYPE` lines of the exporter's text exposition, less the
+    series names a scrape job drops (`dropped`: the regexes of its metric_relabel_configs
+    drop rules on __name__, such as the fleet job's classic RTT buckets)."""
     req = urllib.request.Request(url, headers={"Accept": "text/plain;version=0.0.4"})
     with urllib.request.urlopen(req, timeout=30) as r:
         text = r.read().decode("utf-8", "replace")
@@ -50,7 +52,13 @@ def served(url):
             names.update(m.group(1) + suffix for suffix in ("_bucket", "_sum", "_count"))
     if not names:
         raise RuntimeError(f"{url}: no # TYPE lines: not an exporter's /metrics?")
-    return names
+    return {n for n in names if not any(re.fullmatch(d, n) for d in dropped)}
+
+
+def dropped_by(job):
+    """The __name__ regexes a scrape job's metric_relabel_configs drop."""
+    return [r["regex"] for r in job.get("metric_relabel_configs", [])
+            if r.get("action") == "drop" and r.get("source_labels") == ["__name__"]]
 
 
 def lacking(expr, families):

