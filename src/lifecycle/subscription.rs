@@ -141,10 +141,12 @@ fn subscribe_to(join: bool) -> Result<(Socket, usize, &'static str), SubscribeEr
 /// In `all` mode the thread subscribes in the other namespaces as it finds them.
 pub fn start(state: Arc<Lifecycle>, procfs: &Path) {
     if !source::is_own_namespace(procfs) {
-        log::warn!(
-            "lifecycle collector: --path.procfs {} is not this process's network namespace, whose socket-destroy notifications are the only ones it can receive; off",
-            procfs.display()
-        );
+        if state.counts {
+            log::warn!(
+                "lifecycle collector: --path.procfs {} is not this process's network namespace, whose socket-destroy notifications are the only ones it can receive; off",
+                procfs.display()
+            );
+        }
         state.set_status(Status::Failed);
         quality_failed(
             &state,
@@ -156,27 +158,47 @@ pub fn start(state: Arc<Lifecycle>, procfs: &Path) {
     let (socket, got, how) = match subscribe_to(join) {
         Ok(s) => s,
         Err(e) => {
-            log::error!(
-                "lifecycle collector: the kernel refused the socket-destroy subscription ({e}); closed and failed connection counters are unavailable"
-            );
+            if state.counts {
+                log::error!(
+                    "lifecycle collector: the kernel refused the socket-destroy subscription ({e}); closed and failed connection counters are unavailable"
+                );
+            }
             state.set_status(Status::Failed);
             quality_failed(&state, "the kernel refused the socket-destroy subscription its closes come from");
             return;
         }
     };
-    log::info!(
-        "lifecycle collector: subscribed to TCP socket-destroy notifications, receive buffer {got} bytes ({how}; asked {RECV_BUFFER})"
-    );
+    match (state.counts, join) {
+        (true, _) => log::info!(
+            "lifecycle collector: subscribed to TCP socket-destroy notifications, receive buffer {got} bytes ({how}; asked {RECV_BUFFER})"
+        ),
+        (false, true) => log::info!(
+            "quality collector: subscribed to TCP socket-destroy notifications of its own (the lifecycle counters do not take them), receive buffer {got} bytes ({how}; asked {RECV_BUFFER})"
+        ),
+        (false, false) => log::info!(
+            "quality collector: closes from the eBPF program's ring buffer, no socket-destroy notifications subscribed"
+        ),
+    }
     state.set_status(Status::Subscribed);
     state.subscribed.store(1, Ordering::Relaxed);
     let thread_state = Arc::clone(&state);
     let procfs: Arc<Path> = Arc::from(procfs);
-    let spawned =
-        std::thread::Builder::new().name("lifecycle".into()).spawn(move || run(socket, &thread_state, procfs));
+    let name = if state.counts { "lifecycle" } else { "quality" };
+    let spawned = std::thread::Builder::new().name(name.into()).spawn(move || run(socket, &thread_state, procfs));
     if let Err(e) = spawned {
-        log::error!("lifecycle collector: cannot start its thread ({e})");
+        log::error!("{} collector: cannot start its thread ({e})", name);
         state.set_status(Status::Failed);
         quality_failed(&state, "its thread could not start");
+    }
+}
+
+/// The collector a thread's messages are about: the lifecycle counters', or the quality
+/// collector's when the notifications serve only it.
+fn who(state: &Lifecycle) -> &'static str {
+    if state.counts {
+        "lifecycle"
+    } else {
+        "quality"
     }
 }
 
@@ -712,7 +734,8 @@ impl Shared<'_> {
                     self.overruns_unlogged += 1;
                     if self.last_overrun_log.is_none_or(|t| t.elapsed() >= OVERRUN_LOG_EVERY) {
                         log::warn!(
-                            "lifecycle collector: the kernel dropped socket-destroy messages (receive buffer overrun, {} since the last warning); counts are lower bounds, raise net.core.rmem_max",
+                            "{} collector: the kernel dropped socket-destroy messages (receive buffer overrun, {} since the last warning); counts are lower bounds, raise net.core.rmem_max",
+                            who(state),
                             self.overruns_unlogged
                         );
                         self.overruns_unlogged = 0;
@@ -721,7 +744,7 @@ impl Shared<'_> {
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    log::warn!("lifecycle collector: receiving destroy messages failed ({e})");
+                    log::warn!("{} collector: receiving destroy messages failed ({e})", who(state));
                     return true;
                 }
             }
@@ -892,7 +915,7 @@ impl Spaces {
                 Err(e) => {
                     self.refused.insert(f.inode);
                     if self.warn_limit.allow() {
-                        log::warn!("lifecycle collector: cannot subscribe in network namespace {}: {e}", f.name);
+                        log::warn!("{} collector: cannot subscribe in network namespace {}: {e}", who(state), f.name);
                     }
                 }
             }
@@ -926,7 +949,11 @@ impl Spaces {
                     let (found, _) = self.opening.swap_remove(i);
                     self.refused.insert(found.inode);
                     if self.warn_limit.allow() {
-                        log::warn!("lifecycle collector: cannot subscribe in network namespace {}: {e}", found.name);
+                        log::warn!(
+                            "{} collector: cannot subscribe in network namespace {}: {e}",
+                            who(state),
+                            found.name
+                        );
                     }
                 }
                 Err(TryRecvError::Disconnected) => {

@@ -532,7 +532,7 @@ fn without_bpf_capabilities_the_ebpf_source_fails_the_collector_only() {
     let e = exporter_without_bpf_capabilities(&ns, "ebpf");
     let log = e.wait_log("the kernel refused the eBPF program");
     assert!(log.contains("needs CAP_BPF and CAP_PERFMON (--collector.lifecycle.source=ebpf, no fallback)"), "{log}");
-    assert!(!log.contains("subscribed to TCP socket-destroy notifications"), "no fallback: {log}");
+    assert!(!log.contains("lifecycle collector: subscribed to TCP socket-destroy notifications"), "no fallback: {log}");
     let text = ns.scrape(&e, "");
     let success = samples(&text, "conn_exporter_scrape_collector_success");
     assert!(success.iter().any(|(l, v)| l["collector"] == "lifecycle" && *v == 0.0), "{text}");
