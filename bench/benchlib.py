@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -159,3 +160,22 @@ def take_lock(path: str, name: str) -> None:
         print(f"{name}: another benchmark holds {path}; waiting for it", file=sys.stderr, flush=True)
         fcntl.flock(lock, fcntl.LOCK_EX)
     _HELD_LOCKS.append(lock)
+
+
+def start_loadgen(n: int, procs: Processes, tmp: str, set_sysctls: bool) -> subprocess.Popen:
+    """bench/loadgen.py holding n connections, once it printed READY (a minute, plus a
+    second per 1,000 connections, at most)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    ready = os.path.join(tmp, "loadgen.ready")
+    argv = [sys.executable, os.path.join(here, "loadgen.py"), "-n", str(n),
+            "--ready-file", ready] + (["--set-sysctls"] if set_sysctls else [])
+    p = procs.start(argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60 + n / 1000
+    line = b""
+    while not line.startswith(b"READY"):
+        if time.monotonic() > deadline or p.poll() is not None:
+            raise RuntimeError(f"loadgen for N={n} did not become ready (exit {p.poll()})")
+        r, _, _ = select.select([p.stdout], [], [], 1.0)
+        if r:
+            line = p.stdout.readline()
+    return p

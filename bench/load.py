@@ -49,7 +49,6 @@ import math
 import multiprocessing
 import os
 import resource
-import select
 import selectors
 import shutil
 import signal
@@ -63,7 +62,7 @@ import time
 from dataclasses import dataclass, field
 
 from benchlib import (PROMETHEUS_ACCEPT, Processes, free_port, loadavg, proc_cpu_seconds,
-                      proc_status, ss_established, wait_port)
+                      proc_status, ss_established, start_loadgen, wait_port)
 from benchlib import take_lock
 from benchlib import wait_quiet as benchlib_wait_quiet
 
@@ -567,22 +566,6 @@ def wait_quiet(args) -> int:
     return benchlib_wait_quiet(args.max_background, args.quiet_wait, args.quick or args.allow_busy, "load")
 
 
-def start_loadgen(n: int, args, children: Processes, tmp: str) -> subprocess.Popen:
-    ready = os.path.join(tmp, "loadgen.ready")
-    argv = [sys.executable, os.path.join(HERE, "loadgen.py"), "-n", str(n),
-            "--ready-file", ready] + (["--set-sysctls"] if args.set_sysctls else [])
-    p = children.start(argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60 + n / 1000
-    line = b""
-    while not line.startswith(b"READY"):
-        if time.monotonic() > deadline or p.poll() is not None:
-            raise RuntimeError(f"loadgen for N={n} did not become ready (exit {p.poll()})")
-        r, _, _ = select.select([p.stdout], [], [], 1.0)
-        if r:
-            line = p.stdout.readline()
-    return p
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -667,7 +650,7 @@ def main() -> int:
             print(f"conn-exporter: {exporter} ({version or 'no --version'})")
             try:
                 background = wait_quiet(args)
-                loadgen = start_loadgen(args.connections, args, children, tmp)
+                loadgen = start_loadgen(args.connections, children, tmp, args.set_sysctls)
             except RuntimeError as e:
                 log(str(e))
                 return 2

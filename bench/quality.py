@@ -34,7 +34,6 @@ import argparse
 import os
 import re
 import resource
-import select
 import socket
 import statistics
 import struct
@@ -48,7 +47,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
-from benchlib import Processes, free_port, proc_cpu_seconds, proc_status, wait_port  # noqa: E402
+from benchlib import Processes, free_port, proc_cpu_seconds, proc_status, start_loadgen, wait_port  # noqa: E402
 
 NETLINK_SOCK_DIAG = 4
 SOCK_DIAG_BY_FAMILY = 20
@@ -127,21 +126,6 @@ def start_exporter(exe: str, quality: bool, interval: str, procs: Processes) -> 
     return p, port
 
 
-def start_loadgen(n: int, procs: Processes, tmp: str) -> subprocess.Popen:
-    ready = os.path.join(tmp, "loadgen.ready")
-    p = procs.start([sys.executable, os.path.join(HERE, "loadgen.py"), "-n", str(n), "--ready-file", ready,
-                     "--set-sysctls"], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60 + n / 1000
-    line = b""
-    while not line.startswith(b"READY"):
-        if time.monotonic() > deadline or p.poll() is not None:
-            raise RuntimeError(f"loadgen for N={n} did not become ready (exit {p.poll()})")
-        r, _, _ = select.select([p.stdout], [], [], 1.0)
-        if r:
-            line = p.stdout.readline()
-    return p
-
-
 def med(v: list[float], scale: float = 1.0, fmt: str = "{:.3g}") -> str:
     if not v:
         return "-"
@@ -167,7 +151,7 @@ def main() -> int:
     failures: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            start_loadgen(a.connections, procs, tmp)
+            start_loadgen(a.connections, procs, tmp, set_sysctls=True)
             d = measure_dumps(max(3, 2 * a.rounds + 1))
             per = [x / max(n, 1) * 1e6 for x, n in zip(d["info"], d["sockets"][::2])]
             print(f"sockets dumped: {int(statistics.median(d['sockets']))}")

@@ -225,18 +225,6 @@ fn sample(
     backlog: &mut HashMap<PeerKey, Backlog>,
 ) -> Result<(), SubscribeError> {
     let tables = &mut sub.tables;
-    if tables.diag.is_none() {
-        match tables.place {
-            Place::Own => tables.diag = Some(dump_socket()?),
-            Place::Other(_) => {
-                tables.broken = true;
-                return Err(SubscribeError::Kernel {
-                    what: "quality sample",
-                    source: io::Error::new(io::ErrorKind::NotConnected, "no dump socket in the namespace"),
-                });
-            }
-        }
-    }
     // Listeners first (a dump of LISTEN sockets only, cheap), so that most sockets of the
     // main dump are decided as they arrive and only the undecided are kept for the
     // rule's tally: memory in proportion to those, not to every socket.
@@ -245,41 +233,24 @@ fn sample(
     tables.memory.observe(now, listeners.iter().map(|(e, _)| *e));
     tables.open = listeners;
     tables.rule = DirectionRule::new(tables.memory.set(), tables.port_range);
-    let Some(diag) = &tables.diag else { return Ok(()) };
     let sampler = &mut sub.sampler;
-    let rule = &tables.rule;
+    let rule = tables.rule.clone();
     undecided.clear();
     // Folded per raw peer (direction, the service's endpoint, the client's address,
     // interface index) with a cheap hasher, so that the bounded counters, the owner
     // lookups and the backlog see each peer once rather than each socket.
     let mut peers: HashMap<RawPeer, Gathered, BuildHasherDefault<PeerHasher>> = HashMap::default();
     sampler.begin();
-    let mut buf = Vec::with_capacity(64 * 1024);
-    let kernel = |what| move |source| SubscribeError::Kernel { what, source };
-    for af in [sock_diag::AF_INET, sock_diag::AF_INET6] {
-        diag.send(&sock_diag::info_dump_request(af, SAMPLED_STATES, 2), 0).map_err(kernel("quality sample"))?;
-        loop {
-            buf.clear();
-            diag.recv(&mut buf, 0).map_err(kernel("quality sample"))?;
-            let decoded =
-                sock_diag::decode_info_batch(&buf, |s| match rule.decided(&s.connection.local, &s.connection.remote) {
-                    Some(direction) => gather(&mut peers, sampler, &s, direction),
-                    None => undecided.push(s),
-                });
-            match decoded {
-                Ok(Batch::Done) => break,
-                Ok(Batch::More) => {}
-                Err(DecodeError::Kernel { errno }) if errno == nix::errno::Errno::ENOENT as i32 => break,
-                Err(e) => {
-                    tables.diag = None;
-                    return Err(SubscribeError::Kernel {
-                        what: "quality sample",
-                        source: io::Error::new(io::ErrorKind::InvalidData, e),
-                    });
-                }
-            }
-        }
-    }
+    tables.dump(
+        "quality sample",
+        |af| sock_diag::info_dump_request(af, SAMPLED_STATES, 2),
+        |buf| {
+            sock_diag::decode_info_batch(buf, |s| match rule.decided(&s.connection.local, &s.connection.remote) {
+                Some(direction) => gather(&mut peers, sampler, &s, direction),
+                None => undecided.push(s),
+            })
+        },
+    )?;
     {
         let d = rule.tally(undecided.iter().map(|s| (&s.connection.local, &s.connection.remote)));
         for s in undecided.iter() {
@@ -606,47 +577,64 @@ impl Tables {
     }
 
     fn dump_listeners(&mut self) -> Result<Vec<(Endpoint, u32)>, SubscribeError> {
+        let mut out = Vec::new();
+        self.dump(
+            "listener dump",
+            |af| sock_diag::dump_request(af, 1 << TCP_LISTEN, 1),
+            |buf| {
+                sock_diag::decode_batch(buf, |c| {
+                    if c.state == TcpState::Listen {
+                        out.push((c.local, c.inode))
+                    }
+                })
+            },
+        )?;
+        Ok(out)
+    }
+
+    /// One dump of both address families on the namespace's dump socket (opened here for
+    /// the own namespace; another's is opened on its thread, and a missing one marks the
+    /// subscription broken), each receive buffer handed to `decode`. A family the kernel
+    /// has no diag module for (IPv6 off) ends quietly; an undecodable answer closes the
+    /// socket, so that the next dump starts on a fresh one.
+    fn dump(
+        &mut self,
+        what: &'static str,
+        request: impl Fn(u8) -> [u8; sock_diag::REQUEST_LEN],
+        mut decode: impl FnMut(&[u8]) -> Result<Batch, DecodeError>,
+    ) -> Result<(), SubscribeError> {
         if self.diag.is_none() {
             match self.place {
                 Place::Own => self.diag = Some(dump_socket()?),
                 Place::Other(_) => {
                     self.broken = true;
                     return Err(SubscribeError::Kernel {
-                        what: "listener dump",
+                        what,
                         source: io::Error::new(io::ErrorKind::NotConnected, "no dump socket in the namespace"),
                     });
                 }
             }
         }
-        let Some(diag) = &self.diag else { return Ok(Vec::new()) };
-        let mut out = Vec::new();
+        let Some(diag) = &self.diag else { return Ok(()) };
         let mut buf = Vec::with_capacity(64 * 1024);
-        let kernel = |what| move |source| SubscribeError::Kernel { what, source };
+        let kernel = |source| SubscribeError::Kernel { what, source };
         for af in [sock_diag::AF_INET, sock_diag::AF_INET6] {
-            diag.send(&sock_diag::dump_request(af, 1 << TCP_LISTEN, 1), 0).map_err(kernel("listener dump"))?;
+            diag.send(&request(af), 0).map_err(kernel)?;
             loop {
                 buf.clear();
-                diag.recv(&mut buf, 0).map_err(kernel("listener dump"))?;
-                match sock_diag::decode_batch(&buf, |c| {
-                    if c.state == TcpState::Listen {
-                        out.push((c.local, c.inode))
-                    }
-                }) {
+                diag.recv(&mut buf, 0).map_err(kernel)?;
+                match decode(&buf) {
                     Ok(Batch::Done) => break,
                     Ok(Batch::More) => {}
-                    // No inet6_diag (IPv6 off): no IPv6 listeners.
                     Err(DecodeError::Kernel { errno }) if errno == nix::errno::Errno::ENOENT as i32 => break,
                     Err(e) => {
                         self.diag = None;
-                        return Err(SubscribeError::Kernel {
-                            what: "listener dump",
-                            source: io::Error::new(io::ErrorKind::InvalidData, e),
-                        });
+                        return Err(kernel(io::Error::new(io::ErrorKind::InvalidData, e)));
                     }
                 }
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Notes the owners of the open listeners, `ids` in the order of `self.open`.

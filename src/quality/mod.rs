@@ -275,7 +275,7 @@ impl Sampler {
         Some(Look { direction, rtt_us, growth })
     }
 
-    /// Ends the sample begun last: sockets it did not see for [`MISSES_KEPT`] samples
+    /// Ends the sample begun last: sockets it did not see for `MISSES_KEPT` (2) samples
     /// are forgotten (their close never came).
     pub fn end(&mut self) {
         let samples = self.samples;
