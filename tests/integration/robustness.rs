@@ -37,14 +37,21 @@ fn clients_that_never_read_lose_their_slot_after_the_write_timeout() {
     let start = Instant::now();
     // While they hold every slot, scrapes are refused; after the timeout a scrape works.
     let status = |ns: &Netns| ns.exec(&["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", &url]);
+    // The stuck clients' requests are taken within moments, not at once: a scrape that
+    // comes before they fill every slot is answered, and proves nothing either way. So
+    // the slots must be seen full (503) first, then freed by the timeout (200).
     let mut refused = 0;
-    wait_for(Duration::from_secs(3 + 10), "a scrape answered 200 while the stuck clients stay", || {
-        let s = status(&ns);
-        if s == "503" {
-            refused += 1;
-        }
-        (s == "200").then_some(())
-    });
+    wait_for(
+        Duration::from_secs(3 + 10),
+        "a scrape refused while the stuck clients hold the slots, then one answered 200",
+        || {
+            let s = status(&ns);
+            if s == "503" {
+                refused += 1;
+            }
+            (s == "200" && refused > 0).then_some(())
+        },
+    );
     assert!(refused > 0, "the stuck clients held the slots at first (else this test proves nothing)");
     assert!(start.elapsed() >= Duration::from_secs(2), "slots freed by the timeout, not before");
     let log = e.wait_log("--web.write-timeout");
