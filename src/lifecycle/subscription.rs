@@ -50,7 +50,7 @@ use std::time::{Duration, Instant};
 use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket, SocketAddr};
 use nix::sys::socket::{getsockopt, setsockopt, sockopt};
 
-use super::{Lifecycle, Origin, Status};
+use super::{Counters, Lifecycle, Origin, Status};
 use crate::classify::{Direction, DirectionRule, ListenerMemory, PeerHasher, PeerKey, PortRange, LISTENER_MEMORY};
 use crate::iface::InterfaceTable;
 use crate::logging::RateLimit;
@@ -317,6 +317,18 @@ fn gather(
 
 /// Most close records read in one go, so that the namespaces' queues are served between.
 const MAX_RECORDS: usize = 16_384;
+
+/// Keeps a set of counters in step with the namespaces found: forgets those gone (and
+/// their series), names the live ones; returns how many went.
+fn follow_namespaces<T: Default + Clone>(counters: &mut Counters<T>, live: &HashMap<u64, &Found>) -> usize {
+    let gone = counters.retain_namespaces(|n| live.contains_key(&n));
+    for f in live.values() {
+        let labels =
+            NsLabels { netns: f.name.clone(), container_id: f.container_id.clone(), pod_uid: f.pod_uid.clone() };
+        counters.set_namespace(f.inode, labels);
+    }
+    gone
+}
 
 /// Counts the eBPF program's close records into the quality collector, each in the
 /// sampler of its namespace (whose last samples give the remainders); returns whether
@@ -860,36 +872,12 @@ impl Spaces {
         self.subs.retain(|s| s.netns == 0 || (live.contains_key(&s.netns) && !s.tables.broken));
         self.opening.retain(|(f, _)| live.contains_key(&f.inode));
         self.refused.retain(|n| live.contains_key(n));
-        {
-            let mut counters = state.lock();
-            let gone = counters.retain_namespaces(|n| live.contains_key(&n));
-            if gone > 0 || self.subs.len() != before {
-                log::debug!("lifecycle collector: {gone} network namespace(s) gone");
-            }
-            for f in live.values() {
-                counters.set_namespace(
-                    f.inode,
-                    NsLabels {
-                        netns: f.name.clone(),
-                        container_id: f.container_id.clone(),
-                        pod_uid: f.pod_uid.clone(),
-                    },
-                );
-            }
+        let gone = follow_namespaces(&mut state.lock(), &live);
+        if gone > 0 || self.subs.len() != before {
+            log::debug!("{} collector: {gone} network namespace(s) gone", who(state));
         }
         if let Some(q) = &state.quality {
-            let mut counters = q.lock();
-            counters.retain_namespaces(|n| live.contains_key(&n));
-            for f in live.values() {
-                counters.set_namespace(
-                    f.inode,
-                    NsLabels {
-                        netns: f.name.clone(),
-                        container_id: f.container_id.clone(),
-                        pod_uid: f.pod_uid.clone(),
-                    },
-                );
-            }
+            follow_namespaces(&mut q.lock(), &live);
         }
         for f in live.values() {
             if self.subs.iter().any(|s| s.netns == f.inode) || self.opening.iter().any(|(o, _)| o.inode == f.inode) {
