@@ -119,8 +119,9 @@ struct peer_totals {
 };
 
 /* One established connection's close, for the quality collector (issue 19): what its
- * tcp_info would say of the fields it counts. Mirrored by `parse::ebpf_close`: 72 bytes,
- * no implicit padding. */
+ * tcp_info would say of the fields it counts; with `count_in_user` (NAT resolution,
+ * issue 21) also each failed connect, and the byte counts the lifecycle counters take.
+ * Mirrored by `parse::ebpf_close`: 104 bytes, no implicit padding. */
 struct close_record {
 	__u64 cookie;         /* the socket's cookie; 0 when no dump ever asked for it */
 	__u8 local[16];       /* IPv4: first 4 bytes, network order */
@@ -131,13 +132,18 @@ struct close_record {
 	__u16 remote_port;
 	__u8 family;
 	__u8 direction;       /* INBOUND or OUTBOUND */
-	__u8 pad[2];
+	__u8 failed;          /* 1: a connect that never reached ESTABLISHED */
+	__u8 pad;
 	__u32 srtt_us;        /* tcpi_rtt */
 	__u32 total_retrans;  /* tcpi_total_retrans */
 	__u32 dsack_dups;     /* tcpi_dsack_dups */
 	__u32 data_segs_out;  /* tcpi_data_segs_out */
+	__u64 bytes_acked;    /* tcpi_bytes_acked */
+	__u64 bytes_sent;     /* tcpi_bytes_sent */
+	__u64 bytes_retrans;  /* tcpi_bytes_retrans */
+	__u64 bytes_received; /* tcpi_bytes_received */
 };
-_Static_assert(sizeof(struct close_record) == 72, "struct close_record has implicit padding");
+_Static_assert(sizeof(struct close_record) == 104, "struct close_record has implicit padding");
 
 /* Indexes of `stats`. */
 #define STAT_CLOSES 0          /* sockets of the namespace that entered CLOSE */
@@ -154,6 +160,12 @@ const volatile __u32 netns_ino = 0;
 /* Whether each established connection's close is sent to `closes` (the quality
  * collector is on). Set by the loader. */
 const volatile __u8 report_closes = 0;
+
+/* Whether user space counts the lifecycle totals from the close records (NAT
+ * resolution needs each connection's whole tuple, which `peers` folds away): every close
+ * and failed connect is then reported, nothing is added to `peers`, and retransmits are
+ * counted at close from total_retrans, as the notifications do. Set by the loader. */
+const volatile __u8 count_in_user = 0;
 
 /* Close records; its size is set by the loader (one page when none are reported). */
 struct {
@@ -254,7 +266,7 @@ static __always_inline struct peer_totals *totals_of(struct peer_key *key)
 	return bpf_map_lookup_elem(&overflow, &dir);
 }
 
-static __always_inline void report_close(struct sock *sk, struct tcp_sock *tp, struct peer_key *key)
+static __always_inline void report_close(struct sock *sk, struct tcp_sock *tp, struct peer_key *key, __u8 failed)
 {
 	struct close_record *r = bpf_ringbuf_reserve(&closes, sizeof(*r), 0);
 
@@ -271,12 +283,16 @@ static __always_inline void report_close(struct sock *sk, struct tcp_sock *tp, s
 	r->remote_port = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
 	r->family = key->family;
 	r->direction = key->direction;
-	r->pad[0] = 0;
-	r->pad[1] = 0;
+	r->failed = failed;
+	r->pad = 0;
 	r->srtt_us = BPF_CORE_READ(tp, srtt_us) >> 3;
 	r->total_retrans = BPF_CORE_READ(tp, total_retrans);
 	r->dsack_dups = BPF_CORE_READ(tp, dsack_dups);
 	r->data_segs_out = BPF_CORE_READ(tp, data_segs_out);
+	r->bytes_acked = BPF_CORE_READ(tp, bytes_acked);
+	r->bytes_sent = BPF_CORE_READ(tp, bytes_sent);
+	r->bytes_retrans = BPF_CORE_READ(tp, bytes_retrans);
+	r->bytes_received = BPF_CORE_READ(tp, bytes_received);
 	bpf_ringbuf_submit(r, 0);
 }
 
@@ -317,6 +333,10 @@ int on_state(struct bpf_raw_tracepoint_args *ctx)
 		/* A connect that failed: the socket still has its remote port. */
 		if (make_key(sk, OUTBOUND, &key))
 			return 0;
+		if (count_in_user) {
+			report_close(sk, (struct tcp_sock *)sk, &key, 1);
+			return 0;
+		}
 		t = totals_of(&key);
 		if (t)
 			__sync_fetch_and_add(&t->failed, 1);
@@ -335,6 +355,10 @@ int on_state(struct bpf_raw_tracepoint_args *ctx)
 
 	if (make_key(sk, dir, &key))
 		return 0;
+	if (count_in_user) {
+		report_close(sk, (struct tcp_sock *)sk, &key, 0);
+		return 0;
+	}
 	t = totals_of(&key);
 	if (!t)
 		return 0;
@@ -355,7 +379,7 @@ int on_state(struct bpf_raw_tracepoint_args *ctx)
 		__sync_fetch_and_add(&t->received_bytes, BPF_CORE_READ(tp, bytes_received));
 		__sync_fetch_and_add(&t->total_retrans, BPF_CORE_READ(tp, total_retrans));
 		if (report_closes)
-			report_close(sk, tp, &key);
+			report_close(sk, tp, &key, 0);
 	}
 	return 0;
 }
@@ -370,7 +394,7 @@ int on_retransmit(struct bpf_raw_tracepoint_args *ctx)
 	__u8 *known;
 	__u8 dir;
 
-	if (!tcp_of_namespace(sk))
+	if (count_in_user || !tcp_of_namespace(sk))
 		return 0;
 	known = bpf_map_lookup_elem(&directions, &addr);
 	if (known) {

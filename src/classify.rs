@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use crate::iface::IfaceId;
 use crate::model::{Endpoint, TcpState};
+use crate::nat::Translation;
 use crate::owners::OwnerId;
 
 /// Which end of a connection is the service.
@@ -331,6 +332,9 @@ pub struct PeerKey {
     /// fully folded series of every other one. Always 0 for the peers gauge, which is
     /// written one namespace at a time.
     pub netns: u64,
+    /// What NAT did to the connection (`--collector.nat`): the backend behind a Service
+    /// address, or the client's address before SNAT. Dropped when merged into `other`.
+    pub translation: Translation,
 }
 
 /// [`PeerKey::netns`] of the series every namespace but the exporter's own folds into
@@ -360,6 +364,7 @@ impl PeerKey {
             iface,
             owner: OwnerId::default(),
             netns: 0,
+            translation: Translation::None,
         }
     }
 }
@@ -444,10 +449,11 @@ pub fn bound<S: std::hash::BuildHasher>(counts: HashMap<PeerKey, u64, S>, max_se
     }
     // How the merge bucket would key a series; widened until it needs at most half.
     let other_of: [fn(&PeerKey) -> PeerKey; 3] = [
-        |k| PeerKey { remote: Remote::Other, ..*k },
-        |k| PeerKey { remote: Remote::Other, service_port: None, ..*k },
+        |k| PeerKey { remote: Remote::Other, translation: Translation::None, ..*k },
+        |k| PeerKey { remote: Remote::Other, service_port: None, translation: Translation::None, ..*k },
         |k| PeerKey {
             remote: Remote::Other,
+            translation: Translation::None,
             service_port: None,
             local: None,
             iface: IfaceId::UNKNOWN,
@@ -709,7 +715,30 @@ mod tests {
             iface: IfaceId(3),
             owner: OwnerId::default(),
             netns: 0,
+            translation: Translation::None,
         }
+    }
+
+    #[test]
+    fn backends_are_label_sets_of_their_own_and_merge_into_other_without_one() {
+        // One Service address with 50 backends, a client each: 50 label sets, not one.
+        let backend = |i: u16| Translation::Backend(ep(&format!("10.244.{i}.2:8080")));
+        let service =
+            |i: u16| PeerKey { direction: Direction::Outbound, translation: backend(i), ..peer("10.96.0.10", 80) };
+        let peers: Vec<PeerKey> = (0..50).map(service).collect();
+        let b = count_bounded(peers.iter().copied(), 0);
+        assert_eq!(b.series.len(), 50);
+        // Bounded below that, the remote is merged and its backends with it: the label
+        // sets fit and the count is kept.
+        let mut many: Vec<PeerKey> = peers.clone();
+        many.extend((0..20).map(|i| PeerKey {
+            remote: Remote::Address(format!("198.51.100.{i}").parse().unwrap()),
+            ..peer("1.1.1.1", 22)
+        }));
+        let b = count_bounded(many.iter().copied(), 30);
+        assert!(b.series.len() <= 30, "{}", b.series.len());
+        assert_eq!(b.series.iter().map(|s| s.1).sum::<u64>(), 70);
+        assert!(b.series.iter().filter(|s| s.0.remote == Remote::Other).all(|s| s.0.translation == Translation::None));
     }
 
     #[test]

@@ -159,6 +159,20 @@ pub struct Args {
     #[arg(long = "collector.quality.max-series", value_name = "N", default_value_t = 500)]
     pub quality_max_series: usize,
 
+    /// Resolve NAT through conntrack: label outbound series with the backend a Service
+    /// address was rewritten to, inbound ones with the client's address before SNAT
+    /// (needs CAP_NET_ADMIN; default off).
+    #[arg(long = "collector.nat", overrides_with = "no_nat")]
+    pub nat: bool,
+    /// Disable NAT resolution.
+    #[arg(long = "no-collector.nat", overrides_with = "nat")]
+    pub no_nat: bool,
+
+    /// Translated conntrack entries kept, all namespaces together; past it translations
+    /// are counted in conn_exporter_nat_entries_dropped_total and not labelled.
+    #[arg(long = "collector.nat.max-entries", value_name = "N", default_value_t = 262_144)]
+    pub nat_max_entries: usize,
+
     /// Most network_connection_peers label sets in a scrape; past it the remote addresses
     /// with the fewest sockets are merged into destination_address="other" (counts kept).
     /// 0 means no limit.
@@ -332,6 +346,8 @@ impl Config {
         if collectors.is_empty() {
             return Err(ConfigError::NoCollectors);
         }
+        // An enricher of the families above, with its own success metric.
+        collectors.set(CollectorName::Nat, args.nat && !args.no_nat);
         if args.lifecycle_source == LifecycleSource::Ebpf
             && collectors.contains(CollectorName::Lifecycle)
             && args.owners
@@ -352,6 +368,7 @@ impl Config {
                 lifecycle_max_series: args.lifecycle_max_series,
                 quality_max_series: args.quality_max_series,
                 quality_interval: args.quality_interval,
+                nat_max_entries: args.nat_max_entries,
                 peers_folding: Folding { ipv4_prefix: args.peers_prefix_v4, ipv6_prefix: args.peers_prefix_v6 },
                 exporter_metrics: !args.disable_exporter_metrics,
                 source: args.source,
@@ -399,8 +416,15 @@ mod tests {
         assert_eq!(c.exporter.peers_max_series, 5000);
         assert_eq!(c.exporter.peers_folding, Folding::default());
         assert_eq!(c.write_timeout, std::time::Duration::from_secs(15));
-        assert_eq!(c.exporter.collectors, CollectorSet::ALL);
+        assert_eq!(c.exporter.collectors, defaults());
         assert!(c.exporter.exporter_metrics);
+    }
+
+    /// Every collector but NAT resolution, which is opt-in.
+    fn defaults() -> CollectorSet {
+        let mut set = CollectorSet::ALL;
+        set.set(CollectorName::Nat, false);
+        set
     }
 
     #[test]
@@ -429,7 +453,7 @@ mod tests {
             ])
         );
         let c = parse(&["--no-collector.states", "--collector.states"]).unwrap();
-        assert_eq!(c.exporter.collectors, CollectorSet::ALL);
+        assert_eq!(c.exporter.collectors, defaults());
         assert!(parse(&[
             "--no-collector.states",
             "--no-collector.connections",
@@ -443,6 +467,22 @@ mod tests {
         assert!(parse(&["--collector.quality.interval=500ms"]).is_err());
         let c = parse(&["--collector.quality.interval=1m", "--collector.quality.max-series=7"]).unwrap();
         assert_eq!((c.exporter.quality_interval.as_secs(), c.exporter.quality_max_series), (60, 7));
+    }
+
+    #[test]
+    fn nat_is_off_by_default_and_bounded() {
+        let c = parse(&[]).unwrap();
+        assert!(!c.exporter.collectors.contains(CollectorName::Nat));
+        assert_eq!(c.exporter.nat_max_entries, 262_144);
+        let c = parse(&["--collector.nat", "--collector.nat.max-entries=5"]).unwrap();
+        assert!(c.exporter.collectors.contains(CollectorName::Nat));
+        assert_eq!(c.exporter.nat_max_entries, 5);
+        assert!(!parse(&["--collector.nat", "--no-collector.nat"])
+            .unwrap()
+            .exporter
+            .collectors
+            .contains(CollectorName::Nat));
+        assert!(parse(&["--collector.nat.max-entries=lots"]).unwrap_err().contains("max-entries"));
     }
 
     #[test]

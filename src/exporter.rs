@@ -11,7 +11,8 @@ use crate::exposition::Encoder;
 use crate::lifecycle::Lifecycle;
 use crate::metrics::connections::Connections;
 use crate::metrics::peers::Peers;
-use crate::metrics::{lifecycle, listeners, quality, self_metrics, states, CollectorName, CollectorSet};
+use crate::metrics::{lifecycle, listeners, nat, quality, self_metrics, states, CollectorName, CollectorSet};
+use crate::nat::Nat;
 use crate::netns::NamespaceMode;
 use crate::quality::Quality;
 use crate::snapshot::{SharedReads, Snapshot};
@@ -39,6 +40,8 @@ pub struct ExporterConfig {
     pub quality_max_series: usize,
     /// How often the quality collector samples open connections.
     pub quality_interval: Duration,
+    /// Translated conntrack keys kept by `--collector.nat`.
+    pub nat_max_entries: usize,
     /// Whether to add build, scrape and process metrics.
     pub exporter_metrics: bool,
     /// Where sockets come from.
@@ -77,6 +80,7 @@ pub struct Exporter {
     peers: Peers,
     lifecycle: Arc<Lifecycle>,
     quality: Arc<Quality>,
+    nat: Option<Arc<Nat>>,
     web_config: Option<Arc<ReloadStatus>>,
 }
 
@@ -92,7 +96,9 @@ impl Exporter {
             config.quality_interval,
             reader.namespaces().is_some(),
         ));
+        let nat = config.collectors.contains(CollectorName::Nat).then(|| Arc::new(Nat::new(config.nat_max_entries)));
         let lifecycle = Lifecycle::new(config.lifecycle_max_series, config.peers_folding)
+            .with_nat(nat.clone())
             .with_sources(reader.namespaces(), reader.owners())
             // Only netlink carries tcp_info: with the procfs source the collector is off.
             .with_quality(
@@ -103,9 +109,10 @@ impl Exporter {
             reader,
             reads: SharedReads::new(SHARED_READ_WAIT),
             connections: Connections::new(config.max_series),
-            peers: Peers::new(config.peers_max_series, config.peers_folding),
+            peers: Peers::new(config.peers_max_series, config.peers_folding).with_nat(nat.clone()),
             lifecycle: Arc::new(lifecycle),
             quality,
+            nat,
             web_config: None,
             config,
         }
@@ -124,6 +131,11 @@ impl Exporter {
     /// The quality collector's state, for the thread that samples it.
     pub fn quality(&self) -> Arc<Quality> {
         Arc::clone(&self.quality)
+    }
+
+    /// NAT resolution's state (`--collector.nat`), for the thread that keeps it.
+    pub fn nat(&self) -> Option<Arc<Nat>> {
+        self.nat.clone()
     }
 
     /// The configuration.
@@ -171,17 +183,21 @@ impl Exporter {
     pub fn collect<W: Write>(&self, wanted: CollectorSet, enc: &mut Encoder<W>) -> io::Result<()> {
         let mut durations: Vec<(CollectorName, Duration, bool)> = Vec::with_capacity(CollectorName::ALL.len());
         if !wanted.is_empty() {
-            // The lifecycle and quality counters need no read of the tables.
+            // The lifecycle and quality counters and NAT's state need no read of the tables.
             let mut reads = wanted;
-            reads.set(CollectorName::Lifecycle, false);
-            reads.set(CollectorName::Quality, false);
+            for c in CollectorName::ALL.into_iter().filter(|c| c.kept()) {
+                reads.set(c, false);
+            }
             let snap = if reads.is_empty() { Arc::new(Snapshot::failed()) } else { self.snapshot(reads) };
             for c in wanted.iter() {
                 let t = Instant::now();
                 if c.kept() {
-                    let ok = match c {
-                        CollectorName::Lifecycle => lifecycle::write(enc, &self.lifecycle)?,
-                        _ => quality::write(enc, &self.quality, self.lifecycle.owners.is_some())?,
+                    let nat_labels = self.nat.as_ref().is_some_and(|n| n.labels());
+                    let ok = match (c, &self.nat) {
+                        (CollectorName::Lifecycle, _) => lifecycle::write(enc, &self.lifecycle)?,
+                        (CollectorName::Nat, Some(n)) => nat::write(enc, n)?,
+                        (CollectorName::Nat, None) => false,
+                        _ => quality::write(enc, &self.quality, self.lifecycle.owners.is_some(), nat_labels)?,
                     };
                     durations.push((c, t.elapsed(), ok));
                     continue;
@@ -204,7 +220,7 @@ impl Exporter {
             CollectorName::Peers => self.peers.write(enc, snap),
             CollectorName::Listeners => listeners::write(enc, snap),
             // Written by `collect`, which reports their own success.
-            CollectorName::Lifecycle | CollectorName::Quality => Ok(()),
+            CollectorName::Lifecycle | CollectorName::Quality | CollectorName::Nat => Ok(()),
         }
     }
 }

@@ -21,6 +21,7 @@ pub mod lifecycle;
 pub mod logging;
 pub mod metrics;
 pub mod model;
+pub mod nat;
 pub mod netns;
 pub mod owners;
 pub mod parse;

@@ -185,6 +185,10 @@ fn run(config: Config, web: Option<WebConfigFile>) -> Result<()> {
             );
             exporter.quality().set_status(conn_exporter::quality::Status::Failed);
         }
+        if let Some(nat) = exporter.nat() {
+            // Before the counters' threads: their first closes find the table seeded.
+            conn_exporter::nat::start(nat, exporter.lifecycle().namespaces.clone());
+        }
         if config.exporter.collectors.contains(CollectorName::Lifecycle) {
             conn_exporter::lifecycle::ebpf::start(
                 exporter.lifecycle(),
@@ -200,7 +204,8 @@ fn run(config: Config, web: Option<WebConfigFile>) -> Result<()> {
                 lifecycle.owners.clone(),
                 exporter.quality(),
                 None,
-            );
+            )
+            .with_nat(exporter.nat());
             conn_exporter::lifecycle::subscription::start(Arc::new(notifications), &config.exporter.procfs);
         }
 

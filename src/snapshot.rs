@@ -167,6 +167,8 @@ pub struct Space {
     pub queue_limits: bool,
     /// Its `net.ipv4.ip_local_port_range`, which decides direction where no listener does.
     pub port_range: PortRange,
+    /// Its nsfs inode; 0 for the exporter's own.
+    pub netns: u64,
 }
 
 /// What a family writes from: the whole read in `host` mode, one namespace in `all` mode.
@@ -188,6 +190,8 @@ pub struct Part<'a> {
     pub port_range: PortRange,
     /// Socket owners, with `--collector.connections.owner`.
     pub owners: Option<&'a OwnerTable>,
+    /// The namespace's nsfs inode; 0 for the exporter's own (and in `host` mode).
+    pub netns: u64,
 }
 
 impl Part<'_> {
@@ -270,6 +274,7 @@ impl Snapshot {
                 queue_limits: self.queue_limits,
                 port_range: self.port_range,
                 owners: self.owners.as_deref(),
+                netns: 0,
             }];
         }
         self.spaces
@@ -283,6 +288,7 @@ impl Snapshot {
                 queue_limits: s.queue_limits,
                 port_range: s.port_range,
                 owners: self.owners.as_deref(),
+                netns: s.netns,
             })
             .collect()
     }

@@ -228,20 +228,31 @@ impl Kernel {
     ///
     /// `report_closes`: each established connection's close is also written to the
     /// `closes` ring buffer, for the quality collector ([`Kernel::take_closes`]).
-    pub fn load(max_peers: u32, all_namespaces: bool, report_closes: bool) -> Result<Kernel, LoadError> {
+    /// `count_in_user`: every close and failed connect is written there instead of being
+    /// counted by peer in the kernel, for user space to count with what the kernel's
+    /// key folds away (the whole tuple, which NAT resolution looks up).
+    pub fn load(
+        max_peers: u32,
+        all_namespaces: bool,
+        report_closes: bool,
+        count_in_user: bool,
+    ) -> Result<Kernel, LoadError> {
         let own = std::fs::metadata("/proc/self/ns/net").map_err(LoadError::Namespace)?.ino();
         // An inode number is 32 bits in the kernel (ns_common.inum).
         let own_netns = u32::try_from(own).unwrap_or(0);
         // 0: the program counts every namespace.
         let counted = if all_namespaces { 0 } else { own_netns };
         let report = u8::from(report_closes);
+        let in_user = u8::from(count_in_user);
+        let ring = report_closes || count_in_user;
         let mut bpf = EbpfLoader::new()
             .override_global("netns_ino", &counted, true)
             .override_global("report_closes", &report, true)
+            .override_global("count_in_user", &in_user, true)
             .map_max_entries("peers", max_peers)
             // 4 MiB: 58,000 records, a second at the highest close rate measured here
             // (the reader drains it every 25 ms); one page when nothing is reported.
-            .map_max_entries("closes", if report_closes { CLOSES_BYTES } else { 4096 })
+            .map_max_entries("closes", if ring { CLOSES_BYTES } else { 4096 })
             .load(OBJECT)
             .map_err(|e| LoadError::Object(Box::new(e)))?;
         for (program, tracepoint) in PROGRAMS {
@@ -263,7 +274,7 @@ impl Kernel {
         let peers = take(&mut bpf, "peers")?;
         let overflow = take(&mut bpf, "overflow")?;
         let stats = take(&mut bpf, "stats")?;
-        let closes = if report_closes { Some(take(&mut bpf, "closes")?) } else { None };
+        let closes = if ring { Some(take(&mut bpf, "closes")?) } else { None };
         Ok(Kernel {
             _bpf: bpf,
             peers,
@@ -499,6 +510,7 @@ impl Counters {
             iface: IfaceId::UNKNOWN,
             owner: OwnerId::default(),
             netns: 0,
+            translation: crate::nat::Translation::None,
         };
         add(self.series.entry(key).or_default(), delta);
     }
@@ -573,15 +585,23 @@ pub fn start(state: Arc<Lifecycle>, procfs: &Path, choice: SourceChoice, max_ser
         return;
     }
     let all_namespaces = state.namespaces.is_some();
-    match Kernel::load(kernel_peers(max_series), all_namespaces, state.quality.is_some()) {
+    // NAT resolution looks up each connection's whole tuple: the program then reports
+    // every close and user space counts, as it does the notifications.
+    let count_in_user = state.nat.as_ref().is_some_and(|n| n.labels());
+    match Kernel::load(kernel_peers(max_series), all_namespaces, state.quality.is_some(), count_in_user) {
         Ok(mut k) => {
             let closes = k.take_closes();
             *state.kernel.lock().unwrap_or_else(|e| e.into_inner()) = Some(k);
             state.set_source(super::Source::Ebpf);
             state.set_status(Status::Subscribed);
-            // The program counts retransmits as they happen and reports each close to
-            // the quality collector, whose samples run on a thread of their own.
-            start_quality_only(&state, procfs, closes);
+            if count_in_user {
+                *state.ebpf_closes.lock().unwrap_or_else(|e| e.into_inner()) = closes;
+                super::subscription::start(Arc::clone(&state), procfs);
+            } else {
+                // The program counts retransmits as they happen and reports each close
+                // to the quality collector, whose samples run on a thread of their own.
+                start_quality_only(&state, procfs, closes);
+            }
             log::info!(
                 "lifecycle collector: source ebpf (--collector.lifecycle.source={}): raw tracepoints inet_sock_set_state and tcp_retransmit_skb attached (no tracefs needed), {} peers in the kernel's map, {}",
                 if choice == SourceChoice::Auto { "auto" } else { "ebpf" },
@@ -613,7 +633,8 @@ pub fn start(state: Arc<Lifecycle>, procfs: &Path, choice: SourceChoice, max_ser
 fn start_quality_only(state: &Lifecycle, procfs: &Path, closes: Option<RingBuf<MapData>>) {
     if let Some(quality) = &state.quality {
         let sampling =
-            Lifecycle::quality_only(state.namespaces.clone(), state.owners.clone(), Arc::clone(quality), closes);
+            Lifecycle::quality_only(state.namespaces.clone(), state.owners.clone(), Arc::clone(quality), closes)
+                .with_nat(state.nat.clone());
         super::subscription::start(Arc::new(sampling), procfs);
     }
 }

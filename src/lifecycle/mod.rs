@@ -28,6 +28,7 @@ use std::sync::{Arc, Mutex};
 use crate::classify::{Direction, Folding, PeerKey, Remote, NETNS_OTHER};
 use crate::iface::{IfaceId, InterfaceTable, InterfaceTableBuilder};
 use crate::model::Endpoint;
+use crate::nat::{Nat, Translation};
 use crate::netns::Namespaces;
 use crate::owners::{OwnerId, Owners};
 use crate::parse::sock_destroy::{DestroyedSocket, Outcome};
@@ -43,6 +44,8 @@ pub struct Origin<'a> {
     pub process: &'a str,
     /// `systemd_unit`.
     pub unit: &'a str,
+    /// What NAT did to its connection (`--collector.nat`).
+    pub translation: Translation,
 }
 
 /// The labels of the namespaces and owners in the counters' keys.
@@ -269,8 +272,12 @@ impl<T: Default + Clone> Counters<T> {
     ) -> PeerKey {
         let iface = self.intern(table.name(table.resolve(local, if_index)));
         let owner = self.intern_owner(origin.process, origin.unit);
-        let mut key =
-            PeerKey { owner, netns: origin.netns, ..PeerKey::of(direction, local, remote, None, iface, &self.folding) };
+        let mut key = PeerKey {
+            owner,
+            netns: origin.netns,
+            translation: origin.translation,
+            ..PeerKey::of(direction, local, remote, None, iface, &self.folding)
+        };
         if port_lost {
             key.service_port = None;
         }
@@ -298,12 +305,13 @@ impl<T: Default + Clone> Counters<T> {
             key
         } else {
             self.merged += 1;
-            let other = PeerKey { remote: Remote::Other, ..key };
+            let other = PeerKey { remote: Remote::Other, translation: Translation::None, ..key };
             if self.series.contains_key(&other) || len + folded < max {
                 other
             } else {
                 PeerKey {
                     remote: Remote::Other,
+                    translation: Translation::None,
                     service_port: None,
                     local: None,
                     iface: IfaceId::UNKNOWN,
@@ -405,6 +413,8 @@ pub struct Lifecycle {
     /// The eBPF program's close records, for the quality collector's thread (which then
     /// subscribes to no notifications).
     pub ebpf_closes: Mutex<Option<aya::maps::RingBuf<aya::maps::MapData>>>,
+    /// NAT resolution (`--collector.nat`): each counted socket's translation.
+    pub nat: Option<Arc<Nat>>,
 }
 
 impl std::fmt::Debug for Lifecycle {
@@ -435,7 +445,14 @@ impl Lifecycle {
             quality: None,
             counts: true,
             ebpf_closes: Mutex::new(None),
+            nat: None,
         }
+    }
+
+    /// Labels what is counted with its NAT translation (`--collector.nat`).
+    pub fn with_nat(mut self, nat: Option<Arc<Nat>>) -> Lifecycle {
+        self.nat = nat;
+        self
     }
 
     /// Samples the quality collector on the notifications' thread, when it runs.
@@ -624,7 +641,7 @@ mod tests {
                 // Every namespace and owner its own remotes and process names.
                 let remote = IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + round * 64 + ns as u32));
                 let process = format!("p{}", (round + ns as u32) % 7);
-                let origin = Origin { netns: ns, process: &process, unit: "x.service" };
+                let origin = Origin { netns: ns, process: &process, unit: "x.service", ..Origin::default() };
                 add_from(&mut c, &origin, &closed("192.0.2.1:443", &format!("{remote}:40000")), &l, &t);
                 add_from(&mut c, &origin, &closed("192.0.2.1:40001", &format!("{remote}:443")), &l, &t);
                 n += 2;

@@ -37,7 +37,7 @@
 //! (the message carries no inode), and a short connection is gone before any walk sees
 //! it.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::BuildHasherDefault;
 use std::io;
 use std::os::fd::AsFd;
@@ -55,6 +55,7 @@ use crate::classify::{Direction, DirectionRule, ListenerMemory, PeerHasher, Peer
 use crate::iface::InterfaceTable;
 use crate::logging::RateLimit;
 use crate::model::{Endpoint, TcpState};
+use crate::nat::{self, Nat, Resolver, Translation};
 use crate::netns::{Found, Namespaces};
 use crate::owners::{OwnerId, OwnerTable};
 use crate::parse::ebpf_close;
@@ -74,6 +75,10 @@ pub const BATCH_PAUSE: Duration = Duration::from_millis(25);
 /// dump in between: held this long, the socket meets its listener among the destroyed
 /// ones and counts inbound. Outbound counts appear this much later.
 const OUTBOUND_HOLD: Duration = Duration::from_millis(500);
+/// How long a close waits, with NAT resolution, so that the conntrack events of its
+/// connection are applied before it is looked up (the `nat` thread drains them every
+/// 20 ms; a close can come a millisecond after its connection's first SYN).
+const NAT_HOLD: Duration = Duration::from_millis(250);
 /// How often the interface table is re-read (addresses change rarely).
 const INTERFACES_EVERY: Duration = Duration::from_secs(5);
 /// The receive buffer asked for: 64 MiB holds ~170k messages, about 8 s at 20k/s.
@@ -169,7 +174,10 @@ pub fn start(state: Arc<Lifecycle>, procfs: &Path) {
         }
     };
     match (state.counts, join) {
-        (true, _) => log::info!(
+        (true, false) => log::info!(
+            "lifecycle collector: closes and failed connects from the eBPF program's ring buffer (each connection's whole tuple, for NAT resolution), no socket-destroy notifications subscribed"
+        ),
+        (true, true) => log::info!(
             "lifecycle collector: subscribed to TCP socket-destroy notifications, receive buffer {got} bytes ({how}; asked {RECV_BUFFER})"
         ),
         (false, true) => log::info!(
@@ -240,13 +248,15 @@ fn sample(
     // interface index) with a cheap hasher, so that the bounded counters, the owner
     // lookups and the backlog see each peer once rather than each socket.
     let mut peers: HashMap<RawPeer, Gathered, BuildHasherDefault<PeerHasher>> = HashMap::default();
+    let reader = state.nat.as_deref().filter(|n| n.labels()).map(Nat::reader);
+    let nat = Translator { tables: reader.as_ref(), netns: sub.netns };
     sampler.begin();
     tables.dump(
         "quality sample",
         |af| sock_diag::info_dump_request(af, SAMPLED_STATES, 2),
         |buf| {
             sock_diag::decode_info_batch(buf, |s| match rule.decided(&s.connection.local, &s.connection.remote) {
-                Some(direction) => gather(&mut peers, sampler, &s, direction),
+                Some(direction) => gather(&mut peers, sampler, &s, direction, &nat),
                 None => undecided.push(s),
             })
         },
@@ -254,16 +264,21 @@ fn sample(
     {
         let d = rule.tally(undecided.iter().map(|s| (&s.connection.local, &s.connection.remote)));
         for s in undecided.iter() {
-            gather(&mut peers, sampler, s, d.of(&s.connection.local, &s.connection.remote));
+            gather(&mut peers, sampler, s, d.of(&s.connection.local, &s.connection.remote), &nat);
         }
     }
+    drop(reader);
     let netns = sub.netns;
     let mut counters = quality.lock();
     let mut lifecycle = state.counts.then(|| state.lock());
     for (peer, g) in &peers {
         let owner = if peer.direction == Direction::Inbound { tables.owner_of(&peer.local) } else { None };
-        let origin =
-            Origin { netns, process: owner.map_or("", |o| o.0.as_str()), unit: owner.map_or("", |o| o.1.as_str()) };
+        let origin = Origin {
+            netns,
+            process: owner.map_or("", |o| o.0.as_str()),
+            unit: owner.map_or("", |o| o.1.as_str()),
+            translation: peer.translation,
+        };
         let key = counters.admit(
             &origin,
             peer.direction,
@@ -301,14 +316,18 @@ fn gather(
     sampler: &mut Sampler,
     s: &InfoSocket,
     direction: Direction,
+    nat: &Translator<'_>,
 ) {
     let Some(look) = sampler.observe(s, direction) else { return };
     let c = &s.connection;
+    let translation = nat.of(look.direction, &c.local, &c.remote);
     let (local, remote) = match look.direction {
         Direction::Inbound => (c.local, Endpoint::new(c.remote.ip, 0)),
         Direction::Outbound => (Endpoint::new(c.local.ip, 0), c.remote),
     };
-    let g = peers.entry(RawPeer { direction: look.direction, local, remote, if_index: c.if_index }).or_default();
+    let g = peers
+        .entry(RawPeer { direction: look.direction, local, remote, if_index: c.if_index, translation })
+        .or_default();
     g.add(&look);
     g.backlog.send += u64::from(c.send_queue);
     g.backlog.receive += u64::from(c.recv_queue);
@@ -331,42 +350,74 @@ fn follow_namespaces<T: Default + Clone>(counters: &mut Counters<T>, live: &Hash
 }
 
 /// Counts the eBPF program's close records into the quality collector, each in the
-/// sampler of its namespace (whose last samples give the remainders); returns whether
-/// the ring was emptied. A record of a namespace not subscribed yet is counted whole at
-/// its first sample's baseline, so it is dropped here.
+/// sampler of its namespace (whose last samples give the remainders), and, when the
+/// program leaves the lifecycle counters to user space (`--collector.nat`), into those
+/// as a notification would be; returns whether the ring was emptied. A record of a
+/// namespace not subscribed yet is counted whole at its first sample's baseline, so it
+/// is dropped here.
 fn count_ebpf_closes(
     ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
     subs: &mut [Subscription],
-    quality: &Quality,
+    state: &Lifecycle,
     own_netns: u64,
+    held: &mut VecDeque<(Instant, ebpf_close::EbpfClose)>,
 ) -> bool {
-    let mut records = Vec::new();
-    while records.len() < MAX_RECORDS {
+    let nat = state.nat.as_deref();
+    let now = Instant::now();
+    let mut full = false;
+    while held.len() < MAX_RECORDS {
         let Some(item) = ring.next() else { break };
         if let Some(r) = ebpf_close::decode(&item) {
-            records.push(r);
+            held.push_back((now, r));
         }
+        full = held.len() == MAX_RECORDS;
     }
-    if records.is_empty() {
-        return true;
+    // With NAT resolution a record waits until the conntrack events of its connection
+    // have surely been applied (the `nat` thread reads them every few milliseconds).
+    let hold = if nat.is_some_and(|n| n.labels()) { NAT_HOLD } else { Duration::ZERO };
+    let ready = held.iter().take_while(|(t, _)| now.duration_since(*t) >= hold).count();
+    if ready == 0 {
+        return !full;
     }
-    let full = records.len() == MAX_RECORDS;
+    let records: Vec<ebpf_close::EbpfClose> = held.drain(..ready).map(|(_, r)| r).collect();
     // Folded per namespace and raw peer first, as a sample is: the bounded counters see
     // each peer once per read, not each close.
     let mut peers: HashMap<(usize, RawPeer), Gathered, BuildHasherDefault<PeerHasher>> = HashMap::default();
+    if state.counts {
+        // Nothing else refreshes them when the closes come from the ring alone.
+        let now = Instant::now();
+        for sub in subs.iter_mut() {
+            sub.tables.refresh_interfaces(now, state.namespaces.as_deref());
+        }
+    }
+    let reader = nat.filter(|n| n.labels()).map(Nat::reader);
+    let mut lifecycle = state.counts.then(|| state.lock());
     for r in &records {
         let netns = if u64::from(r.netns) == own_netns { 0 } else { u64::from(r.netns) };
         let Some(i) = subs.iter().position(|s| s.netns == netns) else { continue };
-        let look = subs[i].sampler.close(&r.socket, r.direction);
         let s = &r.socket;
+        let nat = Translator { tables: reader.as_ref(), netns };
+        let look = state.quality.as_ref().map(|_| subs[i].sampler.close(s, r.direction));
+        if let Some(counters) = lifecycle.as_mut() {
+            // With samples, what grew while it was open was counted by them.
+            let retransmits = look.as_ref().map_or_else(|| s.retransmits(), |l| l.growth.retransmits);
+            let origin = Origin { netns, translation: nat.of(r.direction, &s.local, &s.remote), ..Origin::default() };
+            counters.add_from(&origin, s, r.direction, &subs[i].tables.interfaces, retransmits);
+        }
+        let Some(look) = look else { continue };
+        let translation = nat.of(look.direction, &s.local, &s.remote);
         let (local, remote) = match look.direction {
             Direction::Inbound => (s.local, Endpoint::new(s.remote.ip, 0)),
             Direction::Outbound => (Endpoint::new(s.local.ip, 0), s.remote),
         };
-        let g =
-            peers.entry((i, RawPeer { direction: look.direction, local, remote, if_index: s.if_index })).or_default();
+        let g = peers
+            .entry((i, RawPeer { direction: look.direction, local, remote, if_index: s.if_index, translation }))
+            .or_default();
         g.add(&look);
     }
+    drop(lifecycle);
+    drop(reader);
+    let Some(quality) = state.quality.as_deref() else { return !full };
     let mut counters = quality.lock();
     for ((i, peer), g) in &peers {
         let sub = &subs[*i];
@@ -375,6 +426,7 @@ fn count_ebpf_closes(
             netns: sub.netns,
             process: owner.map_or("", |o| o.0.as_str()),
             unit: owner.map_or("", |o| o.1.as_str()),
+            translation: peer.translation,
         };
         let t = counters.entry(
             &origin,
@@ -398,6 +450,19 @@ struct RawPeer {
     local: Endpoint,
     remote: Endpoint,
     if_index: u32,
+    translation: Translation,
+}
+
+/// Looks up what NAT did to a namespace's sockets; nothing without `--collector.nat`.
+struct Translator<'a> {
+    tables: Option<&'a nat::Tables<'a>>,
+    netns: u64,
+}
+
+impl Translator<'_> {
+    fn of(&self, direction: Direction, local: &Endpoint, remote: &Endpoint) -> Translation {
+        self.tables.map_or(Translation::None, |t| t.translate(self.netns, direction, local, remote))
+    }
 }
 
 /// What one sample (or one read of close records) gathered of a raw peer's sockets.
@@ -786,15 +851,22 @@ impl Shared<'_> {
         let quality = self.state.quality.as_deref();
         let counts = self.state.counts;
         let sampler = &mut sub.sampler;
+        let reader = self.state.nat.as_deref().filter(|n| n.labels()).map(Nat::reader);
+        let nat = Translator { tables: reader.as_ref(), netns };
+        // An inbound close is counted at once, unless NAT resolution must wait for its
+        // conntrack events.
+        let inbound_hold = if reader.is_some() { NAT_HOLD } else { Duration::ZERO };
         sub.pending.retain(|(s, seen)| {
             let direction = directions.next().unwrap_or(Direction::Outbound);
-            let ready = direction == Direction::Inbound || now.duration_since(*seen) >= OUTBOUND_HOLD;
+            let hold = if direction == Direction::Outbound { OUTBOUND_HOLD } else { inbound_hold };
+            let ready = now.duration_since(*seen) >= hold;
             if ready {
                 let owner = if direction == Direction::Inbound { tables.owner_of(&s.local) } else { None };
                 let origin = Origin {
                     netns,
                     process: owner.map_or("", |o| o.0.as_str()),
                     unit: owner.map_or("", |o| o.1.as_str()),
+                    translation: nat.of(direction, &s.local, &s.remote),
                 };
                 let mut retransmits = s.retransmits();
                 if let Some(q) = quality {
@@ -971,6 +1043,7 @@ fn run(socket: Socket, state: &Lifecycle, procfs: Arc<Path>) {
     };
     let mut next_sample = Instant::now();
     let mut sampled: Vec<InfoSocket> = Vec::new();
+    let mut held = VecDeque::new();
     loop {
         if let Some(namespaces) = state.namespaces.as_deref() {
             if spaces.rescanned.is_none_or(|t| t.elapsed() >= RESCAN) {
@@ -983,8 +1056,8 @@ fn run(socket: Socket, state: &Lifecycle, procfs: Arc<Path>) {
         for sub in &mut spaces.subs {
             empty &= shared.serve(sub);
         }
-        if let (Some(ring), Some(quality)) = (closes.as_mut(), state.quality.as_deref()) {
-            empty &= count_ebpf_closes(ring, &mut spaces.subs, quality, own_netns);
+        if let Some(ring) = closes.as_mut() {
+            empty &= count_ebpf_closes(ring, &mut spaces.subs, state, own_netns, &mut held);
         }
         if let Some(quality) = state.quality.as_deref() {
             if Instant::now() >= next_sample {

@@ -57,6 +57,7 @@ pub fn write<W: Write>(enc: &mut Encoder<W>, state: &Lifecycle) -> io::Result<bo
     };
     let fixed = fixed_namespaces();
     let owners = state.owners.is_some();
+    let nat = state.nat.as_ref().is_some_and(|n| n.labels());
     let mut picked: Vec<(PeerKey, u64)> = Vec::with_capacity(series.len());
     for (name, help, pick) in FAMILIES {
         picked.clear();
@@ -71,6 +72,7 @@ pub fn write<W: Write>(enc: &mut Encoder<W>, state: &Lifecycle) -> io::Result<bo
         write_samples(enc, name, &picked, &table, |k| Extra {
             ns: if all { names.namespace(k.netns, &fixed) } else { None },
             owner: owners.then(|| names.owner(k.owner)),
+            nat,
         })?;
     }
     for (name, help, n) in [

@@ -7,6 +7,7 @@
 pub mod connections;
 pub mod lifecycle;
 pub mod listeners;
+pub mod nat;
 pub mod peers;
 pub mod quality;
 pub mod self_metrics;
@@ -27,17 +28,21 @@ pub enum CollectorName {
     Lifecycle,
     /// `network_connection_rtt_seconds` and the other families of `tcp_info` samples.
     Quality,
+    /// NAT resolution through conntrack: labels on the peer-keyed families, and
+    /// `conn_exporter_nat_*`.
+    Nat,
 }
 
 impl CollectorName {
     /// Every collector, in the order their families are written.
-    pub const ALL: [CollectorName; 6] = [
+    pub const ALL: [CollectorName; 7] = [
         CollectorName::Connections,
         CollectorName::States,
         CollectorName::Peers,
         CollectorName::Listeners,
         CollectorName::Lifecycle,
         CollectorName::Quality,
+        CollectorName::Nat,
     ];
 
     /// The name used in flags, `collect[]` and the `collector` label.
@@ -49,6 +54,7 @@ impl CollectorName {
             CollectorName::Listeners => "listeners",
             CollectorName::Lifecycle => "lifecycle",
             CollectorName::Quality => "quality",
+            CollectorName::Nat => "nat",
         }
     }
 
@@ -60,7 +66,7 @@ impl CollectorName {
     /// Whether the family is written from counters kept between scrapes, with no read of
     /// the socket tables.
     pub fn kept(self) -> bool {
-        matches!(self, CollectorName::Lifecycle | CollectorName::Quality)
+        matches!(self, CollectorName::Lifecycle | CollectorName::Quality | CollectorName::Nat)
     }
 
     /// Whether the family needs every socket kept (not only counted) by the read.

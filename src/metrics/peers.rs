@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::io::{self, Write};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crate::classify::{
@@ -18,6 +18,7 @@ use crate::classify::{
 use crate::exposition::{Encoder, Kind, Number, Value};
 use crate::iface::InterfaceTable;
 use crate::model::TcpState;
+use crate::nat::{Nat, Resolver, Translation};
 use crate::snapshot::{NsLabels, Part, Snapshot};
 
 /// The family and its settings.
@@ -27,12 +28,25 @@ pub struct Peers {
     merging: AtomicBool,
     /// Each namespace's listeners seen lately, by its `netns` label ("" in `host` mode).
     memory: Mutex<HashMap<String, ListenerMemory>>,
+    /// NAT resolution (`--collector.nat`).
+    nat: Option<Arc<Nat>>,
 }
 
 impl Peers {
     /// At most `max_series` label sets (0: no bound), remotes folded by `folding`.
     pub fn new(max_series: usize, folding: Folding) -> Peers {
-        Peers { max_series, folding, merging: AtomicBool::new(false), memory: Mutex::new(HashMap::new()) }
+        Peers { max_series, folding, merging: AtomicBool::new(false), memory: Mutex::new(HashMap::new()), nat: None }
+    }
+
+    /// Labels each peer with what NAT did to its connections (`--collector.nat`).
+    pub fn with_nat(mut self, nat: Option<Arc<Nat>>) -> Peers {
+        self.nat = nat;
+        self
+    }
+
+    /// Whether the NAT labels are written.
+    fn nat_labels(&self) -> bool {
+        self.nat.as_ref().is_some_and(|n| n.labels())
     }
 
     /// The direction rule of one namespace at `now`: its listeners in this read and
@@ -80,16 +94,16 @@ impl Peers {
         let rule = self.rule(part, now);
         let sockets = || part.keys.iter().filter(|k| k.state != TcpState::Listen);
         let directions = rule.tally(sockets().map(|k| (&k.local, &k.remote)));
-        let peers = sockets().map(|k| PeerKey {
-            owner: k.owner,
-            ..PeerKey::of(
-                directions.of(&k.local, &k.remote),
-                &k.local,
-                &k.remote,
-                Some(k.state),
-                k.iface,
-                &self.folding,
-            )
+        let nat = self.nat.as_deref().filter(|n| n.labels()).map(Nat::reader);
+        let peers = sockets().map(|k| {
+            let direction = directions.of(&k.local, &k.remote);
+            PeerKey {
+                owner: k.owner,
+                translation: nat
+                    .as_ref()
+                    .map_or(Translation::None, |t| t.translate(part.netns, direction, &k.local, &k.remote)),
+                ..PeerKey::of(direction, &k.local, &k.remote, Some(k.state), k.iface, &self.folding)
+            }
         });
         count_bounded(peers, max_series)
     }
@@ -106,6 +120,7 @@ impl Peers {
             "Non-listening TCP sockets by direction, local address, service port, remote address, state and interface; the ephemeral port is left out.",
         )?;
         let mut merged = 0;
+        let nat = self.nat_labels();
         for part in &parts {
             let peers = self.count(part, share);
             merged += peers.merged;
@@ -113,6 +128,7 @@ impl Peers {
             write_samples(enc, name, &peers.series, part.table, |k| Extra {
                 ns: part.ns,
                 owner: owners.map(|o| (o.process(k.owner), o.unit(k.owner))),
+                nat,
             })?;
         }
         self.forget(Instant::now());
@@ -171,6 +187,9 @@ pub struct Extra<'a> {
     pub ns: Option<&'a NsLabels>,
     /// `process` and `systemd_unit` (`--collector.connections.owner`).
     pub owner: Option<(&'a str, &'a str)>,
+    /// `destination_backend_address`, `destination_backend_port` and
+    /// `source_original_address` (`--collector.nat`), empty where nothing was translated.
+    pub nat: bool,
 }
 
 /// The samples of [`write_series`] without the family header, with the labels `extra`
@@ -195,17 +214,31 @@ pub fn write_labelled<'a, W: Write, V>(
     mut write: impl FnMut(&mut Encoder<W>, &[(&str, Value<'_>)], &V) -> io::Result<()>,
 ) -> io::Result<()> {
     let mut remote_text = String::new();
+    let mut nat_original = None;
     for (k, v) in series {
         let remote = remote_label(&k.remote, &mut remote_text);
         let extra = extra(k);
-        let mut labels: Vec<(&str, Value<'_>)> = Vec::with_capacity(12);
+        let mut labels: Vec<(&str, Value<'_>)> = Vec::with_capacity(15);
         labels.push(("destination_address", remote.map_or(Value::Str(&remote_text), Value::Ip)));
+        if extra.nat {
+            let (backend, port, original) = match k.translation {
+                Translation::Backend(e) => (Value::Ip(e.ip), Value::Int(u64::from(e.port)), Value::Str("")),
+                Translation::OriginalSource(ip) => (Value::Str(""), Value::Str(""), Value::Ip(ip)),
+                Translation::None => (Value::Str(""), Value::Str(""), Value::Str("")),
+            };
+            labels.push(("destination_backend_address", backend));
+            labels.push(("destination_backend_port", port));
+            nat_original = Some(original);
+        }
         if let (Direction::Outbound, Some(port)) = (k.direction, k.service_port) {
             labels.push(("destination_port", Value::Int(u64::from(port))));
         }
         labels.push(("direction", Value::Str(k.direction.label())));
         labels.push(("interface", Value::Str(if k.local.is_some() { table.name(k.iface) } else { "other" })));
         labels.push(("source_address", k.local.map_or(Value::Str("other"), Value::Ip)));
+        if let Some(original) = nat_original.take() {
+            labels.push(("source_original_address", original));
+        }
         if let (Direction::Inbound, Some(port)) = (k.direction, k.service_port) {
             labels.push(("source_port", Value::Int(u64::from(port))));
         }

@@ -45,7 +45,8 @@ const COUNTERS: [Counter; 4] = [
 /// Writes the families when the collector samples (nothing otherwise: counters that
 /// cannot count are no zeros). Returns the collector's success: sampling, and the last
 /// sample of every namespace read whole.
-pub fn write<W: Write>(enc: &mut Encoder<W>, state: &Quality, owners: bool) -> io::Result<bool> {
+/// `nat`: whether the NAT labels are written (`--collector.nat`).
+pub fn write<W: Write>(enc: &mut Encoder<W>, state: &Quality, owners: bool, nat: bool) -> io::Result<bool> {
     if state.status() != Status::Sampling {
         return Ok(false);
     }
@@ -61,6 +62,7 @@ pub fn write<W: Write>(enc: &mut Encoder<W>, state: &Quality, owners: bool) -> i
     let extra = |k: &PeerKey| Extra {
         ns: if all { names.namespace(k.netns, &fixed) } else { None },
         owner: owners.then(|| names.owner(k.owner)),
+        nat,
     };
 
     let name = "network_connection_rtt_seconds";

@@ -1,6 +1,7 @@
 //! The eBPF program's close records (`struct close_record` of `bpf/lifecycle.bpf.c`):
-//! one established connection's close, with the `tcp_info` fields the quality collector
-//! counts, decoded into a [`DestroyedSocket`] like a socket-destroy notification's.
+//! one established connection's close (or, for NAT resolution, a failed connect), with
+//! the `tcp_info` fields the quality and lifecycle counters count, decoded into a
+//! [`DestroyedSocket`] like a socket-destroy notification's.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -10,7 +11,7 @@ use crate::parse::sock_destroy::DestroyedSocket;
 use crate::parse::tcp_info::TcpInfo;
 
 /// Size of a record.
-pub const RECORD_LEN: usize = 72;
+pub const RECORD_LEN: usize = 104;
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 
@@ -52,6 +53,10 @@ pub fn decode(b: &[u8]) -> Option<EbpfClose> {
         _ => return None,
     };
     let rtt_us = u32_at(b, 56);
+    let failed = b[54] == 1;
+    let u64_at = |at: usize| {
+        u64::from_ne_bytes([b[at], b[at + 1], b[at + 2], b[at + 3], b[at + 4], b[at + 5], b[at + 6], b[at + 7]])
+    };
     let socket = DestroyedSocket {
         local: Endpoint::new(addr(&b[8..24])?, u16_at(b, 48)),
         remote: Endpoint::new(addr(&b[24..40])?, u16_at(b, 50)),
@@ -59,13 +64,16 @@ pub fn decode(b: &[u8]) -> Option<EbpfClose> {
         if_index: u32_at(b, 44),
         info: Some(TcpInfo {
             state: 7,
-            rtt_us,
-            min_rtt_us: (rtt_us > 0).then_some(rtt_us),
+            min_rtt_us: (rtt_us > 0 && !failed).then_some(rtt_us),
+            rtt_us: if failed { 0 } else { rtt_us },
             total_retrans: u32_at(b, 60),
             dsack_dups: Some(u32_at(b, 64)),
             data_segs_out: Some(u32_at(b, 68)),
-            // The program reports established connections only.
-            bytes_acked: 1,
+            // What tells a failed connect from an established one (no byte acked, no RTT).
+            bytes_acked: if failed { 0 } else { u64_at(72) },
+            bytes_sent: Some(u64_at(80)),
+            bytes_retrans: Some(u64_at(88)),
+            bytes_received: u64_at(96),
             ..TcpInfo::default()
         }),
         cookie,

@@ -1,5 +1,6 @@
 //! Pure parsers: bytes or readers in, typed data out. Nothing here opens a file or a socket.
 
+pub mod conntrack;
 pub mod ebpf_close;
 pub mod hex;
 pub mod proc_net;

@@ -176,7 +176,7 @@ fn dump_namespace(
     }
     let (counts, keys, listeners, inodes) = fill.finish(sort);
     let labels = NsLabels { netns: String::new(), container_id: String::new(), pod_uid: String::new() };
-    Ok((Space { labels, table, keys, listeners, counts, queue_limits: true, port_range }, inodes))
+    Ok((Space { labels, table, keys, listeners, counts, queue_limits: true, port_range, netns: 0 }, inodes))
 }
 
 /// Errors that mean the kernel or a sandbox will not serve netlink to this process, as
@@ -389,6 +389,7 @@ impl Reader {
             counts: own.counts,
             queue_limits: own.queue_limits,
             port_range: own.port_range,
+            netns: 0,
         });
         for (f, job) in pending {
             let result =
@@ -399,7 +400,7 @@ impl Reader {
                 });
             match result {
                 Ok((dump, inodes)) => {
-                    spaces.push(Space { labels: labels(f), ..dump });
+                    spaces.push(Space { labels: labels(f), netns: f.inode, ..dump });
                     all_inodes.push(inodes);
                 }
                 Err((failed, e)) => {

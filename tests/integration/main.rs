@@ -12,6 +12,7 @@ mod live;
 #[path = "../support/metrics_proto.rs"]
 mod metrics_proto;
 mod namespaces;
+mod nat;
 mod ns;
 mod owners;
 mod peers;
