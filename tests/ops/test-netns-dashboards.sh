@@ -179,7 +179,9 @@ ip netns exec "$NS_EXP" python3 "$OPS_DIR/lib/check_dashboards.py" queries --pro
     deploy/grafana/conn-exporter-single-host.json deploy/grafana/conn-exporter-multi-host.json \
     >"$WORK/dash-queries.txt" 2>&1 || { cat "$WORK/dash-queries.txt"; fail "dashboard queries"; }
 sed 's/^/    /' "$WORK/dash-queries.txt"
-grep 'SKIP' "$WORK/dash-queries.txt" | grep -qv 'the exporter serves no' &&
+# The NAT panels (families.py NEEDS nat) need connections that conntrack translated,
+# which this test does not make: they must evaluate, and may be empty here.
+grep 'SKIP' "$WORK/dash-queries.txt" | grep -v 'needs nat$' | grep -qv 'the exporter serves no' &&
     fail "a dashboard query was not required to return data"
 ok "docs: $(tail -n1 "$WORK/doc-queries.txt"); dashboards: $(grep -c '^  ok ' "$WORK/dash-queries.txt") panel queries return data"
 log "all namespace dashboard checks passed"

@@ -215,11 +215,14 @@ ok "kubernetes-validate --strict: DaemonSet and Service valid"
 # The opt-in variants (every namespace; the eBPF lifecycle source): valid, and each adds
 # exactly the capabilities its header and docs/ name, nothing else.
 kubernetes-validate --strict deploy/kubernetes/all-namespaces/daemonset.yaml deploy/kubernetes/ebpf/daemonset.yaml \
-    >"$WORK/out" 2>&1 || { cat "$WORK/out"; fail "kubernetes-validate of the DaemonSet variants"; }
-python3 - deploy/kubernetes/all-namespaces/daemonset.yaml deploy/kubernetes/ebpf/daemonset.yaml <<'PY' || fail "DaemonSet variants' capabilities"
+    deploy/kubernetes/nat/daemonset.yaml >"$WORK/out" 2>&1 || { cat "$WORK/out"; fail "kubernetes-validate of the DaemonSet variants"; }
+grep -q 'nat/daemonset.yaml passed' "$WORK/out" || { cat "$WORK/out"; fail "kubernetes-validate did not validate nat/daemonset.yaml"; }
+python3 - deploy/kubernetes/all-namespaces/daemonset.yaml deploy/kubernetes/ebpf/daemonset.yaml \
+    deploy/kubernetes/nat/daemonset.yaml <<'PY' || fail "DaemonSet variants' capabilities"
 import sys, yaml
 want = {"all-namespaces": ({"SYS_ADMIN", "SYS_PTRACE", "DAC_READ_SEARCH"}, True),
-        "ebpf": ({"BPF", "PERFMON"}, False)}
+        "ebpf": ({"BPF", "PERFMON"}, False),
+        "nat": ({"SYS_ADMIN", "SYS_PTRACE", "DAC_READ_SEARCH", "NET_ADMIN"}, True)}
 bad = []
 for path in sys.argv[1:]:
     name = path.split("/")[-2]
@@ -237,10 +240,30 @@ for path in sys.argv[1:]:
     for c in caps:
         if c not in text.split("apiVersion:")[0]:
             bad.append(f"{name}: the header does not explain {c}")
+    args = spec["containers"][0].get("args", [])
+    if ("--collector.nat" in args) != (name == "nat"):
+        bad.append(f"{name}: --collector.nat in args: {'--collector.nat' in args}, want {name == 'nat'}")
+# The NAT variant is the all-namespaces one plus NAT (a pod's sockets are in its namespace,
+# kube-proxy's rewrite in the node's): the same args and host paths, and then some.
+if len(sys.argv) > 3:
+    ns, nat = (yaml.safe_load(open(p))["spec"]["template"]["spec"] for p in (sys.argv[1], sys.argv[3]))
+    if [a for a in nat["containers"][0]["args"] if a != "--collector.nat"] != ns["containers"][0]["args"]:
+        bad.append("nat: its args are not all-namespaces' plus --collector.nat")
+    vols = {v["name"]: v.get("hostPath", {}).get("path") for v in nat["volumes"]}
+    if not {v["name"]: v.get("hostPath", {}).get("path") for v in ns["volumes"]}.items() <= vols.items():
+        bad.append("nat: lacks a host path of all-namespaces")
+    mounts = {m["mountPath"]: m for m in nat["containers"][0]["volumeMounts"]}
+    bpffs = mounts.get("/sys/fs/bpf", {})
+    if vols.get(bpffs.get("name")) != "/sys/fs/bpf" or bpffs.get("readOnly") is not True:
+        bad.append("nat: the node's /sys/fs/bpf is not mounted read-only at /sys/fs/bpf (Cilium detection)")
 print("\n".join(bad) if bad else "DaemonSet variants: exactly their stated capabilities")
 sys.exit(1 if bad else 0)
 PY
-ok "DaemonSet variants (all-namespaces, ebpf) valid, each with exactly its capabilities"
+# NET_ADMIN (conntrack) is granted by the NAT variant alone.
+mapfile -t net_admin < <(grep -rl 'NET_ADMIN' deploy/kubernetes)
+[[ ${net_admin[*]} == deploy/kubernetes/nat/daemonset.yaml ]] ||
+    fail "NET_ADMIN must appear in deploy/kubernetes/nat/daemonset.yaml only, found in: ${net_admin[*]}"
+ok "DaemonSet variants (all-namespaces, ebpf, nat) valid, each with exactly its capabilities; nat = all-namespaces + NAT, NET_ADMIN there only"
 
 # --- Prometheus Operator objects against the Operator's CRD schemas ------------------------
 # tests/ops/schemas/*.json come from the Operator's CRDs (extract-crd-schemas.py says how).
@@ -317,6 +340,73 @@ grep -q "| $score_ebpf OK (default unit" docs/lifecycle.md ||
 grep -q '^CapabilityBoundingSet=CAP_BPF CAP_PERFMON$' deploy/systemd/conn-exporter.service.d/ebpf.conf ||
     fail "the eBPF drop-in must bound the capabilities to CAP_BPF CAP_PERFMON"
 ok "systemd-analyze security with the eBPF drop-in: exposure $score_ebpf, as docs/lifecycle.md states"
+# The NAT drop-in (--collector.nat: conntrack needs CAP_NET_ADMIN), alone and with the
+# namespaces drop-in: exposures as docs/nat.md states them, and the capability sets of the
+# two drop-ins add up (systemd merges CapabilityBoundingSet= lines) rather than replace.
+nat_conf=deploy/systemd/conn-exporter.service.d/nat.conf
+security_with() { # name drop-in... -> prints the exposure; the analysis in $WORK/security-NAME.txt
+    local name=$1 d
+    shift
+    mkdir -p "$WORK/unit-$name/conn-exporter.service.d"
+    cp deploy/systemd/conn-exporter.service "$WORK/unit-$name/"
+    for d in "$@"; do cp "deploy/systemd/conn-exporter.service.d/$d" "$WORK/unit-$name/conn-exporter.service.d/"; done
+    systemd-analyze security --offline=true "$WORK/unit-$name/conn-exporter.service" >"$WORK/security-$name.txt" 2>&1 || true
+    grep -o 'Overall exposure level for conn-exporter.service: [0-9.]*' "$WORK/security-$name.txt" | awk '{print $NF}' || true
+}
+score_nat=$(security_with nat nat.conf)
+[[ -n $score_nat ]] || { cat "$WORK/security-nat.txt"; fail "no exposure for the NAT drop-in"; }
+grep -q "| $score_nat OK (default unit" docs/nat.md ||
+    { cat "$WORK/security-nat.txt"; fail "docs/nat.md does not state the NAT drop-in's exposure $score_nat"; }
+score_natns=$(security_with natns nat.conf namespaces.conf)
+[[ -n $score_natns ]] || { cat "$WORK/security-natns.txt"; fail "no exposure for the NAT and namespaces drop-ins"; }
+grep -q "| $score_natns OK (namespaces.conf alone: $score_all)" docs/nat.md ||
+    { cat "$WORK/security-natns.txt"; fail "docs/nat.md does not state the exposure $score_natns of nat.conf with namespaces.conf (alone: $score_all)"; }
+security_with plain >/dev/null
+grep -q '✓ CapabilityBoundingSet=~CAP_NET_ADMIN' "$WORK/security-plain.txt" || fail "the default unit grants CAP_NET_ADMIN"
+grep -q '✗ CapabilityBoundingSet=~CAP_NET_ADMIN' "$WORK/security-nat.txt" || fail "nat.conf does not grant CAP_NET_ADMIN"
+for cap in CAP_NET_ADMIN CAP_SYS_ADMIN CAP_SYS_PTRACE; do
+    grep -q "✗ CapabilityBoundingSet=~$cap " "$WORK/security-natns.txt" ||
+        fail "nat.conf with namespaces.conf: $cap not granted (the drop-ins' capability sets must add up)"
+done
+# CAP_NET_ADMIN in nat.conf alone, as exactly its two capability lines.
+mapfile -t net_admin < <(grep -rl 'NET_ADMIN' deploy/systemd)
+[[ ${net_admin[*]} == "$nat_conf" ]] || fail "CAP_NET_ADMIN must appear in $nat_conf only, found in: ${net_admin[*]}"
+[[ $(grep '^[A-Za-z]*Capabilit[a-zA-Z]*=' "$nat_conf") == $'CapabilityBoundingSet=CAP_NET_ADMIN\nAmbientCapabilities=CAP_NET_ADMIN' ]] ||
+    fail "$nat_conf must grant exactly CAP_NET_ADMIN (bounding and ambient)"
+# It turns the collector on: the unit's command replaced (ExecStart= emptied first), with
+# --collector.nat and the defaults file's flags; the only drop-in that sets ExecStart.
+[[ $(grep '^ExecStart=' "$nat_conf") == $'ExecStart=\nExecStart=conn-exporter --collector.nat $CONN_EXPORTER_ARGS' ]] ||
+    fail "$nat_conf: ExecStart= must be emptied, then 'conn-exporter --collector.nat \$CONN_EXPORTER_ARGS'"
+mapfile -t exec_dropins < <(grep -l '^ExecStart=' deploy/systemd/conn-exporter.service.d/*.conf)
+[[ ${exec_dropins[*]} == "$nat_conf" ]] || fail "only nat.conf may set ExecStart (found: ${exec_dropins[*]}): two would override each other"
+# systemd-analyze verify with the drop-in, in both layouts: the installer's (unit in
+# /etc/systemd/system, binary in /usr/local/bin) and the .deb's (/lib/systemd/system,
+# /usr/bin). The drop-in names the command without a directory: systemd must find it in
+# either, and must refuse when there is none (so the command checked is the drop-in's).
+[[ -x $BIN ]] || fail "binary $BIN missing: systemd-analyze verify needs it"
+verify_nat() { # layout unit-dir bin-dir [no-binary] -> systemd-analyze verify's output in $WORK/verify-nat-LAYOUT.txt
+    local layout=$1 unit_dir=$2 bin_dir=$3 root=$WORK/root-nat-$1
+    mkdir -p "$root$unit_dir" "$root/etc/systemd/system/conn-exporter.service.d" "$root$bin_dir" "$root/usr/lib/systemd/system"
+    sed "s#^ExecStart=/usr/bin/conn-exporter#ExecStart=$bin_dir/conn-exporter#" deploy/systemd/conn-exporter.service \
+        >"$root$unit_dir/conn-exporter.service"
+    cp "$nat_conf" "$root/etc/systemd/system/conn-exporter.service.d/"
+    cp /usr/lib/systemd/system/*.target "$root/usr/lib/systemd/system/" # the unit's default dependencies
+    [[ ${4:-} == no-binary ]] || cp "$BIN" "$root$bin_dir/conn-exporter"
+    systemd-analyze verify --root="$root" conn-exporter.service >"$WORK/verify-nat-$layout.txt" 2>&1
+}
+for layout in installer:/etc/systemd/system:/usr/local/bin deb:/lib/systemd/system:/usr/bin; do
+    IFS=: read -r name unit_dir bin_dir <<<"$layout"
+    verify_nat "$name" "$unit_dir" "$bin_dir" || { cat "$WORK/verify-nat-$name.txt"; fail "systemd-analyze verify with nat.conf ($name layout)"; }
+    if grep -q 'conn-exporter' "$WORK/verify-nat-$name.txt"; then
+        cat "$WORK/verify-nat-$name.txt"
+        fail "systemd-analyze verify reported problems with nat.conf ($name layout)"
+    fi
+done
+verify_nat none /etc/systemd/system /usr/local/bin no-binary &&
+    { cat "$WORK/verify-nat-none.txt"; fail "systemd-analyze verify passed nat.conf without a binary: it checks nothing"; }
+grep -q 'Command conn-exporter is not executable' "$WORK/verify-nat-none.txt" ||
+    { cat "$WORK/verify-nat-none.txt"; fail "without a binary, verify did not name nat.conf's command"; }
+ok "nat.conf: exposure $score_nat alone, $score_natns with namespaces.conf (capabilities added up), as docs/nat.md states; CAP_NET_ADMIN there only; ExecStart with --collector.nat verifies in the installer's and the .deb's layouts"
 unit=$WORK/unit-default/conn-exporter.service
 systemd-analyze security --offline=true "$unit" >"$WORK/security.txt" 2>&1 || true
 score=$(grep -o 'Overall exposure level for conn-exporter.service: [0-9.]*' "$WORK/security.txt" | awk '{print $NF}')

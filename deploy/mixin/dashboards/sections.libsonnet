@@ -239,6 +239,71 @@ local wildcardPeer = @'0\\.0\\.0\\.0|::|::ffff:0\\.0\\.0\\.0';
                      thresholds=g.redAbove0), 4, 8),
     ],
 
+  // NAT resolved through conntrack (--collector.nat, issue 21): the backend a Service
+  // address was rewritten to (outbound), the client's address before SNAT (inbound).
+  // Empty without the flag: series without a translation carry neither label.
+  nat(multiHost)::
+    local by = if multiHost then 'instance, ' else '';
+    local who = if multiHost then '{{instance}} ' else '';
+    local rate(metric, sel) = 'rate(' + metric + '{' + sel + '}[$__rate_interval])';
+    local backends = iface + ',direction="outbound",destination_backend_address!=""';
+    local service = 'destination_address, destination_port, destination_backend_address, destination_backend_port';
+    local serviceLegend = '{{destination_address}}:{{destination_port}} → ' +
+                          '{{destination_backend_address}}:{{destination_backend_port}}';
+    [
+      g.row('Services behind NAT'),
+      g.panel(g.timeseries('Backends of a Service',
+                           'Outbound connections to a translated address (a Kubernetes Service, a published ' +
+                           'port) by the backend conntrack rewrote it to: closed and failed per second ' +
+                           '(network_connections_closed_total, network_connections_failed_total, ' +
+                           'destination_backend_address and destination_backend_port), the 20 busiest of ' +
+                           'each. One backend failing while its siblings close normally is a bad pod, not a ' +
+                           'bad Service. Needs --collector.nat; empty under Cilium\'s kube-proxy replacement ' +
+                           '(see docs/nat.md).',
+                           [
+                             g.target('topk(20, sum by (' + by + service + ') (' +
+                                      rate('network_connections_closed_total', backends) + '))',
+                                      who + serviceLegend + ' closed'),
+                             g.target('topk(20, sum by (' + by + service + ') (' +
+                                      rate('network_connections_failed_total', backends) + '))',
+                                      who + serviceLegend + ' failed', ref='B'),
+                           ],
+                           unit='cps'), 16, 9),
+      g.panel(g.stat('Translations not kept', 'Translated conntrack entries the exporter did not keep, over ' +
+                                              '$__rate_interval, because --collector.nat.max-entries was ' +
+                                              'reached (conn_exporter_nat_entries_dropped_total): their ' +
+                                              'connections are counted without the NAT labels.',
+                     'sum(increase(conn_exporter_nat_entries_dropped_total{' + host + '}[$__rate_interval])) or vector(0)',
+                     thresholds=g.redAbove0), 4, 9),
+      g.panel(g.stat('Cilium load balancer', "Hosts where Cilium's load-balancer maps are pinned " +
+                                             '(conn_exporter_nat_cilium_detected): its kube-proxy ' +
+                                             'replacement translates Services in BPF, not conntrack, so ' +
+                                             'their backends are not resolved there.',
+                     'sum(conn_exporter_nat_cilium_detected{' + host + '}) or vector(0)',
+                     unit='none', thresholds={ mode: 'absolute', steps: [
+                       { color: 'green', value: null },
+                       { color: 'orange', value: 1 },
+                     ] }), 4, 9),
+      g.panel(g.table('Clients before SNAT (inbound)',
+                      'Inbound connections whose source conntrack rewrote (masquerade, SNAT: a NodePort, ' +
+                      'a load balancer): the local service (source_address, source_port), the client as ' +
+                      'the socket sees it (destination_address) and its address before the translation ' +
+                      '(source_original_address), with the sockets now (network_connection_peers); the 50 ' +
+                      'largest. Needs --collector.nat.',
+                      'topk(50, sum by (' + by + 'source_address, source_port, destination_address, ' +
+                      'source_original_address) (network_connection_peers{' + all +
+                      ',direction="inbound",source_original_address!=""}))'), 12, 9),
+      g.panel(g.timeseries('Connections per second by original client (inbound)',
+                           'Inbound connections that ended, per second, by local service port and the ' +
+                           "client's address before SNAT (network_connections_closed_total, " +
+                           'source_original_address); the 10 busiest. Needs --collector.nat.',
+                           [g.target('topk(10, sum by (' + by + 'source_port, source_original_address) (' +
+                                     rate('network_connections_closed_total',
+                                          iface + ',direction="inbound",source_original_address!=""') + '))',
+                                     who + 'port {{source_port}} ← {{source_original_address}}')],
+                           unit='cps'), 12, 9),
+    ],
+
   // The quality collector's families (issue 19): TCP's own RTT as a histogram per
   // peer, retransmits and lost segments, time stalled by the receiver's window or the
   // send buffer, and the current backlog. See docs/promql-queries.md, "Connection quality".

@@ -76,6 +76,13 @@ REQUIRED_TOPICS = {
                                               and "destination_address)" in e for e in exprs(p)),
     "bytes by peer": lambda p: any("network_connection_sent_bytes_total{" in e for e in exprs(p))
     and any("network_connection_received_bytes_total{" in e for e in exprs(p)),
+    "backends of a service": lambda p: all(
+        any(f"rate({m}{{" in e and 'direction="outbound"' in e and 'destination_backend_address!=""' in e
+            and "destination_address, destination_port, destination_backend_address, destination_backend_port)" in e
+            and e.startswith("topk(") for e in exprs(p))
+        for m in ("network_connections_closed_total", "network_connections_failed_total")),
+    "clients before snat": lambda p: any('direction="inbound"' in e and "source_original_address)" in e
+                                         for e in exprs(p)),
 }
 
 # The per-connection families: read only in the drill-down row.

@@ -67,13 +67,16 @@ def lacking(expr, families):
 
 
 # What a query needs beyond a default exporter: the labels of --collector.namespaces=all,
-# those of --collector.connections.owner, kube-state-metrics' kube_pod_info. A test that
-# scrapes default exporters (test-multihost.sh) runs such a query and requires it to
+# those of --collector.connections.owner, kube-state-metrics' kube_pod_info, the labels
+# and self-metrics of --collector.nat with connections that conntrack translated. A test
+# that scrapes default exporters (test-multihost.sh) runs such a query and requires it to
 # evaluate; a test that provides them (test-netns-dashboards.sh, --have) requires data.
 NEEDS = {
     "namespaces": re.compile(r"\b(netns|container_id|pod_uid)\b"),
     "owners": re.compile(r"\b(process|systemd_unit)\b"),
     "kube_pod_info": re.compile(r"\bkube_pod_info\b"),
+    "nat": re.compile(r"\b(destination_backend_address|destination_backend_port|source_original_address|"
+                      r"conn_exporter_nat_\w+)\b"),
 }
 
 
