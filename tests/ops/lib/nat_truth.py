@@ -107,6 +107,11 @@ POD_ADDR, NODE_ADDR, OUT_ADDR = "10.244.0.2", "10.0.0.1", "10.0.0.2"
 CTR_ADDR, CTR_GW, CTR_PORT, PUBLISHED = "172.17.0.2", "172.17.0.1", 80, 8080
 CONNS, HELD, REFUSE_CONNS, INBOUND, INBOUND_HELD = 300, 30, 30, 10, 3
 PACE = 0.01  # s between connections: spread over several 1 s Prometheus scrapes
+# The exporter learns translations from conntrack events, drained every 20 ms by its NAT
+# thread: a socket younger than that may be unlabelled in one scrape (a gauge, right in
+# the next). The open connections are scraped once they are older; closes are counted
+# with no such allowance.
+SETTLE = 0.5
 EXPORTER_PORT, PROM_PORT, KSM_PORT = 19621, 19692, 19622
 NAT_LABELS = ("destination_backend_address", "destination_backend_port", "source_original_address")
 RUNS = ("host-netlink", "host-ebpf", "all-netlink", "all-ebpf", "nonat")
@@ -603,6 +608,7 @@ def closed_phase(run, topo):
     # Let the last closes leave FIN_WAIT2 (the server closes on EOF) before ss is read.
     time.sleep(0.3)
     held = [exchange(run.client, CLUSTER_IP, SVC_PORT, hold=True) for _ in range(HELD)]
+    time.sleep(SETTLE)
     log(f"{CONNS - HELD} connections made and closed in {time.monotonic() - t0:.1f}s, {HELD} open")
     peers_phase(run)
     for c in held:
@@ -691,6 +697,7 @@ def inbound_phase(run, topo):
     for _ in range(INBOUND - INBOUND_HELD):
         exchange(OUT, NODE_ADDR, PUBLISHED)
     held = [exchange(OUT, NODE_ADDR, PUBLISHED, hold=True) for _ in range(INBOUND_HELD)]
+    time.sleep(SETTLE)
     est = established(CTR, CTR_PORT)
     s = run.scrape()
     rows = pick(s, "network_connection_peers", **local)
