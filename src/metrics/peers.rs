@@ -188,7 +188,7 @@ pub struct Extra<'a> {
     /// `process` and `systemd_unit` (`--collector.connections.owner`).
     pub owner: Option<(&'a str, &'a str)>,
     /// `destination_backend_address`, `destination_backend_port` and
-    /// `source_original_address` (`--collector.nat`), empty where nothing was translated.
+    /// `destination_original_address` (`--collector.nat`), empty where nothing was translated.
     pub nat: bool,
 }
 
@@ -214,7 +214,6 @@ pub fn write_labelled<'a, W: Write, V>(
     mut write: impl FnMut(&mut Encoder<W>, &[(&str, Value<'_>)], &V) -> io::Result<()>,
 ) -> io::Result<()> {
     let mut remote_text = String::new();
-    let mut nat_original = None;
     for (k, v) in series {
         let remote = remote_label(&k.remote, &mut remote_text);
         let extra = extra(k);
@@ -228,7 +227,8 @@ pub fn write_labelled<'a, W: Write, V>(
             };
             labels.push(("destination_backend_address", backend));
             labels.push(("destination_backend_port", port));
-            nat_original = Some(original);
+            // The remote end is `destination_*` in both directions: inbound, the client.
+            labels.push(("destination_original_address", original));
         }
         if let (Direction::Outbound, Some(port)) = (k.direction, k.service_port) {
             labels.push(("destination_port", Value::Int(u64::from(port))));
@@ -236,9 +236,6 @@ pub fn write_labelled<'a, W: Write, V>(
         labels.push(("direction", Value::Str(k.direction.label())));
         labels.push(("interface", Value::Str(if k.local.is_some() { table.name(k.iface) } else { "other" })));
         labels.push(("source_address", k.local.map_or(Value::Str("other"), Value::Ip)));
-        if let Some(original) = nat_original.take() {
-            labels.push(("source_original_address", original));
-        }
         if let (Direction::Inbound, Some(port)) = (k.direction, k.service_port) {
             labels.push(("source_port", Value::Int(u64::from(port))));
         }

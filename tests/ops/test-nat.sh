@@ -5,7 +5,7 @@
 # to it are counted per backend exactly as `conntrack -L` and the backends themselves
 # count them, the open ones as `ss` shows them, a refusing backend's failed connects as
 # the client's ECONNREFUSED; a published port's masqueraded connections carry the real
-# client in source_original_address on the container's side; the documented
+# client in destination_original_address on the container's side; the documented
 # kube_service_info join names the Service's backends in a real Prometheus. The
 # exporter runs in host and all mode, with the netlink and the eBPF lifecycle source,
 # and once without --collector.nat (no NAT label anywhere). Runs in a private mount,

@@ -288,19 +288,19 @@ local wildcardPeer = @'0\\.0\\.0\\.0|::|::ffff:0\\.0\\.0\\.0';
                       'Inbound connections whose source conntrack rewrote (masquerade, SNAT: a NodePort, ' +
                       'a load balancer): the local service (source_address, source_port), the client as ' +
                       'the socket sees it (destination_address) and its address before the translation ' +
-                      '(source_original_address), with the sockets now (network_connection_peers); the 50 ' +
+                      '(destination_original_address), with the sockets now (network_connection_peers); the 50 ' +
                       'largest. Needs --collector.nat.',
                       'topk(50, sum by (' + by + 'source_address, source_port, destination_address, ' +
-                      'source_original_address) (network_connection_peers{' + all +
-                      ',direction="inbound",source_original_address!=""}))'), 12, 9),
+                      'destination_original_address) (network_connection_peers{' + all +
+                      ',direction="inbound",destination_original_address!=""}))'), 12, 9),
       g.panel(g.timeseries('Connections per second by original client (inbound)',
                            'Inbound connections that ended, per second, by local service port and the ' +
                            "client's address before SNAT (network_connections_closed_total, " +
-                           'source_original_address); the 10 busiest. Needs --collector.nat.',
-                           [g.target('topk(10, sum by (' + by + 'source_port, source_original_address) (' +
+                           'destination_original_address); the 10 busiest. Needs --collector.nat.',
+                           [g.target('topk(10, sum by (' + by + 'source_port, destination_original_address) (' +
                                      rate('network_connections_closed_total',
-                                          iface + ',direction="inbound",source_original_address!=""') + '))',
-                                     who + 'port {{source_port}} ← {{source_original_address}}')],
+                                          iface + ',direction="inbound",destination_original_address!=""') + '))',
+                                     who + 'port {{source_port}} ← {{destination_original_address}}')],
                            unit='cps'), 12, 9),
     ],
 

@@ -81,7 +81,7 @@ REQUIRED_TOPICS = {
             and "destination_address, destination_port, destination_backend_address, destination_backend_port)" in e
             and e.startswith("topk(") for e in exprs(p))
         for m in ("network_connections_closed_total", "network_connections_failed_total")),
-    "clients before snat": lambda p: any('direction="inbound"' in e and "source_original_address)" in e
+    "clients before snat": lambda p: any('direction="inbound"' in e and "destination_original_address)" in e
                                          for e in exprs(p)),
 }
 

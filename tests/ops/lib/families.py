@@ -75,7 +75,7 @@ NEEDS = {
     "namespaces": re.compile(r"\b(netns|container_id|pod_uid)\b"),
     "owners": re.compile(r"\b(process|systemd_unit)\b"),
     "kube_pod_info": re.compile(r"\bkube_pod_info\b"),
-    "nat": re.compile(r"\b(destination_backend_address|destination_backend_port|source_original_address|"
+    "nat": re.compile(r"\b(destination_backend_address|destination_backend_port|destination_original_address|"
                       r"conn_exporter_nat_\w+)\b"),
 }
 

@@ -49,10 +49,10 @@ Each run (exporter in nt-node, `--collector.nat`, the lifecycle source of the ru
   inbound  (all mode) nt-out connects 10 times to the published port 10.0.0.1:8080
            (3 open over a scrape): the container's series (netns="nt-ctr",
            direction="inbound", source 172.17.0.2:80, destination_address the remote
-           as the container sees it, 172.17.0.1) carry source_original_address=
+           as the container sees it, 172.17.0.1) carry destination_original_address=
            "10.0.0.2", closed count = the container's accepts = conntrack's entries,
            peers = ss; then without the MASQUERADE rule, 10 more: destination_address
-           "10.0.0.2" and no source_original_address.
+           "10.0.0.2" and no destination_original_address.
   ksm      (run all-netlink) Prometheus scrapes the exporter and a fixture exposition
            of kube-state-metrics' kube_service_info (Service shop/web, cluster_ip
            10.96.0.10; also a Service with another cluster IP and a headless one); the
@@ -70,7 +70,7 @@ NAT labels on any series.
 --break CHECK breaks one input or expectation so that its assertion must fail:
 closed (exporter's count for nt-b1 expected +1), sum (total expected 301), peers
 (ESTABLISHED for nt-b1 expected ss + 1), failed (ECONNREFUSED count expected +1),
-inbound (source_original_address expected 10.0.0.3), no-snat (the MASQUERADE rule
+inbound (destination_original_address expected 10.0.0.3), no-snat (the MASQUERADE rule
 kept for the connections meant to be without SNAT), nonat (the nonat run given
 --collector.nat), success (collector success expected 0), ksm (the fixture's
 cluster_ip is 10.96.0.11).
@@ -113,7 +113,7 @@ PACE = 0.01  # s between connections: spread over several 1 s Prometheus scrapes
 # with no such allowance.
 SETTLE = 0.5
 EXPORTER_PORT, PROM_PORT, KSM_PORT = 19621, 19692, 19622
-NAT_LABELS = ("destination_backend_address", "destination_backend_port", "source_original_address")
+NAT_LABELS = ("destination_backend_address", "destination_backend_port", "destination_original_address")
 RUNS = ("host-netlink", "host-ebpf", "all-netlink", "all-ebpf", "nonat")
 BREAKS = ("closed", "sum", "peers", "failed", "inbound", "no-snat", "nonat", "success", "ksm")
 MASQ = ["POSTROUTING", "-d", f"{CTR_ADDR}/32", "-p", "tcp", "--dport", str(CTR_PORT), "-j", "MASQUERADE"]
@@ -702,10 +702,10 @@ def inbound_phase(run, topo):
     s = run.scrape()
     rows = pick(s, "network_connection_peers", **local)
     excerpt(f"scrape excerpt ({run.name}), the container's network_connection_peers", rows)
-    p = total(s, "network_connection_peers", **local, destination_address=CTR_GW, source_original_address=orig,
+    p = total(s, "network_connection_peers", **local, destination_address=CTR_GW, destination_original_address=orig,
               state="ESTABLISHED")
     check(p == est == INBOUND_HELD,
-          f"container peers{{destination_address=\"{CTR_GW}\",source_original_address=\"{orig}\",state=\"ESTABLISHED\"}}"
+          f"container peers{{destination_address=\"{CTR_GW}\",destination_original_address=\"{orig}\",state=\"ESTABLISHED\"}}"
           f" {p:.0f} == ss in {CTR} {est} == {INBOUND_HELD}")
     for c in held:
         c.close()
@@ -720,9 +720,9 @@ def inbound_phase(run, topo):
     rows = pick(s, "network_connections_closed_total", **local)
     excerpt(f"scrape excerpt ({run.name}), the container's network_connections_closed_total", rows)
     got = total(s, "network_connections_closed_total", **local, destination_address=CTR_GW,
-                source_original_address=orig)
+                destination_original_address=orig)
     check(got == INBOUND == topo.ctr.accepted[CTR_GW] == snat,
-          f"with SNAT: closed{{destination_address=\"{CTR_GW}\",source_original_address=\"{orig}\"}} {got:.0f}"
+          f"with SNAT: closed{{destination_address=\"{CTR_GW}\",destination_original_address=\"{orig}\"}} {got:.0f}"
           f" == {INBOUND} == accepted by the container {topo.ctr.accepted[CTR_GW]} == conntrack {snat}")
     # Without SNAT the container sees the real client, and nothing is to be told.
     if "no-snat" not in broken:
@@ -738,15 +738,15 @@ def inbound_phase(run, topo):
     excerpt(f"scrape excerpt ({run.name}), after the MASQUERADE rule was deleted", rows)
     direct = pick(s, "network_connections_closed_total", **local, destination_address=OUT_ADDR)
     got = sum(v for _, v, _ in direct)
-    labelled = [line for lab, _, line in direct if lab.get("source_original_address")]
+    labelled = [line for lab, _, line in direct if lab.get("destination_original_address")]
     check(got == INBOUND == topo.ctr.accepted[OUT_ADDR] == plain and not labelled,
           f"without SNAT: closed{{destination_address=\"{OUT_ADDR}\"}} {got:.0f} == {INBOUND} == accepted by the"
           f" container {topo.ctr.accepted[OUT_ADDR]} == conntrack (not masqueraded) {plain},"
-          f" none with source_original_address ({labelled})")
+          f" none with destination_original_address ({labelled})")
     # The backends' inbound sockets (all mode sees them) came from the pod unchanged.
     rows = [r for ns in BACKENDS for r in pick(s, "network_connections_closed_total", direction="inbound", netns=ns)
-            if r[0].get("source_original_address")]
-    check(not rows, f"no source_original_address on the backends' inbound series ({[r[2] for r in rows]})")
+            if r[0].get("destination_original_address")]
+    check(not rows, f"no destination_original_address on the backends' inbound series ({[r[2] for r in rows]})")
 
 
 def ksm_phase(run):
