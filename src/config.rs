@@ -343,6 +343,7 @@ impl Config {
         collectors.set(CollectorName::Listeners, !args.no_listeners);
         collectors.set(CollectorName::Lifecycle, !args.no_lifecycle);
         collectors.set(CollectorName::Quality, !args.no_quality);
+        collectors.set(CollectorName::Nat, false);
         if collectors.is_empty() {
             return Err(ConfigError::NoCollectors);
         }

@@ -183,10 +183,12 @@ impl Nat {
         }
     }
 
-    /// Replaces namespace `netns`'s table with one built from a dump.
-    fn replace(&self, netns: u64, events: &[Event], now: Instant) {
+    /// Replaces namespace `netns`'s table with one built from a dump (`over`: translated
+    /// entries the dump left out for want of room).
+    fn replace(&self, netns: u64, events: &[Event], over: u64, now: Instant) {
         let mut tables = self.tables.write().unwrap_or_else(|e| e.into_inner());
         let mut budget = self.budget.lock().unwrap_or_else(|e| e.into_inner());
+        budget.dropped += over;
         if let Some(old) = tables.remove(&netns) {
             budget.held = budget.held.saturating_sub(old.len());
         }
@@ -261,21 +263,27 @@ fn open_here() -> Result<(Socket, Socket), NatError> {
 }
 
 impl Watch {
-    /// Dumps the namespace's table.
-    fn dump(&mut self, buf: &mut Vec<u8>) -> Result<Vec<Event>, NatError> {
+    /// Dumps the namespace's table, keeping the translated entries only and at most
+    /// `room` of them (the rest is counted in the second value): a dump of a million
+    /// untranslated entries holds none of them.
+    fn dump(&mut self, buf: &mut Vec<u8>, room: usize) -> Result<(Vec<Event>, u64), NatError> {
         self.seq = self.seq.wrapping_add(1);
         self.dumps
             .send(&conntrack::dump_request(self.seq), 0)
             .map_err(|source| NatError::Kernel { what: "requesting a conntrack dump", source })?;
-        let mut out = Vec::new();
+        let (mut out, mut over) = (Vec::new(), 0u64);
         loop {
             buf.clear();
             self.dumps
                 .recv(buf, 0)
                 .map_err(|source| NatError::Kernel { what: "receiving the conntrack dump", source })?;
-            let batch = conntrack::decode_batch(buf, |e| out.push(e))?;
+            let batch = conntrack::decode_batch(buf, |e| match e {
+                Event::Exists(f) if f.translated() && out.len() < room => out.push(e),
+                Event::Exists(f) if f.translated() => over += 1,
+                _ => {}
+            })?;
             if batch.done {
-                return Ok(out);
+                return Ok((out, over));
             }
         }
     }
@@ -306,8 +314,9 @@ impl Watch {
     fn seed(&mut self, state: &Nat, buf: &mut Vec<u8>) -> Result<(), NatError> {
         let mut stale = Vec::new();
         let _ = self.drain(buf, &mut stale);
-        let entries = self.dump(buf)?;
-        state.replace(self.netns, &entries, Instant::now());
+        let room = state.budget.lock().unwrap_or_else(|e| e.into_inner()).max;
+        let (entries, over) = self.dump(buf, room)?;
+        state.replace(self.netns, &entries, over, Instant::now());
         Ok(())
     }
 }

@@ -91,6 +91,13 @@ pub struct Flow {
     pub id: u32,
 }
 
+impl Flow {
+    /// Whether NAT rewrote an address or port: the reply is not the original's mirror.
+    pub fn translated(&self) -> bool {
+        self.reply.src != self.original.dst || self.reply.dst != self.original.src
+    }
+}
+
 /// What a message says of an entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Event {
