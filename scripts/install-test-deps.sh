@@ -10,6 +10,8 @@ apt_pkgs=(prometheus prometheus-node-exporter iproute2 curl python3 python3-pip 
 # The eBPF object's rebuild check (scripts/build-bpf.sh --check) and `bpftool prog show`.
 # iptables: the eBPF retransmit test drops packets in its own namespace.
 apt_pkgs+=(clang llvm libbpf-dev bpftool iptables)
+# conntrack: bench/nat.py counts the entries it puts in its own namespace's table.
+apt_pkgs+=(conntrack)
 pip_pkgs=(prometheus_client)
 cargo_tools=()
 

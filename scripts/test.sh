@@ -2,8 +2,8 @@
 # Every test of conn-exporter, from a bare Debian machine: installs what the tests need,
 # then formatting, lints, unit and integration tests (real sockets, ss, promtool, a real
 # Prometheus), the operations kit's tests, the fuzz corpora replay, and the benchmark's,
-# load test's, series churn, series budget, owner cost and namespace churn benchmarks'
-# quick runs. Needs root.
+# load test's, series churn, series budget, owner cost, NAT cost and namespace churn
+# benchmarks' quick runs. Needs root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 step() { printf '\n==> %s\n' "$*"; }
@@ -60,6 +60,9 @@ python3 bench/lifecycle.py --quick --modes netlink+quality,ebpf+quality --export
 
 step "quality collector cost, quick run (dump with and without tcp_info, CPU per sample, scrape CPU)"
 python3 bench/quality.py --quick --exporter "$CONN_EXPORTER_BIN"
+
+step "NAT collector cost, quick run (5,000 DNAT conntrack entries in a namespace of its own: all held, the collector succeeds)"
+python3 bench/nat.py --quick --exporter "$CONN_EXPORTER_BIN"
 
 step "owner cost benchmark, quick run (owners named on 99% of the held sockets)"
 python3 bench/owners.py --quick --exporter "$CONN_EXPORTER_BIN"
