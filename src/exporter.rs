@@ -182,6 +182,7 @@ impl Exporter {
     /// Runs the wanted collectors and writes their families, then the exporter's own.
     pub fn collect<W: Write>(&self, wanted: CollectorSet, enc: &mut Encoder<W>) -> io::Result<()> {
         let mut durations: Vec<(CollectorName, Duration, bool)> = Vec::with_capacity(CollectorName::ALL.len());
+        let mut read = None;
         if !wanted.is_empty() {
             // The lifecycle and quality counters and NAT's state need no read of the tables.
             let mut reads = wanted;
@@ -205,10 +206,14 @@ impl Exporter {
                 self.write_family(c, enc, &snap)?;
                 durations.push((c, snap.read_time + t.elapsed(), snap.ok));
             }
+            read = Some(snap);
         }
         self_metrics::write_parse_errors(enc, |f| self.reader.parse_errors(f))?;
         if self.config.exporter_metrics {
-            self_metrics::write(enc, &durations, self.web_config.as_deref())?;
+            self_metrics::write(enc, &durations, self.web_config.as_deref(), self.reader.source_name())?;
+            if let Some(snap) = &read {
+                self_metrics::write_shared_tables(enc, snap)?;
+            }
         }
         Ok(())
     }

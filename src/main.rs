@@ -176,6 +176,11 @@ fn run(config: Config, web: Option<WebConfigFile>) -> Result<()> {
             config.exporter.procfs.display(),
             config.exporter.collectors.names().collect::<Vec<_>>().join(",")
         );
+        if config.exporter.namespaces == conn_exporter::netns::NamespaceMode::All {
+            log::info!(
+                "--collector.namespaces=all: every network namespace is read by a sock_diag dump of its own; one that shares the host's TCP table walks every socket of the machine (conn_exporter_namespaces_sharing_tcp_table counts them; net.ipv4.tcp_child_ehash_entries gives new namespaces their own)"
+            );
+        }
         let procfs_only = config.exporter.source == conn_exporter::source::reader::SourceChoice::Procfs;
         let quality = config.exporter.collectors.contains(CollectorName::Quality) && !procfs_only;
         if procfs_only && config.exporter.collectors.contains(CollectorName::Quality) {

@@ -169,6 +169,9 @@ pub struct Space {
     pub port_range: PortRange,
     /// Its nsfs inode; 0 for the exporter's own.
     pub netns: u64,
+    /// Whether it shares the host's TCP established-socket hash table (`None`: unknown,
+    /// or the exporter's own namespace).
+    pub shares_host_tcp_table: Option<bool>,
 }
 
 /// What a family writes from: the whole read in `host` mode, one namespace in `all` mode.

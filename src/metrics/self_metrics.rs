@@ -8,6 +8,7 @@ use std::time::Duration;
 use super::CollectorName;
 use crate::exposition::{Encoder, Kind, Number, Value};
 use crate::model::Family;
+use crate::snapshot::Snapshot;
 use crate::source::{process, procfs};
 use crate::webconfig::ReloadStatus;
 
@@ -33,12 +34,35 @@ pub fn write_parse_errors<W: Write>(enc: &mut Encoder<W>, errors: impl Fn(Family
     Ok(())
 }
 
+/// Writes `conn_exporter_namespaces_sharing_tcp_table` from an `all`-mode read.
+pub fn write_shared_tables<W: Write>(enc: &mut Encoder<W>, snap: &Snapshot) -> io::Result<()> {
+    if snap.spaces.is_empty() {
+        return Ok(());
+    }
+    let name = "conn_exporter_namespaces_sharing_tcp_table";
+    enc.family(
+        name,
+        Kind::Gauge,
+        "Network namespaces read in this scrape, the exporter's own aside, that share the host's TCP established-socket hash table (net.ipv4.tcp_ehash_entries negative): each of their dumps walks every socket of the machine. net.ipv4.tcp_child_ehash_entries gives namespaces made afterwards their own.",
+    )?;
+    let n = snap.spaces.iter().filter(|s| s.shares_host_tcp_table == Some(true)).count();
+    enc.sample(name, &[], Number::Int(n as u64))
+}
+
 /// Build info, collector durations and success, web-config reloads, process metrics.
 pub fn write<W: Write>(
     enc: &mut Encoder<W>,
     durations: &[(CollectorName, Duration, bool)],
     web_config: Option<&ReloadStatus>,
+    socket_source: &str,
 ) -> io::Result<()> {
+    let name = "conn_exporter_socket_source_info";
+    enc.family(
+        name,
+        Kind::Gauge,
+        "Where the next read of the socket tables comes from: netlink (sock_diag dumps, one per network namespace in --collector.namespaces=all) or procfs (/proc/net/tcp); always 1.",
+    )?;
+    enc.sample(name, &[("source", Value::Str(socket_source))], Number::Int(1))?;
     enc.family(
         "conn_exporter_build_info",
         Kind::Gauge,
@@ -117,4 +141,40 @@ pub fn write<W: Write>(
         enc.sample("process_max_fds", &[], Number::Int(max))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::Space;
+
+    #[test]
+    fn only_namespaces_known_to_share_the_hosts_table_are_counted() {
+        let space = |shares| Space {
+            labels: crate::snapshot::NsLabels {
+                netns: String::new(),
+                container_id: String::new(),
+                pod_uid: String::new(),
+            },
+            table: crate::iface::InterfaceTable::default(),
+            keys: Vec::new(),
+            listeners: Vec::new(),
+            counts: crate::snapshot::StateCounts::new(&crate::iface::InterfaceTable::default()),
+            queue_limits: true,
+            port_range: crate::classify::PortRange::default(),
+            netns: 0,
+            shares_host_tcp_table: shares,
+        };
+        let mut snap = Snapshot::failed();
+        let written = |snap: &Snapshot| {
+            let mut out = Vec::new();
+            let mut enc = Encoder::new(&mut out, crate::exposition::Format::Text);
+            write_shared_tables(&mut enc, snap).unwrap();
+            drop(enc);
+            String::from_utf8(out).unwrap()
+        };
+        assert_eq!(written(&snap), "", "host mode: not written");
+        snap.spaces = vec![space(None), space(Some(true)), space(Some(false)), space(Some(true))];
+        assert!(written(&snap).contains("\nconn_exporter_namespaces_sharing_tcp_table 2\n"), "{}", written(&snap));
+    }
 }

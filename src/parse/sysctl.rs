@@ -1,4 +1,5 @@
-//! Values of `/proc/sys` files the exporter reads: `net.ipv4.ip_local_port_range`.
+//! Values of `/proc/sys` files the exporter reads: `net.ipv4.ip_local_port_range`, and
+//! `net.ipv4.tcp_ehash_entries`.
 
 use thiserror::Error;
 
@@ -36,9 +37,23 @@ pub fn parse_port_range(text: &str) -> Result<PortRange, PortRangeError> {
     Ok(PortRange { low, high })
 }
 
+/// Parses `net.ipv4.tcp_ehash_entries` as read in a namespace: whether the namespace
+/// shares the host's established-socket hash table (the kernel shows the host table's
+/// size negated), `None` when the text is no number.
+pub fn parse_shares_host_table(text: &str) -> Option<bool> {
+    text.trim().parse::<i64>().ok().map(|n| n < 0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_negative_hash_size_is_the_hosts_table() {
+        assert_eq!(parse_shares_host_table("-262144\n"), Some(true));
+        assert_eq!(parse_shares_host_table("4096\n"), Some(false));
+        assert_eq!(parse_shares_host_table("many"), None);
+    }
 
     #[test]
     fn the_kernels_text_parses_and_bad_texts_say_why() {

@@ -176,7 +176,21 @@ fn dump_namespace(
     }
     let (counts, keys, listeners, inodes) = fill.finish(sort);
     let labels = NsLabels { netns: String::new(), container_id: String::new(), pod_uid: String::new() };
-    Ok((Space { labels, table, keys, listeners, counts, queue_limits: true, port_range, netns: 0 }, inodes))
+    let shares_host_tcp_table = sysctl::shares_host_tcp_table(procfs);
+    Ok((
+        Space {
+            labels,
+            table,
+            keys,
+            listeners,
+            counts,
+            queue_limits: true,
+            port_range,
+            netns: 0,
+            shares_host_tcp_table,
+        },
+        inodes,
+    ))
 }
 
 /// Errors that mean the kernel or a sandbox will not serve netlink to this process, as
@@ -390,6 +404,7 @@ impl Reader {
             queue_limits: own.queue_limits,
             port_range: own.port_range,
             netns: 0,
+            shares_host_tcp_table: None,
         });
         for (f, job) in pending {
             let result =

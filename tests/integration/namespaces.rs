@@ -66,6 +66,16 @@ fn scraped(series: &[(Labels, f64)], netns: &str, skip_port: Option<u16>) -> Soc
     out
 }
 
+/// A child process killed when the test ends, however it ends.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[test]
 fn all_mode_labels_every_socket_of_twenty_namespaces_with_its_namespace_and_interface() {
     let root = Netns::new("cxns-root");
@@ -85,6 +95,27 @@ fn all_mode_labels_every_socket_of_twenty_namespaces_with_its_namespace_and_inte
         let (held, _) = ns.hold(script.to_str().unwrap(), &[&addr, &silent]);
         spaces.push((ns, held, addr));
     }
+    // One namespace with a TCP table of its own: made from inside cxns-root after its
+    // net.ipv4.tcp_child_ehash_entries is set (the host's setting stays as it is).
+    root.exec(&["sysctl", "-qw", "net.ipv4.tcp_child_ehash_entries=1024"]);
+    let own_table = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &root.0,
+            "unshare",
+            "--net",
+            "sh",
+            "-c",
+            "cat /proc/sys/net/ipv4/tcp_ehash_entries; exec sleep 600",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut own_table = KillOnDrop(own_table);
+    let mut size = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(own_table.0.stdout.as_mut().unwrap()), &mut size).unwrap();
+    assert_eq!(size.trim(), "1024", "the child namespace has its own table");
     // No series limit: the machine's other namespaces (other tests' load) count against it too.
     let e = root.exporter(&["--collector.namespaces=all", "--collector.connections.max-series=0"]);
     let port = e.addr.port();
@@ -103,6 +134,18 @@ fn all_mode_labels_every_socket_of_twenty_namespaces_with_its_namespace_and_inte
     for s in samples(&text, "conn_exporter_scrape_collector_success") {
         assert_eq!(s.1, 1.0, "{s:?}\n{text}");
     }
+    // Every namespace made here shares the host's table (its tcp_ehash_entries reads
+    // negative); the one made with tcp_child_ehash_entries does not, nor does the host.
+    for (ns, _, _) in &spaces {
+        let size = ns.exec(&["cat", "/proc/sys/net/ipv4/tcp_ehash_entries"]);
+        assert!(size.trim().starts_with('-'), "{}: {size}", ns.0);
+    }
+    // Other tests' namespaces come and go meanwhile: the 20 made here are a lower bound
+    // (the exclusion of own tables is checked in self_metrics' unit test).
+    let sharing = samples(&text, "conn_exporter_namespaces_sharing_tcp_table");
+    assert_eq!(sharing.len(), 1, "{text}");
+    let sharing = sharing[0].1 as usize;
+    assert!(sharing >= NAMESPACES, "the {NAMESPACES} namespaces made here share: {sharing}");
     // The exporter's own namespace is `host`, with the veths' host sides and no socket of
     // the others.
     assert_eq!(scraped(&conns, "host", Some(port)), root_before, "host namespace\n{text}");
