@@ -259,11 +259,60 @@ if len(sys.argv) > 3:
 print("\n".join(bad) if bad else "DaemonSet variants: exactly their stated capabilities")
 sys.exit(1 if bad else 0)
 PY
+# The own-TCP-tables variant is the all-namespaces one plus one privileged init container
+# that writes net.ipv4.tcp_child_ehash_entries in the node's network namespace (pods made
+# afterwards get a TCP hash table of their own): nothing else may differ, and its header
+# states the memory that size costs each namespace.
+own_tables=deploy/kubernetes/all-namespaces/own-tcp-tables.yaml
+kubernetes-validate --strict "$own_tables" >"$WORK/out" 2>&1 || { cat "$WORK/out"; fail "kubernetes-validate of $own_tables"; }
+grep -q 'own-tcp-tables.yaml passed' "$WORK/out" || { cat "$WORK/out"; fail "kubernetes-validate did not validate $own_tables"; }
+own_tables_check() { # MANIFEST -> 0 when it is all-namespaces/daemonset.yaml plus the init container
+    python3 - deploy/kubernetes/all-namespaces/daemonset.yaml "$1" <<'PY'
+import re, sys, yaml
+ns, own = (yaml.safe_load(open(p)) for p in sys.argv[1:3])
+header = open(sys.argv[2]).read().split("apiVersion:")[0]
+spec = own["spec"]["template"]["spec"]
+inits = spec.pop("initContainers", [])
+bad = []
+if own != ns:
+    bad.append("it differs from all-namespaces/daemonset.yaml beyond spec.template.spec.initContainers")
+if spec.get("hostNetwork") is not True:
+    bad.append("no hostNetwork: the sysctl would be written in the pod's namespace, not the node's")
+if len(inits) != 1:
+    bad.append(f"{len(inits)} init containers, want 1")
+else:
+    c = inits[0]
+    m = re.search(r"\bsysctl -w net\.ipv4\.tcp_child_ehash_entries=(\d+)\b", " ".join(c.get("command", []) + c.get("args", [])))
+    if not m:
+        bad.append("the init container does not run sysctl -w net.ipv4.tcp_child_ehash_entries=N")
+    else:
+        n = int(m[1])
+        if n <= 0 or n & (n - 1):
+            bad.append(f"tcp_child_ehash_entries={n} is not a power of two (the kernel rounds it up)")
+        if not re.search(rf"# Memory: {n} entries cost each namespace made afterwards \d+ KiB", header):
+            bad.append(f"the header does not state what {n} entries cost each namespace ('# Memory: {n} entries cost ... KiB')")
+    if c.get("securityContext", {}).get("privileged") is not True:
+        bad.append("the init container is not privileged (/proc/sys is read-only otherwise)")
+for cap in ("SYS_ADMIN", "SYS_PTRACE", "DAC_READ_SEARCH"):
+    if cap not in header:
+        bad.append(f"the header does not explain {cap}")
+print("\n".join(bad) if bad else "own-tcp-tables: all-namespaces plus the init container")
+sys.exit(1 if bad else 0)
+PY
+}
+own_tables_check "$own_tables" || fail "$own_tables is not all-namespaces/daemonset.yaml plus the sysctl's init container"
+# The check catches a variant that drifts: an exporter flag of its own, an unprivileged init container.
+sed 's/^            - --log.format=json$/&\n            - --collector.connections.max-series=1000/' "$own_tables" >"$WORK/own-args.yaml"
+sed '/^      initContainers:/,/^      containers:/s/privileged: true/privileged: false/' "$own_tables" >"$WORK/own-unprivileged.yaml"
+for broken in own-args own-unprivileged; do
+    cmp -s "$WORK/$broken.yaml" "$own_tables" && fail "broken copy $broken is unchanged: fix the sed"
+    own_tables_check "$WORK/$broken.yaml" >/dev/null && fail "the own-tcp-tables check accepted a broken copy ($broken)"
+done
 # NET_ADMIN (conntrack) is granted by the NAT variant alone.
 mapfile -t net_admin < <(grep -rl 'NET_ADMIN' deploy/kubernetes)
 [[ ${net_admin[*]} == deploy/kubernetes/nat/daemonset.yaml ]] ||
     fail "NET_ADMIN must appear in deploy/kubernetes/nat/daemonset.yaml only, found in: ${net_admin[*]}"
-ok "DaemonSet variants (all-namespaces, ebpf, nat) valid, each with exactly its capabilities; nat = all-namespaces + NAT, NET_ADMIN there only"
+ok "DaemonSet variants (all-namespaces, ebpf, nat, all-namespaces/own-tcp-tables) valid, each with exactly its capabilities; nat = all-namespaces + NAT, own-tcp-tables = all-namespaces + the sysctl's init container, NET_ADMIN in nat only"
 
 # --- Prometheus Operator objects against the Operator's CRD schemas ------------------------
 # tests/ops/schemas/*.json come from the Operator's CRDs (extract-crd-schemas.py says how).
