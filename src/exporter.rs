@@ -48,6 +48,10 @@ pub struct ExporterConfig {
     pub source: SourceChoice,
     /// Which network namespaces are read.
     pub namespaces: NamespaceMode,
+    /// How `all` mode reads them: the eBPF socket table or a dump per namespace.
+    pub namespaces_source: crate::source::socket_table::TableChoice,
+    /// The eBPF socket table's bound.
+    pub namespaces_max_sockets: u32,
     /// Whether sockets are labelled with their owning process.
     pub owners: bool,
 }
@@ -89,6 +93,7 @@ impl Exporter {
     pub fn new(config: ExporterConfig) -> Exporter {
         let reader = Reader::new(config.procfs.clone(), config.source)
             .with_namespaces(config.namespaces)
+            .with_socket_table(config.namespaces_source, config.namespaces_max_sockets)
             .with_owners(config.owners, OWNER_WALK_BUDGET);
         let quality = Arc::new(Quality::new(
             config.quality_max_series,
@@ -146,6 +151,11 @@ impl Exporter {
     /// The source the next scrape will read sockets from: `netlink` or `procfs`.
     pub fn source_name(&self) -> &'static str {
         self.reader.source_name()
+    }
+
+    /// How `all` mode reads sockets, for the start-up log.
+    pub fn all_mode_reads(&self) -> String {
+        self.reader.all_mode_reads()
     }
 
     /// Which collectors a request gets: all enabled ones, or those its `collect[]` names.
@@ -213,6 +223,9 @@ impl Exporter {
             self_metrics::write(enc, &durations, self.web_config.as_deref(), self.reader.source_name())?;
             if let Some(snap) = &read {
                 self_metrics::write_shared_tables(enc, snap)?;
+            }
+            if let Some((capacity, entries)) = self.reader.table_state() {
+                self_metrics::write_socket_table(enc, capacity, entries, self.reader.table_fallbacks())?;
             }
         }
         Ok(())

@@ -177,9 +177,7 @@ fn run(config: Config, web: Option<WebConfigFile>) -> Result<()> {
             config.exporter.collectors.names().collect::<Vec<_>>().join(",")
         );
         if config.exporter.namespaces == conn_exporter::netns::NamespaceMode::All {
-            log::info!(
-                "--collector.namespaces=all: every network namespace is read by a sock_diag dump of its own; one that shares the host's TCP table walks every socket of the machine (conn_exporter_namespaces_sharing_tcp_table counts them; net.ipv4.tcp_child_ehash_entries gives new namespaces their own)"
-            );
+            log::info!("--collector.namespaces=all: sockets are read {}", exporter.all_mode_reads());
         }
         let procfs_only = config.exporter.source == conn_exporter::source::reader::SourceChoice::Procfs;
         let quality = config.exporter.collectors.contains(CollectorName::Quality) && !procfs_only;

@@ -49,6 +49,36 @@ pub fn write_shared_tables<W: Write>(enc: &mut Encoder<W>, snap: &Snapshot) -> i
     enc.sample(name, &[], Number::Int(n as u64))
 }
 
+/// The eBPF socket table of `all` mode: its bound, what it held, and the reads that
+/// fell back to the dumps.
+pub fn write_socket_table<W: Write>(
+    enc: &mut Encoder<W>,
+    capacity: u32,
+    entries: usize,
+    fallbacks: [u64; 2],
+) -> io::Result<()> {
+    let name = "conn_exporter_socket_table_entries";
+    enc.family(
+        name,
+        Kind::Gauge,
+        "Sockets the eBPF socket table held at the last read, every network namespace of the machine together (TIME_WAIT and SYN_RECV included).",
+    )?;
+    enc.sample(name, &[], Number::Int(entries as u64))?;
+    let name = "conn_exporter_socket_table_capacity";
+    enc.family(name, Kind::Gauge, "Sockets the eBPF socket table can hold (--collector.namespaces.max-sockets).")?;
+    enc.sample(name, &[], Number::Int(u64::from(capacity)))?;
+    let name = "conn_exporter_socket_table_fallbacks_total";
+    enc.family(
+        name,
+        Kind::Counter,
+        "Reads of --collector.namespaces=all that used a sock_diag dump per namespace instead of the eBPF socket table: full (inserts were refused, sockets may be missing from it) or error (its walk failed).",
+    )?;
+    for (reason, n) in crate::source::reader::FALLBACK_REASONS.iter().zip(fallbacks) {
+        enc.sample(name, &[("reason", Value::Str(reason))], Number::Int(n))?;
+    }
+    Ok(())
+}
+
 /// Build info, collector durations and success, web-config reloads, process metrics.
 pub fn write<W: Write>(
     enc: &mut Encoder<W>,
@@ -60,7 +90,7 @@ pub fn write<W: Write>(
     enc.family(
         name,
         Kind::Gauge,
-        "Where the next read of the socket tables comes from: netlink (sock_diag dumps, one per network namespace in --collector.namespaces=all) or procfs (/proc/net/tcp); always 1.",
+        "Where the next read of the socket tables comes from: ebpf (the eBPF socket table of --collector.namespaces=all, as the last read did), netlink (sock_diag dumps, one per network namespace in --collector.namespaces=all) or procfs (/proc/net/tcp); always 1.",
     )?;
     enc.sample(name, &[("source", Value::Str(socket_source))], Number::Int(1))?;
     enc.family(

@@ -2,6 +2,7 @@
 
 pub mod conntrack;
 pub mod ebpf_close;
+pub mod ebpf_socket;
 pub mod hex;
 pub mod proc_net;
 pub mod process;

@@ -5,6 +5,7 @@ pub mod process;
 pub mod procfs;
 pub mod reader;
 pub mod sock_diag;
+pub mod socket_table;
 pub mod sysctl;
 
 use std::io;

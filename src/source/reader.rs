@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::sock_diag::SockDiag;
+use super::socket_table::{SocketTable, TableChoice, TableRead};
 use super::{interfaces, procfs, sysctl, SourceError};
 use crate::classify::PortRange;
 use crate::iface::InterfaceTable;
@@ -37,6 +38,7 @@ enum Warning {
     Netlink = 3,
     Namespaces = 4,
     PortRange = 5,
+    Table = 6,
 }
 
 /// Reads snapshots from the chosen source, and keeps what persists between reads: the
@@ -51,13 +53,74 @@ pub struct Reader {
     parse_errors: [AtomicU64; 2],
     last_socket_count: AtomicUsize,
     /// One limiter per kind of warning, so that a steady one cannot hide a new one.
-    warn_limits: [RateLimit; 6],
+    warn_limits: [RateLimit; 7],
     /// Every network namespace's threads, in `--collector.namespaces=all` mode (shared
     /// with the lifecycle collector).
     namespaces: Option<Arc<Namespaces>>,
     /// The socket owner walk, with `--collector.connections.owner` (shared with the
     /// lifecycle collector).
     owners: Option<Arc<Owners>>,
+    /// The eBPF socket table, in `all` mode where it loaded.
+    table: Option<SocketTable>,
+    /// Why `all` mode reads with dumps, when it does from the start.
+    table_note: Option<String>,
+    /// The last `all`-mode read came from the table (true before the first).
+    table_in_use: AtomicBool,
+    /// Reads that fell back to the dumps: the table was full, its walk failed.
+    table_fallbacks: [AtomicU64; 2],
+}
+
+/// Reasons of `conn_exporter_socket_table_fallbacks_total`, in the order of
+/// [`Reader::table_fallbacks`].
+pub const FALLBACK_REASONS: [&str; 2] = ["full", "error"];
+
+/// What a namespace's thread reads beside its sockets when they come from the table.
+struct Facts {
+    table: InterfaceTable,
+    port_range: PortRange,
+    shares_host_tcp_table: Option<bool>,
+}
+
+/// Reads the namespace the calling thread is in: its interfaces and local port range.
+fn namespace_facts(procfs: &Path) -> Result<Facts, SourceError> {
+    Ok(Facts {
+        table: interfaces::read_live()?,
+        port_range: sysctl::port_range(procfs)?,
+        shares_host_tcp_table: sysctl::shares_host_tcp_table(procfs),
+    })
+}
+
+/// A namespace's part from the sockets the table gave for it.
+fn space_from_table(
+    facts: Facts,
+    sockets: Vec<Connection>,
+    want_keys: bool,
+    sort: bool,
+    owners: bool,
+) -> (Space, Option<Inodes>) {
+    let mut fill = Fill::new(&facts.table, owners, want_keys);
+    if want_keys {
+        fill.keys.reserve(sockets.len());
+    }
+    for c in sockets {
+        fill.add(c);
+    }
+    let (counts, keys, listeners, inodes) = fill.finish(sort);
+    let labels = NsLabels { netns: String::new(), container_id: String::new(), pod_uid: String::new() };
+    (
+        Space {
+            labels,
+            table: facts.table,
+            keys,
+            listeners,
+            counts,
+            queue_limits: true,
+            port_range: facts.port_range,
+            netns: 0,
+            shares_host_tcp_table: facts.shares_host_tcp_table,
+        },
+        inodes,
+    )
 }
 
 /// The socket inodes of one part of a read (the own namespace, or another one), kept
@@ -223,7 +286,60 @@ impl Reader {
             warn_limits: std::array::from_fn(|_| RateLimit::new(Duration::from_secs(60))),
             namespaces: None,
             owners: None,
+            table: None,
+            table_note: None,
+            table_in_use: AtomicBool::new(false),
+            table_fallbacks: [AtomicU64::new(0), AtomicU64::new(0)],
         }
+    }
+
+    /// In `all` mode, reads every namespace from the eBPF socket table (`choice` ebpf or
+    /// auto) where it loads, holding at most `capacity` sockets.
+    pub fn with_socket_table(mut self, choice: TableChoice, capacity: u32) -> Reader {
+        if self.namespaces.is_none() {
+            return self;
+        }
+        if choice == TableChoice::Netlink {
+            self.table_note = Some("--collector.namespaces.source=netlink".to_owned());
+            return self;
+        }
+        match SocketTable::load(capacity) {
+            Ok(t) => {
+                self.table = Some(t);
+                self.table_in_use.store(true, Ordering::Relaxed);
+            }
+            Err(e) => {
+                if choice == TableChoice::Ebpf {
+                    log::error!("--collector.namespaces.source=ebpf: the eBPF socket table could not be loaded, reading with a dump per namespace: {e}");
+                }
+                self.table_note = Some(format!("the eBPF socket table could not be loaded: {e}"));
+            }
+        }
+        self
+    }
+
+    /// How `all` mode reads sockets, for the start-up log: the table, or the dumps and why.
+    pub fn all_mode_reads(&self) -> String {
+        match (&self.table, &self.table_note) {
+            (Some(t), _) => format!(
+                "from the eBPF socket table: one walk of every namespace's sockets per scrape (up to {} sockets; a full table falls back to a dump per namespace)",
+                t.capacity()
+            ),
+            (None, note) => format!(
+                "with a sock_diag dump per namespace ({}); one that shares the host's TCP table walks every socket of the machine (conn_exporter_namespaces_sharing_tcp_table counts them; net.ipv4.tcp_child_ehash_entries gives new namespaces their own)",
+                note.as_deref().unwrap_or("")
+            ),
+        }
+    }
+
+    /// The eBPF socket table's bound and last count of entries, when it is loaded.
+    pub fn table_state(&self) -> Option<(u32, usize)> {
+        self.table.as_ref().map(|t| (t.capacity(), t.entries()))
+    }
+
+    /// Reads that fell back from the table to the dumps, by reason ([`FALLBACK_REASONS`]).
+    pub fn table_fallbacks(&self) -> [u64; 2] {
+        [self.table_fallbacks[0].load(Ordering::Relaxed), self.table_fallbacks[1].load(Ordering::Relaxed)]
     }
 
     /// Labels sockets with their owning process (`--collector.connections.owner`), the
@@ -269,9 +385,12 @@ impl Reader {
         self.owners.clone()
     }
 
-    /// The source the next read will use: `netlink` or `procfs`.
+    /// The source the next read will use: `ebpf` (the socket table, `all` mode, as the last
+    /// read did), `netlink` or `procfs`.
     pub fn source_name(&self) -> &'static str {
-        if self.uses_netlink() {
+        if self.table.is_some() && self.table_in_use.load(Ordering::Relaxed) {
+            "ebpf"
+        } else if self.uses_netlink() {
             "netlink"
         } else {
             "procfs"
@@ -378,6 +497,38 @@ impl Reader {
     ) -> (Snapshot, Vec<Option<Inodes>>) {
         let start = Instant::now();
         let found = namespaces.discover();
+        let mut unseeded = std::collections::HashSet::new();
+        if let Some(table) = &self.table {
+            let (result, failures) = table.read(namespaces, &found);
+            for (inode, name, e) in failures {
+                self.warn(
+                    Warning::Namespaces,
+                    format_args!(
+                        "couldn't seed network namespace {name} in the socket table, reading it with a dump: {e}"
+                    ),
+                );
+                unseeded.insert(inode);
+            }
+            match result {
+                Ok(read) => {
+                    self.table_in_use.store(true, Ordering::Relaxed);
+                    return self.read_all_from_table(
+                        namespaces,
+                        &found,
+                        read,
+                        &unseeded,
+                        start,
+                        (want_keys, sort, owners),
+                    );
+                }
+                Err(e) => {
+                    let at = usize::from(e.reason() != FALLBACK_REASONS[0]);
+                    self.table_fallbacks[at].fetch_add(1, Ordering::Relaxed);
+                    self.table_in_use.store(false, Ordering::Relaxed);
+                    self.warn(Warning::Table, format_args!("{e}; this scrape reads with a dump per namespace"));
+                }
+            }
+        }
         let pending: Vec<_> = found
             .iter()
             .filter(|f| !f.own)
@@ -420,6 +571,104 @@ impl Reader {
                 }
                 Err((failed, e)) => {
                     // A namespace that went between listing and entering is no failure.
+                    ok &= !failed;
+                    if failed {
+                        self.warn(Warning::Namespaces, format_args!("couldn't read network namespace {}: {e}", f.name));
+                    }
+                }
+            }
+        }
+        let snap = Snapshot {
+            table: InterfaceTable::default(),
+            keys: Vec::new(),
+            listeners: Vec::new(),
+            counts: StateCounts::new(&InterfaceTable::default()),
+            queue_limits: false,
+            port_range: PortRange::default(),
+            ok,
+            read_time: start.elapsed(),
+            spaces,
+            owners: None,
+        };
+        (snap, all_inodes)
+    }
+
+    /// [`read_all`](Self::read_all) from a read of the socket table: each namespace's
+    /// thread reads its interfaces and port range only (a namespace the table could not
+    /// seed is dumped as before).
+    fn read_all_from_table(
+        &self,
+        namespaces: &Namespaces,
+        found: &[crate::netns::Found],
+        mut read: TableRead,
+        unseeded: &std::collections::HashSet<u64>,
+        start: Instant,
+        (want_keys, sort, owners): (bool, bool, bool),
+    ) -> (Snapshot, Vec<Option<Inodes>>) {
+        type Pending<T> = Result<std::sync::mpsc::Receiver<Result<T, SourceError>>, crate::netns::NetnsError>;
+        enum Job {
+            Facts(Pending<Facts>),
+            Dump(Pending<(Space, Option<Inodes>)>),
+        }
+        let pending: Vec<_> = found
+            .iter()
+            .filter(|f| !f.own)
+            .map(|f| {
+                let procfs = self.procfs.clone();
+                let job = if unseeded.contains(&f.inode) {
+                    Job::Dump(namespaces.run(f, move || dump_namespace(&procfs, want_keys, sort, owners)))
+                } else {
+                    Job::Facts(namespaces.run(f, move || namespace_facts(&procfs)))
+                };
+                (f, job)
+            })
+            .collect();
+        // The own namespace, here.
+        let (table, table_ok) = self.read_interfaces();
+        let port_range = sysctl::port_range_or_default(&self.procfs, |e| {
+            self.warn(
+                Warning::PortRange,
+                format_args!("couldn't read the local port range, deciding direction with Linux's default: {e}"),
+            )
+        });
+        let own_inode = found.iter().find(|f| f.own).map(|f| f.inode);
+        let own_sockets = own_inode.and_then(|i| read.sockets.remove(&i)).unwrap_or_default();
+        let facts = Facts { table, port_range, shares_host_tcp_table: None };
+        let (own, own_inodes) = space_from_table(facts, own_sockets, want_keys, sort, owners);
+        let mut ok = table_ok;
+        let mut spaces = Vec::with_capacity(found.len().max(1));
+        let mut all_inodes = vec![own_inodes];
+        spaces.push(Space {
+            labels: NsLabels { netns: "host".to_owned(), container_id: String::new(), pod_uid: String::new() },
+            shares_host_tcp_table: None,
+            ..own
+        });
+        let labels = |f: &crate::netns::Found| NsLabels {
+            netns: f.name.clone(),
+            container_id: f.container_id.clone(),
+            pod_uid: f.pod_uid.clone(),
+        };
+        for (f, job) in pending {
+            let stopped = || (true, format!("the thread of network namespace {} stopped", f.name));
+            let entered =
+                |e: crate::netns::NetnsError| (e.missing_capability().is_some() || !e.is_gone(), e.to_string());
+            let result = match job {
+                Job::Facts(job) => job.map_err(entered).and_then(|rx| {
+                    rx.recv().map_err(|_| stopped()).and_then(|r| r.map_err(|e| (true, e.to_string()))).map(|facts| {
+                        let sockets = read.sockets.remove(&f.inode).unwrap_or_default();
+                        space_from_table(facts, sockets, want_keys, sort, owners)
+                    })
+                }),
+                Job::Dump(job) => job
+                    .map_err(entered)
+                    .and_then(|rx| rx.recv().map_err(|_| stopped()).and_then(|r| r.map_err(|e| (true, e.to_string())))),
+            };
+            match result {
+                Ok((space, inodes)) => {
+                    spaces.push(Space { labels: labels(f), netns: f.inode, ..space });
+                    all_inodes.push(inodes);
+                }
+                Err((failed, e)) => {
                     ok &= !failed;
                     if failed {
                         self.warn(Warning::Namespaces, format_args!("couldn't read network namespace {}: {e}", f.name));
