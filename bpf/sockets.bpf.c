@@ -140,9 +140,10 @@ struct bpf_iter__tcp {
 
 /* An entry of `sockets`. */
 struct entry {
-	__u32 gen;  /* the read that last wrote it to `records` */
-	__u8 kind;  /* KIND_* */
-	__u8 pad[3];
+	__u32 gen;      /* the read that last wrote it to `records` */
+	__u32 gone_gen; /* the read that last found its socket gone; 0: none since */
+	__u8 kind;      /* KIND_* */
+	__u8 pad[7];
 };
 
 /* A socket as a read reports it. Mirrored by `parse::ebpf_socket`: 64 bytes, no
@@ -168,7 +169,8 @@ _Static_assert(sizeof(struct record) == 64, "struct record has implicit padding"
 /* Indexes of `stats`. */
 #define STAT_INSERTS_FAILED 0 /* inserts refused by a full map */
 #define STAT_STALE 1          /* entries a walk found gone and deleted */
-#define STAT_MAX 2
+#define STAT_NESTED 2         /* state changes on_state was skipped for, kept by on_state_nested */
+#define STAT_MAX 3
 
 /* Addresses of tw_timer_handler and reqsk_timer_handler; set by the loader. */
 const volatile __u64 tw_handler = 0;
@@ -210,24 +212,67 @@ static __always_inline void insert(__u64 key, __u8 kind)
 	struct entry e = { .kind = kind };
 	long err = bpf_map_update_elem(&sockets, &key, &e, BPF_NOEXIST);
 
-	/* An entry that exists keeps its `gen`: a walk in progress must not write it twice. */
-	if (err == -E2BIG || err == -ENOMEM)
+	/* An entry that exists keeps its `gen`: a walk in progress must not write it twice.
+	 * Any other refusal (a full map, or a bucket lock not taken) leaves a socket out:
+	 * counted, so that user space reads that scrape by dumps and seeds again. */
+	if (err && err != -EEXIST)
 		stat_add(STAT_INSERTS_FAILED);
 }
 
-SEC("raw_tracepoint/inet_sock_set_state")
-int on_state(struct bpf_raw_tracepoint_args *ctx)
+static __always_inline void state_event(struct bpf_raw_tracepoint_args *ctx)
 {
 	struct sock *sk = (struct sock *)ctx->args[0];
 	int newstate = (int)ctx->args[2];
 	__u64 key = (__u64)sk;
 
 	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
-		return 0;
+		return;
 	if (newstate == TCP_CLOSE)
 		bpf_map_delete_elem(&sockets, &key);
 	else
 		insert(key, KIND_FULL);
+}
+
+/* The kernel runs a tracing program at most once per CPU at a time: an event raised
+ * while the program runs on that CPU (a softirq's state change interrupting one made
+ * in process context, such as a connect) is skipped, not queued. A skipped insert
+ * would leave a socket out of the table for its whole life. So `on_state` marks the
+ * CPU as busy while it runs, and `on_state_nested`, a second program on the same
+ * tracepoint, does the work only when it finds the mark: then the event is one that
+ * `on_state` was skipped for. Timer events need no such care: timer_start and
+ * timer_cancel are raised with interrupts off, and a skipped delete leaves only a
+ * stale entry, which the walk removes. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} busy SEC(".maps");
+
+SEC("raw_tracepoint/inet_sock_set_state")
+int on_state(struct bpf_raw_tracepoint_args *ctx)
+{
+	__u32 zero = 0;
+	__u32 *b = bpf_map_lookup_elem(&busy, &zero);
+
+	if (b)
+		*b = 1;
+	state_event(ctx);
+	if (b)
+		*b = 0;
+	return 0;
+}
+
+SEC("raw_tracepoint/inet_sock_set_state")
+int on_state_nested(struct bpf_raw_tracepoint_args *ctx)
+{
+	__u32 zero = 0;
+	__u32 *b = bpf_map_lookup_elem(&busy, &zero);
+
+	if (b && *b) {
+		state_event(ctx);
+		stat_add(STAT_NESTED);
+	}
 	return 0;
 }
 
@@ -372,9 +417,20 @@ static long visit(struct bpf_map *map, __u64 *key, struct entry *e, struct walk_
 	}
 	bpf_ringbuf_submit(r, 0);
 	e->gen = w->gen;
+	e->gone_gen = 0;
 	w->written++;
 	return 0;
 gone:
+	/* Deleted only when two reads find it gone (a read may run the walk more than once:
+	 * those runs count as one). Between this check and a delete, the memory could
+	 * become a new socket of the same kind whose insert found this entry and kept it (a
+	 * TIME_WAIT minisock is set up with a reference count of zero before its timer
+	 * starts): deleting at once would lose that socket. A socket found live clears the
+	 * mark. */
+	if (e->gone_gen == 0 || e->gone_gen == w->gen) {
+		e->gone_gen = w->gen;
+		return 0;
+	}
 	bpf_map_delete_elem(map, key);
 	stat_add(STAT_STALE);
 	return 0;

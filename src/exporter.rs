@@ -224,8 +224,8 @@ impl Exporter {
             if let Some(snap) = &read {
                 self_metrics::write_shared_tables(enc, snap)?;
             }
-            if let Some((capacity, entries)) = self.reader.table_state() {
-                self_metrics::write_socket_table(enc, capacity, entries, self.reader.table_fallbacks())?;
+            if let Some(state) = self.reader.table_state() {
+                self_metrics::write_socket_table(enc, &state, self.reader.table_fallbacks())?;
             }
         }
         Ok(())

@@ -53,8 +53,7 @@ pub fn write_shared_tables<W: Write>(enc: &mut Encoder<W>, snap: &Snapshot) -> i
 /// fell back to the dumps.
 pub fn write_socket_table<W: Write>(
     enc: &mut Encoder<W>,
-    capacity: u32,
-    entries: usize,
+    state: &crate::source::socket_table::TableState,
     fallbacks: [u64; 2],
 ) -> io::Result<()> {
     let name = "conn_exporter_socket_table_entries";
@@ -63,10 +62,24 @@ pub fn write_socket_table<W: Write>(
         Kind::Gauge,
         "Sockets the eBPF socket table held at the last read, every network namespace of the machine together (TIME_WAIT and SYN_RECV included).",
     )?;
-    enc.sample(name, &[], Number::Int(entries as u64))?;
+    enc.sample(name, &[], Number::Int(state.entries as u64))?;
     let name = "conn_exporter_socket_table_capacity";
     enc.family(name, Kind::Gauge, "Sockets the eBPF socket table can hold (--collector.namespaces.max-sockets).")?;
-    enc.sample(name, &[], Number::Int(u64::from(capacity)))?;
+    enc.sample(name, &[], Number::Int(u64::from(state.capacity)))?;
+    let name = "conn_exporter_socket_table_stale_total";
+    enc.family(
+        name,
+        Kind::Counter,
+        "Entries of the eBPF socket table that two reads found gone (a close or an expiry whose event the kernel did not deliver) and removed.",
+    )?;
+    enc.sample(name, &[], Number::Int(state.stale))?;
+    let name = "conn_exporter_socket_table_nested_total";
+    enc.family(
+        name,
+        Kind::Counter,
+        "TCP state changes raised while the eBPF socket table's state program already ran on that CPU, which the kernel skipped for it and its second program kept.",
+    )?;
+    enc.sample(name, &[], Number::Int(state.nested))?;
     let name = "conn_exporter_socket_table_fallbacks_total";
     enc.family(
         name,

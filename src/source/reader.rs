@@ -333,8 +333,8 @@ impl Reader {
     }
 
     /// The eBPF socket table's bound and last count of entries, when it is loaded.
-    pub fn table_state(&self) -> Option<(u32, usize)> {
-        self.table.as_ref().map(|t| (t.capacity(), t.entries()))
+    pub fn table_state(&self) -> Option<crate::source::socket_table::TableState> {
+        self.table.as_ref().map(|t| t.state())
     }
 
     /// Reads that fell back from the table to the dumps, by reason ([`FALLBACK_REASONS`]).

@@ -25,9 +25,11 @@ use crate::parse::ebpf_socket;
 /// The object `scripts/build-bpf.sh` compiles from `bpf/sockets.bpf.c`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!("../../bpf/sockets.bpf.o");
 
-/// The event programs and the raw tracepoints they attach to.
-const PROGRAMS: [(&str, &str); 4] = [
+/// The event programs and the raw tracepoints they attach to. `on_state_nested` catches
+/// the state changes the kernel skips `on_state` for (raised while it runs on that CPU).
+const PROGRAMS: [(&str, &str); 5] = [
     ("on_state", "inet_sock_set_state"),
+    ("on_state_nested", "inet_sock_set_state"),
     ("on_timer_start", "timer_start"),
     ("on_timer_cancel", "timer_cancel"),
     ("on_timer_expire", "timer_expire_entry"),
@@ -36,6 +38,7 @@ const PROGRAMS: [(&str, &str); 4] = [
 /// Indexes of the program's `stats` map.
 const STAT_INSERTS_FAILED: u32 = 0;
 const STAT_STALE: u32 = 1;
+const STAT_NESTED: u32 = 2;
 
 /// The walk's ring buffer: 58,000 records of 72 bytes (with the ring's header) a run; a
 /// larger table takes more runs of the walk, each skipping what the last ones wrote.
@@ -100,11 +103,25 @@ pub enum LoadError {
     Seed(String),
 }
 
+/// What the table holds and has done, for its self-metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TableState {
+    /// Its bound (`--collector.namespaces.max-sockets`).
+    pub capacity: u32,
+    /// Entries at the last read.
+    pub entries: usize,
+    /// Entries walks found gone and deleted.
+    pub stale: u64,
+    /// State changes the kernel skipped `on_state` for, kept by `on_state_nested`.
+    pub nested: u64,
+}
+
 /// Why a read did not come from the table; the caller reads with the dumps.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
-    /// Inserts were refused by the full map: sockets may be missing.
-    #[error("the socket table is full (--collector.namespaces.max-sockets={capacity}): {failed} insert(s) refused since it was last whole")]
+    /// Inserts were refused (by the full map, or rarely a contended bucket lock):
+    /// sockets may be missing.
+    #[error("the socket table refused {failed} insert(s) since it was last whole (full at --collector.namespaces.max-sockets={capacity}, or a contended bucket lock)")]
     Full {
         /// The map's bound.
         capacity: u32,
@@ -275,14 +292,15 @@ impl SocketTable {
         self.capacity
     }
 
-    /// Entries the last read found (all namespaces of the machine).
-    pub fn entries(&self) -> usize {
-        self.lock().last_entries
-    }
-
-    /// Entries found gone by the walks and deleted, so far.
-    pub fn stale(&self) -> u64 {
-        self.lock().stat(STAT_STALE)
+    /// Its bound, entries and counters, in one lock.
+    pub fn state(&self) -> TableState {
+        let inner = self.lock();
+        TableState {
+            capacity: self.capacity,
+            entries: inner.last_entries,
+            stale: inner.stat(STAT_STALE),
+            nested: inner.stat(STAT_NESTED),
+        }
     }
 
     /// Seeds the namespaces of `found` not seeded yet, each on its thread, then reads
