@@ -303,7 +303,7 @@ impl Reader {
             self.table_note = Some("--collector.namespaces.source=netlink".to_owned());
             return self;
         }
-        match SocketTable::load(capacity) {
+        match SocketTable::load(&self.procfs, capacity) {
             Ok(t) => {
                 self.table = Some(t);
                 self.table_in_use.store(true, Ordering::Relaxed);

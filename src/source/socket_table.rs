@@ -68,8 +68,8 @@ pub enum TableChoice {
 /// Why the table could not be loaded; the reads then use the dumps.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    /// /proc/kallsyms could not be read, or hides addresses.
-    #[error("/proc/kallsyms: {0}")]
+    /// kallsyms could not be read, or hides addresses.
+    #[error("kallsyms: {0}")]
     Kallsyms(String),
     /// The kernel refused the object.
     #[error("loading the eBPF object: {0}")]
@@ -209,9 +209,12 @@ fn run_seed(link: aya::programs::iter::IterLink) -> Result<(), String> {
 
 impl SocketTable {
     /// Loads and attaches the programs with room for `capacity` sockets, then seeds the
-    /// exporter's own namespace.
-    pub fn load(capacity: u32) -> Result<SocketTable, LoadError> {
-        let text = std::fs::read_to_string("/proc/kallsyms").map_err(|e| LoadError::Kallsyms(e.to_string()))?;
+    /// exporter's own namespace. The timer handlers' addresses come from `kallsyms` under
+    /// `procfs` (the running kernel's, as BTF is).
+    pub fn load(procfs: &std::path::Path, capacity: u32) -> Result<SocketTable, LoadError> {
+        let path = procfs.join("kallsyms");
+        let text =
+            std::fs::read_to_string(&path).map_err(|e| LoadError::Kallsyms(format!("{}: {e}", path.display())))?;
         let addrs = parse_kallsyms(&text, &[TIMEWAIT_HANDLER, REQUEST_HANDLER]);
         let (Some(tw), Some(req)) = (addrs[0], addrs[1]) else {
             return Err(LoadError::Kallsyms(format!(

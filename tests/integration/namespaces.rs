@@ -77,18 +77,32 @@ impl Drop for KillOnDrop {
 }
 
 #[test]
-fn all_mode_labels_every_socket_of_twenty_namespaces_with_its_namespace_and_interface() {
-    let root = Netns::new("cxns-root");
+fn all_mode_from_the_ebpf_socket_table_labels_every_socket_of_twenty_namespaces() {
+    twenty_namespaces("ebpf");
+}
+
+#[test]
+fn all_mode_with_a_dump_per_namespace_labels_every_socket_of_twenty_namespaces() {
+    twenty_namespaces("netlink");
+}
+
+/// Every socket of twenty namespaces, made before the exporter starts (so the socket
+/// table must seed them), read with `--collector.namespaces.source=SOURCE`.
+fn twenty_namespaces(source: &str) {
+    let tag = &source[..2];
+    // Tests run at once: each source's namespaces get addresses of their own.
+    let net = if source == "ebpf" { 211 } else { 213 };
+    let root = Netns::new(&format!("cxns{tag}-root"));
     let script = repo().join("tests/scenarios/netns_states.py");
     let mut spaces = Vec::new();
     for i in 0..NAMESPACES {
-        let name = format!("cxns-{i:02}");
+        let name = format!("cxns{tag}-{i:02}");
         let ns = Netns::new(&name);
-        let host_side = format!("cxv{i:02}");
+        let host_side = format!("cxv{tag}{i:02}");
         root.exec(&["ip", "link", "add", &host_side, "type", "veth", "peer", "name", "eth0", "netns", &name]);
-        root.exec(&["ip", "addr", "add", &format!("10.211.{i}.1/24"), "dev", &host_side]);
+        root.exec(&["ip", "addr", "add", &format!("10.{net}.{i}.1/24"), "dev", &host_side]);
         root.exec(&["ip", "link", "set", &host_side, "up"]);
-        let (addr, silent) = (format!("10.211.{i}.2"), format!("10.211.{i}.3"));
+        let (addr, silent) = (format!("10.{net}.{i}.2"), format!("10.{net}.{i}.3"));
         ns.exec(&["ip", "addr", "add", &format!("{addr}/24"), "dev", "eth0"]);
         ns.exec(&["ip", "link", "set", "eth0", "up"]);
         ns.exec(&["ip", "neigh", "add", &silent, "lladdr", "02:00:00:00:00:01", "dev", "eth0", "nud", "permanent"]);
@@ -117,7 +131,8 @@ fn all_mode_labels_every_socket_of_twenty_namespaces_with_its_namespace_and_inte
     std::io::BufRead::read_line(&mut std::io::BufReader::new(own_table.0.stdout.as_mut().unwrap()), &mut size).unwrap();
     assert_eq!(size.trim(), "1024", "the child namespace has its own table");
     // No series limit: the machine's other namespaces (other tests' load) count against it too.
-    let e = root.exporter(&["--collector.namespaces=all", "--collector.connections.max-series=0"]);
+    let source_flag = format!("--collector.namespaces.source={source}");
+    let e = root.exporter(&["--collector.namespaces=all", "--collector.connections.max-series=0", &source_flag]);
     let port = e.addr.port();
 
     let before: Vec<Sockets> = spaces.iter().map(|(ns, _, _)| ss_sockets(ns, None)).collect();
@@ -127,6 +142,9 @@ fn all_mode_labels_every_socket_of_twenty_namespaces_with_its_namespace_and_inte
     assert_eq!(before, after, "the test's sockets are stable");
     assert_eq!(root_before, ss_sockets(&root, Some(port)), "the root namespace's sockets are stable");
 
+    let info = samples(&text, "conn_exporter_socket_source_info");
+    assert_eq!(info.len(), 1, "one socket source: {info:?}");
+    assert_eq!(info[0].0["source"], source, "the socket source in use");
     let conns = samples(&text, "network_connections_info");
     let states = samples(&text, "network_connection_states");
     let listeners = samples(&text, "network_listen_queue_length");

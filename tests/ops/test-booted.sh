@@ -85,7 +85,7 @@ fi
 # --register=no --keep-unit: this host may have no systemd/machined to talk to.
 systemd-nspawn --boot --directory="$WORK/root" --machine="$MACHINE" --register=no --keep-unit \
     --private-network --console=passive \
-    --capability=CAP_BPF,CAP_PERFMON --system-call-filter=bpf \
+    --capability=CAP_BPF,CAP_PERFMON,CAP_SYSLOG --system-call-filter=bpf \
     --bind-ro="$REPO:/mnt/repo" --bind-ro="$WORK/bin:/mnt/bin" --bind-ro="$WORK/deb:/mnt/deb" \
     >"$WORK/nspawn.log" 2>&1 &
 NSPAWN_PID=$!
@@ -297,6 +297,86 @@ for id in $new_ids; do
     [[ " $left " != *" $id "* ]] || fail "BPF program $id of the stopped exporter is still loaded"
 done
 ok "lifecycle source: netlink under the default unit; eBPF under ebpf.conf (CapEff $caps, programs $new_ids, closed scrapes counted); none left after it stopped"
+
+# --- all mode from the eBPF socket table under namespaces.conf ---------------------------------
+# namespaces.conf grants what the socket table needs beyond setns (CAP_SYS_ADMIN already
+# covers CAP_BPF and CAP_PERFMON): bpf(), CAP_SYSLOG and an unmasked /proc/kallsyms. With
+# --collector.namespaces=all, auto must read from the table, and the scrape must hold the
+# container's TCP sockets as its `ss -tan` lists them (taken before and after the scrape).
+socket_source() {
+    local b
+    b=$(scrape) || return 0
+    grep_metrics conn_exporter_socket_source_info <<<"$b" | python3 -c 'import json,sys; print(" ".join(json.loads(l)["source"] for l in sys.stdin))'
+}
+cexec cp /etc/default/conn-exporter /root/conn-exporter.default
+cexec sed -i 's/^CONN_EXPORTER_ARGS="\(.*\)"$/CONN_EXPORTER_ARGS="\1 --collector.namespaces=all"/' /etc/default/conn-exporter
+cexec grep -q -- '--collector.namespaces=all' /etc/default/conn-exporter || fail "could not add --collector.namespaces=all to /etc/default/conn-exporter: $(cexec cat /etc/default/conn-exporter)"
+cexec mkdir -p /etc/systemd/system/conn-exporter.service.d
+cexec cp /mnt/repo/deploy/systemd/conn-exporter.service.d/namespaces.conf /etc/systemd/system/conn-exporter.service.d/namespaces.conf
+cexec systemctl daemon-reload
+cexec systemctl restart conn-exporter
+source_is_table() { [[ $(socket_source) == ebpf ]]; }
+deadline=$((SECONDS + 20))
+until source_is_table; do
+    ((SECONDS < deadline)) ||
+        fail "with namespaces.conf and all mode: socket source '$(socket_source)', want ebpf; the log: $(cexec journalctl -u conn-exporter -n 8 --no-pager)"
+    sleep 0.5
+done
+logs_table() { cexec journalctl -u conn-exporter -n 50 --no-pager | grep -q 'sockets are read from the eBPF socket table'; }
+wait_until 10 "the log saying all mode reads from the eBPF socket table" logs_table
+# Connections of the container's own, held while the scrape runs.
+# (The image has no Python: systemd-socket-activate accepts, bash connects.)
+cexec systemd-run --quiet --unit=cx-table-listen /usr/bin/systemd-socket-activate --listen=127.0.0.1:47123 -a --inetd /bin/cat
+listening() { cexec ss -Htln 'sport = :47123' | grep -q .; }
+wait_until 10 "the container's listener on 47123" listening
+# shellcheck disable=SC2016 # expanded by the container's bash
+cexec systemd-run --quiet --unit=cx-table-hold /bin/bash -c \
+    'for fd in 3 4 5 6 7; do eval "exec $fd<>/dev/tcp/127.0.0.1/47123"; done; sleep 300'
+held() { cexec ss -Htn state established '( sport = :47123 )' | grep -c . | grep -qx 5; }
+wait_until 10 "the container's five held connections" held
+table_matches_ss() {
+    local before body after
+    before=$(cexec ss -Htan)
+    body=$(scrape) || return 1
+    after=$(cexec ss -Htan)
+    python3 - "$OPS_DIR/lib" <(printf '%s\n' "$before") <(printf '%s\n' "$after") <(grep_metrics network_connections_info netns=host <<<"$body") <<'PY'
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from netns_truth import read_ss
+# ss shows a dual-stack wildcard as *, which read_ss makes 0.0.0.0; the exporter says ::.
+def norm(k):
+    return tuple("0.0.0.0" if x == "::" else x for x in k)
+before, after = ({norm(k) for k in read_ss(p)} for p in sys.argv[2:4])
+got = set()
+for line in open(sys.argv[4]):
+    m = json.loads(line)
+    if m["state"] != "CLOSE":  # UDP sockets; ss -t lists TCP only
+        got.add(norm((m["state"], m["source_address"], m["source_port"], m["destination_address"], m["destination_port"])))
+# A socket in both ss listings must be in the scrape; one the scrape holds must be in one.
+# The scrape's own connection to :9100 exists only while it runs.
+own = {k for k in got - before - after if k[0] == "ESTABLISHED" and "9100" in (k[2], k[4])}
+bad = [f"missing {k}" for k in sorted((before & after) - got)] + [f"not in ss {k}" for k in sorted(got - before - after - own)]
+print("\n".join(bad[:20]), file=sys.stderr)
+print(len(before & after))
+sys.exit(1 if bad else 0)
+PY
+}
+matched=""
+for _ in 1 2 3 4 5; do
+    if matched=$(table_matches_ss 2>"$WORK/table-ss.txt"); then break; fi
+    matched=""
+    sleep 1
+done
+[[ -n $matched ]] || fail "the eBPF socket table's scrape differs from the container's ss -tan: $(cat "$WORK/table-ss.txt")"
+cexec systemctl stop cx-table-hold cx-table-listen
+cexec rm /etc/systemd/system/conn-exporter.service.d/namespaces.conf
+cexec rmdir --ignore-fail-on-non-empty /etc/systemd/system/conn-exporter.service.d
+cexec cp /root/conn-exporter.default /etc/default/conn-exporter
+cexec systemctl daemon-reload
+cexec systemctl restart conn-exporter
+source_is_netlink_sockets() { [[ $(socket_source) == netlink ]]; }
+wait_until 20 "the default unit reading with netlink again" source_is_netlink_sockets
+ok "all mode under namespaces.conf reads from the eBPF socket table (log and conn_exporter_socket_source_info say so); its scrape holds the container's $matched TCP sockets as ss -tan lists them"
 
 # --- TLS keys and the dynamic user ----------------------------------------------------------------
 mkdir -p "$WORK/bin/tls"
