@@ -23,7 +23,9 @@
  * event) are thus read when they are reported. An entry whose socket is gone (CLOSE, or
  * a reference count of zero: TCP's socket caches are SLAB_TYPESAFE_BY_RCU, so the memory
  * stays a socket of the same kind) is deleted. When the ring is full it stops; user space
- * drains the ring and runs it again, and the entries already written are skipped.
+ * drains the ring and runs it again, and the entries already written are skipped. A
+ * read makes two such passes with one generation: the second writes the entries
+ * inserted behind the first (a socket's new form, see src/source/socket_table.rs).
  *
  * Rebuilt by scripts/build-bpf.sh into bpf/sockets.bpf.o (committed, embedded).
  */

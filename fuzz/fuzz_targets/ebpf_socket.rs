@@ -2,12 +2,12 @@
 //!
 //! Checks, besides never panicking: exactly the 64-byte records of a known family decode,
 //! and a decoded record is what its bytes say (namespace, ports, interface, inode,
-//! queues, state code, addresses of the family's width).
+//! queues, state code, kind, addresses of the family's width).
 
 #![no_main]
 
 use conn_exporter::model::TcpState;
-use conn_exporter::parse::ebpf_socket::{decode, RECORD_LEN};
+use conn_exporter::parse::ebpf_socket::{decode, Kind, RECORD_LEN};
 use libfuzzer_sys::fuzz_target;
 use std::net::IpAddr;
 
@@ -20,6 +20,7 @@ fuzz_target!(|data: &[u8]| {
     let u32_at = |at: usize| u32::from_ne_bytes(data[at..at + 4].try_into().unwrap());
     let c = s.connection;
     assert_eq!(s.netns, u32_at(32));
+    assert_eq!(s.kind, Kind::from_code(data[58]));
     assert_eq!(c.if_index, u32_at(36));
     assert_eq!(c.inode, u32_at(40));
     assert_eq!((c.recv_queue, c.send_queue), (u32_at(44), u32_at(48)));

@@ -2,6 +2,7 @@
 //! any network namespace as a scrape's walk of the table read it, decoded into a
 //! [`Connection`] and the inode of its namespace.
 
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::model::{Connection, Endpoint, TcpState};
@@ -11,13 +12,89 @@ pub const RECORD_LEN: usize = 64;
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 
+/// What a record's table entry pointed at (`KIND_*` of the program).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// A full socket (any state but TIME_WAIT and a request's).
+    Full,
+    /// A TIME_WAIT minisock (its substate may be FIN_WAIT2).
+    TimeWait,
+    /// A request sock of a listener (SYN_RECV).
+    Request,
+    /// A code this build does not know; kept as a full socket is.
+    Other(u8),
+}
+
+impl Kind {
+    /// The program's code of a kind.
+    pub fn from_code(code: u8) -> Kind {
+        match code {
+            1 => Kind::Full,
+            2 => Kind::TimeWait,
+            3 => Kind::Request,
+            c => Kind::Other(c),
+        }
+    }
+}
+
 /// A decoded record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TableSocket {
     /// The socket's network namespace, its nsfs inode.
     pub netns: u32,
+    /// What kind of kernel object it was read from.
+    pub kind: Kind,
     /// The socket as a sock_diag dump of that namespace would give it.
     pub connection: Connection,
+}
+
+type Tuple = (u32, Endpoint, Endpoint);
+
+fn tuple(s: &TableSocket) -> Tuple {
+    (s.netns, s.connection.local, s.connection.remote)
+}
+
+/// Leaves one record per connection that changed form while a read walked the table.
+///
+/// A walk is not atomic. A socket that becomes a TIME_WAIT minisock during it is two
+/// entries (its full socket and the minisock, inserted when its timer starts), and the
+/// walk may write both: the full socket read before the change, the minisock after.
+/// So may a request sock and the full socket the handshake made of it. In the kernel's
+/// own hash table the newer one replaces the older under a lock, so a dump shows one.
+/// For a namespace and tuple that has records of more than one kind, the newer form is
+/// kept: a TIME_WAIT minisock over a full socket, a full socket over a request sock.
+/// Records of one kind are all kept: listeners that share a port (SO_REUSEPORT) have
+/// the same tuple and are distinct sockets. Cost: a lookup per full socket, and none
+/// when the read held no minisock and no request.
+pub fn settle(records: &mut Vec<TableSocket>) {
+    let mut minis: HashMap<Tuple, Kind> = HashMap::new();
+    for r in records.iter() {
+        if matches!(r.kind, Kind::TimeWait | Kind::Request) {
+            // A TIME_WAIT and a request with one tuple: a SYN that reused the tuple of
+            // a TIME_WAIT: both are kept (no full socket stands between them).
+            minis.entry(tuple(r)).or_insert(r.kind);
+        }
+    }
+    if minis.is_empty() {
+        return;
+    }
+    let mut replaced_requests: HashSet<Tuple> = HashSet::new();
+    records.retain(|r| {
+        if !matches!(r.kind, Kind::Full | Kind::Other(_)) {
+            return true;
+        }
+        match minis.get(&tuple(r)) {
+            Some(Kind::TimeWait) => false,
+            Some(_) => {
+                replaced_requests.insert(tuple(r));
+                true
+            }
+            None => true,
+        }
+    });
+    if !replaced_requests.is_empty() {
+        records.retain(|r| r.kind != Kind::Request || !replaced_requests.contains(&tuple(r)));
+    }
 }
 
 fn u16_at(b: &[u8], at: usize) -> u16 {
@@ -44,6 +121,7 @@ pub fn decode(b: &[u8]) -> Option<TableSocket> {
     let remote = Endpoint { ip: addr(&b[16..32])?, port: u16_at(b, 54) };
     Some(TableSocket {
         netns: u32_at(b, 32),
+        kind: Kind::from_code(b[58]),
         connection: Connection {
             local,
             remote,
@@ -56,7 +134,8 @@ pub fn decode(b: &[u8]) -> Option<TableSocket> {
     })
 }
 
-/// A record as the program writes it, for tests and the fuzz target's seeds.
+/// A record of a full socket as the program writes it, for tests and the fuzz
+/// target's seeds (byte 58 holds the kind).
 #[allow(clippy::too_many_arguments)]
 pub fn encode(
     netns: u32,
@@ -80,6 +159,7 @@ pub fn encode(
     b[54..56].copy_from_slice(&remote.1.to_ne_bytes());
     b[56] = family;
     b[57] = state;
+    b[58] = 1;
     b
 }
 
@@ -111,6 +191,67 @@ mod tests {
         assert_eq!(s.connection.local.ip, IpAddr::V6(Ipv6Addr::LOCALHOST));
         assert_eq!(s.connection.remote, Endpoint { ip: "fd00::2".parse().unwrap(), port: 443 });
         assert_eq!(s.connection.if_index, 3);
+    }
+
+    fn record(netns: u32, kind: u8, state: u8, local_port: u16, remote_port: u16, inode: u32) -> TableSocket {
+        let mut b = encode(
+            netns,
+            AF_INET,
+            state,
+            (&[127, 0, 0, 1], local_port),
+            (&[127, 0, 0, 2], remote_port),
+            0,
+            inode,
+            (0, 0),
+        );
+        b[58] = kind;
+        decode(&b).unwrap()
+    }
+
+    fn states(records: &[TableSocket]) -> Vec<(u32, u16, TcpState)> {
+        let mut v: Vec<_> = records.iter().map(|r| (r.netns, r.connection.local.port, r.connection.state)).collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn a_socket_read_before_and_after_it_became_time_wait_is_kept_once_as_time_wait() {
+        // FULL=1, TIMEWAIT=2, REQUEST=3; states: ESTABLISHED=1, FIN_WAIT2=5, TIME_WAIT=6.
+        let mut r = vec![
+            record(7, 1, 1, 40000, 80, 55), // read while ESTABLISHED ...
+            record(7, 2, 6, 40000, 80, 0),  // ... and as its minisock
+            record(7, 1, 5, 40001, 80, 56), // FIN_WAIT2 full socket ...
+            record(7, 2, 5, 40001, 80, 0),  // ... and its minisock, still FIN_WAIT2
+            record(8, 1, 1, 40000, 80, 57), // the same tuple in another namespace
+            record(7, 2, 6, 40002, 80, 0),  // a TIME_WAIT alone
+        ];
+        settle(&mut r);
+        assert_eq!(
+            states(&r),
+            vec![
+                (7, 40000, TcpState::TimeWait),
+                (7, 40001, TcpState::FinWait2),
+                (7, 40002, TcpState::TimeWait),
+                (8, 40000, TcpState::Established)
+            ]
+        );
+        assert!(r.iter().filter(|s| s.netns == 7).all(|s| s.kind == Kind::TimeWait));
+    }
+
+    #[test]
+    fn a_handshake_read_as_request_and_as_its_child_is_kept_once_as_the_child() {
+        let mut r = vec![record(7, 3, 3, 80, 40000, 0), record(7, 1, 1, 80, 40000, 0), record(7, 3, 3, 80, 40001, 0)];
+        settle(&mut r);
+        assert_eq!(states(&r), vec![(7, 80, TcpState::Established), (7, 80, TcpState::SynRecv)]);
+        assert_eq!(r.iter().find(|s| s.connection.remote.port == 40001).unwrap().kind, Kind::Request);
+    }
+
+    #[test]
+    fn listeners_sharing_a_port_and_unknown_kinds_are_all_kept() {
+        let mut r = vec![record(7, 1, 10, 80, 0, 1), record(7, 1, 10, 80, 0, 2), record(7, 9, 1, 81, 1, 3)];
+        settle(&mut r);
+        assert_eq!(r.len(), 3);
+        assert_eq!(r[2].kind, Kind::Other(9));
     }
 
     #[test]

@@ -401,32 +401,46 @@ impl Inner {
         seed.take_link(id).map_err(|e| format!("taking the iterator's link: {e}"))
     }
 
-    /// One read: the walk, run until every entry is written, its records sorted by
-    /// namespace.
+    /// One read: two passes of the walk, each run until every entry is written, then
+    /// its records settled and sorted by namespace.
+    ///
+    /// Why two: a walk is not atomic. A socket that turns into a TIME_WAIT minisock (or
+    /// a request into a full socket) while it runs may have its old entry visited after
+    /// the change (found gone, not written) and its new one inserted in a bucket the
+    /// walk had passed: written by neither. The new entry is inserted before the old
+    /// socket is closed, so it exists when the first pass finds the old one gone, and
+    /// the second pass, which writes only entries the first did not, meets it. What a
+    /// read may then hold twice, one connection in both forms, `settle` makes one.
     fn walk(&mut self) -> Result<TableRead, String> {
         self.gen = self.gen.wrapping_add(1).max(1);
-        let mut sockets: HashMap<u64, Vec<Connection>> = HashMap::new();
-        let mut entries = 0usize;
+        let mut records = Vec::with_capacity(self.last_entries + self.last_entries / 8);
         let walk: &RawTracePoint =
             self.bpf.program("walk").ok_or("no walk program")?.try_into().map_err(|e: ProgramError| e.to_string())?;
-        let mut done = false;
-        for _ in 0..MAX_RUNS {
-            let mut opts = RawTracePointRunOptions::new();
-            opts.args[0] = u64::from(self.gen);
-            let ret = walk.test_run(opts).map_err(|e| e.to_string())?.return_value;
-            while let Some(item) = self.records.next() {
-                if let Some(s) = ebpf_socket::decode(&item) {
-                    entries += 1;
-                    sockets.entry(u64::from(s.netns)).or_default().push(s.connection);
+        for _pass in 0..2 {
+            let mut done = false;
+            for _ in 0..MAX_RUNS {
+                let mut opts = RawTracePointRunOptions::new();
+                opts.args[0] = u64::from(self.gen);
+                let ret = walk.test_run(opts).map_err(|e| e.to_string())?.return_value;
+                while let Some(item) = self.records.next() {
+                    if let Some(s) = ebpf_socket::decode(&item) {
+                        records.push(s);
+                    }
+                }
+                if ret & 1 == 0 {
+                    done = true;
+                    break;
                 }
             }
-            if ret & 1 == 0 {
-                done = true;
-                break;
+            if !done {
+                return Err(format!("the walk did not end in {MAX_RUNS} runs"));
             }
         }
-        if !done {
-            return Err(format!("the walk did not end in {MAX_RUNS} runs"));
+        ebpf_socket::settle(&mut records);
+        let entries = records.len();
+        let mut sockets: HashMap<u64, Vec<Connection>> = HashMap::new();
+        for s in records {
+            sockets.entry(u64::from(s.netns)).or_default().push(s.connection);
         }
         self.last_entries = entries;
         Ok(TableRead { sockets, entries })

@@ -12,7 +12,7 @@
 set -euo pipefail
 
 OPS_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-ALL_TESTS=(static delayline quality nat package container multihost docs booted booted-netns netns-dashboards)
+ALL_TESTS=(static delayline quality nat package container multihost docs booted booted-netns netns-dashboards netns-table)
 
 install_deps() {
     local kind name apt_missing=() pip_missing=() cargo_missing=()
