@@ -66,3 +66,14 @@ def main():
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def parse_series(lines):
+    """(name, labels, value) of each sample line of a text exposition; comments skipped."""
+    series = []
+    for line in lines:
+        m = LINE.match(line)
+        if line.startswith("#") or not m:
+            continue
+        series.append((m.group(1), dict(PAIR.findall(m.group(2) or "")), float(m.group(3))))
+    return series

@@ -18,7 +18,7 @@ import os
 import re
 import sys
 
-from metrics_grep import LINE, PAIR, duplicates
+from metrics_grep import duplicates, parse_series
 
 STATES = {"ESTAB": "ESTABLISHED", "UNCONN": "CLOSE"}
 
@@ -62,13 +62,7 @@ def read_scrape(path):
         lines = f.readlines()
     dups = duplicates(lines)
     check(not dups, f"duplicate series in the scrape: {dups[:3]}")
-    series = []
-    for line in lines:
-        m = LINE.match(line)
-        if line.startswith("#") or not m:
-            continue
-        series.append((m.group(1), dict(PAIR.findall(m.group(2) or "")), float(m.group(3))))
-    return series
+    return parse_series(lines)
 
 
 def key_of(labels):

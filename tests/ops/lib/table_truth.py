@@ -64,7 +64,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from metrics_grep import LINE, PAIR, duplicates  # noqa: E402
+from metrics_grep import LINE, PAIR, duplicates, parse_series  # noqa: E402
 
 HELD_PORTS = (7000, 7001, 7003)
 CHURN_PORTS = (7100, 7101, 7102)
@@ -328,13 +328,7 @@ class Checker:
 
 
 def parse_metrics(lines):
-    series = []
-    for line in lines:
-        m = LINE.match(line)
-        if line.startswith("#") or not m:
-            continue
-        series.append((m.group(1), dict(PAIR.findall(m.group(2) or "")), float(m.group(3))))
-    return series
+    return parse_series(lines)
 
 
 def info_key(labels):
