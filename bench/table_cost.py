@@ -1,44 +1,41 @@
 #!/usr/bin/env python3
-"""What the eBPF socket table (issue 22, --collector.namespaces.source=ebpf) costs the
-machine: its programs' cost to every connection, and its kernel memory.
+"""What the eBPF walk of all mode (issue 22, --collector.namespaces.source=ebpf) costs
+the machine: its cost to every connection, and its memory.
 
   rate    A loopback connect/accept/close loop at the maximum rate one thread can
           drive, in a network namespace of its own (each connection: connect, accept,
           the server side closes with RST (SO_LINGER 0, so no TIME_WAIT piles up), the
           client closes; as bench/lifecycle.py's `max` rate). The loop runs for
-          --duration seconds with an exporter in `all` mode whose socket table is loaded
-          (source ebpf: the programs on inet_sock_set_state and the timer tracepoints run
-          for each of the loop's sockets) and with the same exporter reading with source
-          netlink (no program; --baseline off: no exporter at all), alternated in
-          --pairs pairs (which goes first alternates). The exporter is not scraped during
-          the loop (once before, to seed, and once after). Printed per pair: both rates
-          and the slowdown 1 - ebpf/baseline; then the median slowdown and its spread.
-          Exits 1 when the median slowdown exceeds --max-slowdown (6%, the issue's bound;
-          --quick: 25%, three pairs of 3 s on a noisy machine).
+          --duration seconds with an exporter in `all` mode whose walk is loaded (source
+          ebpf; the walk attaches to no event, so connections should not pay for it)
+          and with the same exporter reading with source netlink (--baseline off: no
+          exporter at all), alternated in --pairs pairs (which goes first alternates).
+          The exporter is not scraped during the loop (once before and once after).
+          Printed per pair: both rates and the slowdown 1 - ebpf/baseline; then the
+          median slowdown and its spread. Exits 1 when the median slowdown exceeds
+          --max-slowdown (6%, the issue's bound; --quick: 25%, three pairs of 3 s on a
+          noisy machine).
 
   memory  Holds N sockets (loopback connections, 2 sockets each, and a listener per
           holder) across 4 namespaces, for two N (20,000 and 40,000; --quick 1,000 and
-          2,000) and two --collector.namespaces.max-sockets (65,536 and 262,144; --quick
-          16,384 and 65,536): after two scrapes (the first seeds) reads the memory the
-          kernel charges each of the exporter's maps (`memlock` in /proc/PID/fdinfo of
-          its map descriptors; names from `bpftool map show`), and derives bytes per
-          table entry (between the two N) and per slot of the bucket array (between the
-          two bounds, each rounded up to a power of two), and the fixed rest. Also the
-          exporter's VmRSS with source ebpf against netlink. Exits 1 unless the table
-          (conn_exporter_socket_table_entries) holds at least the sockets held, with no
-          fallback.
+          2,000): after two scrapes reads the memory the kernel charges the exporter's
+          maps (`memlock` in /proc/PID/fdinfo of its map descriptors; names from
+          `bpftool map show`: the walk's ring buffer and its output array, both fixed)
+          and the exporter's VmRSS with source ebpf against netlink, and derives RSS
+          per socket. Exits 1 unless the walk (conn_exporter_socket_table_entries)
+          found at least the sockets held, with no fallback.
 
 The exporters run with --no-collector.lifecycle --no-collector.quality: the maps read
-and the programs run are the table's only.
+are the walk's only.
 
 Like bench/namespaces.py, the script re-runs itself under `unshare --mount --pid --fork
 --mount-proc` with a tmpfs on /run/netns, so that the namespaces and processes it makes
-end with it. The table holds every TCP socket of the machine: another test's sockets add
-to its entries (the memory figures are per entry, not per held socket, for that reason).
+end with it. The walk reads every TCP socket of the machine that shares the host's
+table: another test's sockets add to its entries.
 
-Needs root (CAP_BPF, CAP_PERFMON, CAP_SYSLOG for the table), iproute2, util-linux,
-curl; bpftool for the maps' names (without it, the maps are named by their type).
-Python 3.11 standard library only.
+Needs root (CAP_BPF and CAP_PERFMON for the walk), iproute2, util-linux, curl; bpftool
+for the maps' names (without it, the maps are named by their type). Python 3.11
+standard library only.
 """
 
 from __future__ import annotations
@@ -129,7 +126,7 @@ def rate_run(args, mode: str, port: int) -> dict:
         if e:
             res["exporter_cpu_s"] = cpu_seconds(e.pid) - cpu0
             body = e.scrape(keep=True)
-            for k in ("entries", "nested_total", "stale_total"):
+            for k in ("entries", "rereads_total"):
                 res[k] = metric(body, f"conn_exporter_socket_table_{k}")
             res["fallbacks"] = metric(body, "conn_exporter_socket_table_fallbacks_total")
         return res
@@ -153,15 +150,15 @@ def rate(args) -> int:
         eb = got["ebpf"]
         print(f"pair {i + 1} ({order[0]} first): ebpf {eb['rate']:.0f}/s, {base} {got[base]['rate']:.0f}/s: "
               f"slowdown {slow:.1f}%; host busy {eb['host_busy'] * 100:.0f}% / {got[base]['host_busy'] * 100:.0f}%, "
-              f"exporter CPU during the loop {eb['exporter_cpu_s'] * 1000:.0f} ms; table after: entries "
-              f"{eb['entries']:.0f}, nested {eb['nested_total']:.0f}, stale {eb['stale_total']:.0f}, "
-              f"fallbacks {eb['fallbacks']:.0f}; load {load()}", flush=True)
+              f"exporter CPU during the loop {eb['exporter_cpu_s'] * 1000:.0f} ms; walk after: entries "
+              f"{eb['entries']:.0f}, rereads {eb['rereads_total']:.0f}, fallbacks {eb['fallbacks']:.0f}; "
+              f"load {load()}", flush=True)
     slows = [s for _, s in pairs]
     med = statistics.median(slows)
     bound = args.max_slowdown if args.max_slowdown is not None else (25.0 if args.quick else 6.0)
     print(f"connections per second, ebpf: {spread([p['ebpf']['rate'] for p, _ in pairs], '.0f')}; {base}: "
           f"{spread([p[base]['rate'] for p, _ in pairs], '.0f')}")
-    print(f"slowdown with the socket table: median {med:.1f}% ({min(slows):.1f}–{max(slows):.1f}%) over "
+    print(f"slowdown with the walk loaded: median {med:.1f}% ({min(slows):.1f}–{max(slows):.1f}%) over "
           f"{len(slows)} pairs; bound {bound:.0f}%{' (quick: generous, 3 s runs)' if args.quick else ''}: "
           f"{'OK' if med <= bound else 'FAIL'}")
     print(f"load {load()}")
@@ -197,22 +194,15 @@ def maps_of(pid: int) -> list[dict]:
     return sorted(seen.values(), key=lambda m: m["name"])
 
 
-def pow2(n: int) -> int:
-    return 1 << max(0, (n - 1).bit_length())
-
-
-def memory_run(args, source: str, max_sockets: int, port: int) -> dict:
+def memory_run(args, source: str, port: int) -> dict:
     e = Exporter(args.exporter, HOME, port, ["--collector.namespaces=all", f"--collector.namespaces.source={source}",
-                                             f"--collector.namespaces.max-sockets={max_sockets}", *ONLY_TABLE])
+                                             *ONLY_TABLE])
     try:
         e.scrape()
         body = e.scrape(keep=True)
-        # Right after the read whose entries the body gives: another test's sockets come
-        # and go meanwhile.
         maps = maps_of(e.pid) if source == "ebpf" else []
-        res = {"source": source, "max_sockets": max_sockets, "rss": status(e.pid)["VmRSS"],
+        res = {"source": source, "rss": status(e.pid)["VmRSS"],
                "entries": metric(body, "conn_exporter_socket_table_entries"),
-               "capacity": metric(body, "conn_exporter_socket_table_capacity"),
                "fallbacks": metric(body, "conn_exporter_socket_table_fallbacks_total"),
                "in_use": f'conn_exporter_socket_source_info{{source="{source}"}} 1' in body,
                "maps": maps, "load": load()}
@@ -224,14 +214,12 @@ def memory_run(args, source: str, max_sockets: int, port: int) -> dict:
 
 def memory(args) -> int:
     sizes = [int(x) for x in args.sockets.split(",")]
-    bounds = [int(x) for x in args.max_sockets.split(",")]
-    if len(sizes) != 2 or len(bounds) != 2 or sizes[0] >= sizes[1] or pow2(bounds[0]) == pow2(bounds[1]):
-        raise SystemExit("--sockets and --max-sockets: two values each, growing (bounds in other powers of two)")
+    if len(sizes) != 2 or sizes[0] >= sizes[1]:
+        raise SystemExit("--sockets: two numbers, growing")
     print(f"binary {args.exporter} (sha256 {sha256(args.exporter)[:16]}); {os.cpu_count()} CPUs, kernel "
           f"{os.uname().release}", flush=True)
     held = []
-    runs: dict[tuple[int, int], dict] = {}
-    rss: dict[int, dict[str, int]] = {}
+    got: dict[int, dict] = {}
     bad = []
     port = 9400
     try:
@@ -247,62 +235,37 @@ def memory(args) -> int:
             held.append(h)
             made += h.made
             log(f"holding {made} sockets")
-            for b in bounds:
-                port += 1
-                r = memory_run(args, "ebpf", b, port)
-                runs[(n, b)] = r
-                maps = ", ".join(f"{m['name']} ({m['max_entries']}) {m['memlock']}" for m in r["maps"])
-                print(f"{made} sockets held, max-sockets {b}: entries {r['entries']:.0f}, capacity "
-                      f"{r['capacity']:.0f}, fallbacks {r['fallbacks']:.0f}; maps' memlock {r['memlock']} B "
-                      f"({maps}); RSS {r['rss']} KiB; load {r['load']}", flush=True)
-                if not r["in_use"]:
-                    bad.append(f"max-sockets {b}: the exporter does not read with the table")
-                if not r["entries"] >= made:
-                    bad.append(f"{made} sockets held, max-sockets {b}: the table holds {r['entries']:.0f}")
-                if r["fallbacks"] != 0:
-                    bad.append(f"{made} sockets held, max-sockets {b}: {r['fallbacks']:.0f} fallbacks")
-                runs[(n, b)]["held"] = made
-            port += 1
-            nl = memory_run(args, "netlink", bounds[-1], port)
-            rss[n] = {"ebpf": runs[(n, bounds[-1])]["rss"], "netlink": nl["rss"], "held": made}
-            print(f"{made} sockets held: RSS ebpf {rss[n]['ebpf']} KiB, netlink {nl['rss']} KiB; load {nl['load']}",
-                  flush=True)
+            port += 2
+            r = memory_run(args, "ebpf", port)
+            nl = memory_run(args, "netlink", port + 1)
+            got[n] = {"held": made, "ebpf": r, "netlink": nl}
+            maps = ", ".join(f"{m['name']} ({m['max_entries']}) {m['memlock']}" for m in r["maps"])
+            print(f"{made} sockets held: walk entries {r['entries']:.0f}, fallbacks {r['fallbacks']:.0f}; maps' "
+                  f"memlock {r['memlock']} B ({maps}); RSS ebpf {r['rss']} KiB, netlink {nl['rss']} KiB; "
+                  f"load {nl['load']}", flush=True)
+            if not r["in_use"]:
+                bad.append(f"{made} sockets held: the exporter does not read with the walk")
+            if not r["entries"] >= made:
+                bad.append(f"{made} sockets held: the walk found {r['entries']:.0f}")
+            if r["fallbacks"] != 0:
+                bad.append(f"{made} sockets held: {r['fallbacks']:.0f} fallbacks")
     finally:
         for h in reversed(held):
             h.stop()
 
+    lo, hi = got[sizes[0]], got[sizes[1]]
+    d = hi["held"] - lo["held"]
     print("\nderived:")
-    per_entry = []
-    for b in bounds:
-        lo, hi = runs[(sizes[0], b)], runs[(sizes[1], b)]
-        d = hi["entries"] - lo["entries"]
-        if d > 0:
-            per_entry.append((hi["memlock"] - lo["memlock"]) / d)
-            print(f"  max-sockets {b}: {hi['memlock'] - lo['memlock']} B more for {d:.0f} more entries: "
-                  f"{per_entry[-1]:.1f} B per entry")
-    per_slot = []
-    for n in sizes:
-        lo, hi = runs[(n, bounds[0])], runs[(n, bounds[1])]
-        slots = pow2(bounds[1]) - pow2(bounds[0])
-        # The entries of the two runs differ by the machine's other sockets meanwhile.
-        extra = (hi["entries"] - lo["entries"]) * (statistics.mean(per_entry) if per_entry else 0)
-        per_slot.append((hi["memlock"] - lo["memlock"] - extra) / slots)
-        print(f"  {lo['held']} sockets: {hi['memlock'] - lo['memlock']} B more for {slots} more slots "
-              f"({pow2(bounds[0])} -> {pow2(bounds[1])}): {per_slot[-1]:.2f} B per slot")
-    if per_entry and per_slot:
-        pe, ps = statistics.mean(per_entry), statistics.mean(per_slot)
-        for (n, b), r in sorted(runs.items()):
-            fixed = r["memlock"] - pe * r["entries"] - ps * pow2(b)
-            print(f"  {r['held']} sockets, max-sockets {b}: {r['memlock']} B = {pe:.1f} x {r['entries']:.0f} entries "
-                  f"+ {ps:.2f} x {pow2(b)} slots + {fixed:.0f} B fixed ({fixed / 1048576:.2f} MiB)")
-        print(f"  per 100,000 sockets: {pe * 100000 / 1048576:.1f} MiB; at the default bound (1,048,576): "
-              f"{ps * pow2(1048576) / 1048576:.1f} MiB of slots")
-    for n in sizes:
-        print(f"  RSS with {rss[n]['held']} sockets: ebpf {rss[n]['ebpf'] / 1024:.1f} MiB, netlink "
-              f"{rss[n]['netlink'] / 1024:.1f} MiB")
+    print(f"  maps' memlock: {lo['ebpf']['memlock']} B with {lo['held']} sockets, {hi['ebpf']['memlock']} B with "
+          f"{hi['held']} ({(hi['ebpf']['memlock'] - lo['ebpf']['memlock']) / 1048576:.2f} MiB more: fixed, "
+          "the ring buffer and the output array)")
+    for src in ("ebpf", "netlink"):
+        per = (hi[src]["rss"] - lo[src]["rss"]) * 1024 / d
+        print(f"  RSS {src}: {lo[src]['rss'] / 1024:.1f} MiB with {lo['held']} sockets, {hi[src]['rss'] / 1024:.1f} "
+              f"MiB with {hi['held']}: {per:.0f} B per socket more")
     for b in bad:
         print(f"FAIL: {b}", file=sys.stderr)
-    print(f"check: table entries >= sockets held, no fallback: {'OK' if not bad else 'FAIL'}; load {load()}")
+    print(f"check: walk entries >= sockets held, no fallback: {'OK' if not bad else 'FAIL'}; load {load()}")
     return 1 if bad else 0
 
 
@@ -311,15 +274,13 @@ def main() -> int:
     ap.add_argument("what", choices=["rate", "memory", "loop"], help="loop: internal (the connection loop)")
     ap.add_argument("--exporter", default=os.environ.get("CONN_EXPORTER_BIN", "target/release/conn-exporter"))
     ap.add_argument("--quick", action="store_true", help="rate: 3 pairs of 3 s, bound 25%%; memory: 1,000 and "
-                                                         "2,000 sockets, bounds 16,384 and 65,536 (each < 1 min)")
+                                                         "2,000 sockets (each < 1 min)")
     ap.add_argument("--duration", type=float, help="rate: seconds per run (10; --quick 3)")
     ap.add_argument("--pairs", type=int, help="rate: pairs of runs (7; --quick 3)")
     ap.add_argument("--baseline", choices=["netlink", "off"], default="netlink",
                     help="rate: what the ebpf runs are compared with: the exporter with source netlink, or none")
     ap.add_argument("--max-slowdown", type=float, help="rate: most median slowdown, %% (6; --quick 25)")
     ap.add_argument("--sockets", help="memory: two numbers of sockets held (20000,40000; --quick 1000,2000)")
-    ap.add_argument("--max-sockets", help="memory: two --collector.namespaces.max-sockets (65536,262144; "
-                                          "--quick 16384,65536)")
     ap.add_argument("--per-process", type=int, default=16000, help="most sockets one holder process opens")
     args = ap.parse_args()
     if args.what == "loop":
@@ -329,7 +290,6 @@ def main() -> int:
     args.duration = args.duration or (3.0 if q else 10.0)
     args.pairs = args.pairs or (3 if q else 7)
     args.sockets = args.sockets or ("1000,2000" if q else "20000,40000")
-    args.max_sockets = args.max_sockets or ("16384,65536" if q else "65536,262144")
     args.exporter = os.path.abspath(args.exporter)
     if not os.access(args.exporter, os.X_OK):
         raise SystemExit(f"{args.exporter}: not an executable")

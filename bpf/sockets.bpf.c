@@ -1,31 +1,27 @@
 // SPDX-License-Identifier: MIT OR GPL-2.0
 /*
- * The socket table of conn-exporter's `--collector.namespaces=all` mode (issue 22): every
- * TCP socket of every network namespace, in one hash map keyed by the kernel's address
- * of the socket, so that a scrape reads all namespaces in one pass instead of one
- * sock_diag dump per namespace (each of which walks the whole shared hash table).
+ * The socket walk of conn-exporter's `--collector.namespaces=all` mode (issue 22): every
+ * TCP socket of every network namespace that shares the host's TCP hash table, read in
+ * one pass over that table, where a sock_diag dump per namespace walks the whole table
+ * once per namespace and family and skips the other namespaces' sockets.
  *
- * Membership is kept by events; what a socket is (state, tuple, inode) is read from the
- * kernel's memory at scrape time by `walk`, so it is as fresh as a dump's:
- * - full sockets: inserted at any state change but the one to CLOSE, deleted at CLOSE
- *   (raw tracepoint inet_sock_set_state);
- * - TIME_WAIT minisocks and SYN_RECV request socks have no state event: their timers
- *   (tw_timer, rsk_timer) start when they are hashed and are cancelled or expire when
- *   they go (raw tracepoints timer_start, timer_cancel, timer_expire_entry). The
- *   handlers' addresses come from /proc/kallsyms through the loader;
- * - sockets older than the program: `seed` (an iter/tcp program) inserts those of the
- *   namespace that opens the iterator, never overwriting an entry events made.
+ * `walk` runs at scrape time through BPF_PROG_TEST_RUN, in the exporter's thread. It
+ * finds the table from the thread's namespace (net->ipv4.tcp_death_row.hashinfo), then
+ * reads bucket after bucket of the established hash (full sockets from SYN_SENT on,
+ * TIME_WAIT minisocks, SYN_RECV request socks) and of the listening hash (listeners),
+ * and writes one record per socket to the `records` ring buffer, which user space
+ * drains. Nothing is kept between scrapes and no event is traced: a socket is read
+ * where the kernel keeps it, as a dump reads it.
  *
- * `walk` runs at scrape time through BPF_PROG_TEST_RUN: for each entry not yet written
- * in this read (its `gen`), it re-reads the socket and writes a record to `records`. A
- * minisock's substate (FIN_WAIT2 becomes TIME_WAIT without any event: the timer is
- * re-armed in place) and a connecting socket's source port (set after its SYN_SENT
- * event) are thus read when they are reported. An entry whose socket is gone (CLOSE, or
- * a reference count of zero: TCP's socket caches are SLAB_TYPESAFE_BY_RCU, so the memory
- * stays a socket of the same kind) is deleted. When the ring is full it stops; user space
- * drains the ring and runs it again, and the entries already written are skipped. A
- * read makes two such passes with one generation: the second writes the entries
- * inserted behind the first (a socket's new form, see src/source/socket_table.rs).
+ * The chains are read without their locks, the way the kernel's own lookups read them
+ * (the sockets' caches are SLAB_TYPESAFE_BY_RCU and the walk runs under RCU): a socket
+ * freed and reused while the walk is on it can lead into another chain, which the
+ * chain's end marker (its "nulls" value, the bucket's index) shows; the bucket is then
+ * read again, its records carry the pass, and user space keeps the last pass only.
+ *
+ * A run stops before a bucket (or a new reading of one) when the ring has no room for a
+ * whole chain, and says where to go on (`out`); user space drains the ring, drops what
+ * it got of that bucket, and runs it again from there.
  *
  * Rebuilt by scripts/build-bpf.sh into bpf/sockets.bpf.o (committed, embedded).
  */
@@ -36,10 +32,6 @@
 
 #define AF_INET 2
 #define AF_INET6 10
-#define IPPROTO_TCP 6
-#define E2BIG 7
-#define ENOMEM 12
-#define EEXIST 17
 
 /* include/net/tcp_states.h */
 #define TCP_SYN_RECV 3
@@ -48,15 +40,61 @@
 #define TCP_LISTEN 10
 #define TCP_NEW_SYN_RECV 12
 
-/* What an entry's key points at. */
+/* What a record is (parse::ebpf_socket::Kind). */
 #define KIND_FULL 1
 #define KIND_TIMEWAIT 2
 #define KIND_REQUEST 3
+
+/* include/net/inet_hashtables.h: the listening hash's end markers start here. */
+#define LISTENING_NULLS_BASE (1U << 29)
+
+/* Bucket sizes: each ends with its chain's head, one pointer (the listening hash's
+ * starts with a lock whose size depends on the kernel's configuration). */
+#define EHASH_BUCKET_SIZE (bpf_core_field_offset(struct inet_ehash_bucket, chain) + 8)
+#define LHASH2_BUCKET_SIZE (bpf_core_field_offset(struct inet_listen_hashbucket, nulls_head) + 8)
+
+/* Sockets one chain may hold; a longer one fails the read (user space then dumps). The
+ * hash keeps chains at a few sockets. */
+#define MAX_CHAIN 128
+/* Times a bucket is read again after its walk led into another chain. */
+#define MAX_PASSES 8
 
 struct in6_addr {
 	union {
 		__u8 u6_addr8[16];
 	} in6_u;
+} __attribute__((preserve_access_index));
+
+struct hlist_nulls_node {
+	struct hlist_nulls_node *next;
+} __attribute__((preserve_access_index));
+
+struct hlist_nulls_head {
+	struct hlist_nulls_node *first;
+} __attribute__((preserve_access_index));
+
+struct inet_ehash_bucket {
+	struct hlist_nulls_head chain;
+} __attribute__((preserve_access_index));
+
+struct inet_listen_hashbucket {
+	struct hlist_nulls_head nulls_head;
+} __attribute__((preserve_access_index));
+
+struct inet_hashinfo {
+	struct inet_ehash_bucket *ehash;
+	unsigned int ehash_mask;
+	unsigned int lhash2_mask;
+	struct inet_listen_hashbucket *lhash2;
+	_Bool pernet;
+} __attribute__((preserve_access_index));
+
+struct inet_timewait_death_row {
+	struct inet_hashinfo *hashinfo;
+} __attribute__((preserve_access_index));
+
+struct netns_ipv4 {
+	struct inet_timewait_death_row tcp_death_row;
 } __attribute__((preserve_access_index));
 
 struct ns_common {
@@ -65,19 +103,20 @@ struct ns_common {
 
 struct net {
 	struct ns_common ns;
+	struct netns_ipv4 ipv4;
+} __attribute__((preserve_access_index));
+
+struct nsproxy {
+	struct net *net_ns;
+} __attribute__((preserve_access_index));
+
+struct task_struct {
+	struct nsproxy *nsproxy;
 } __attribute__((preserve_access_index));
 
 typedef struct {
 	struct net *net;
 } possible_net_t;
-
-typedef struct {
-	int counter;
-} atomic_t;
-
-typedef struct {
-	atomic_t refs;
-} refcount_t;
 
 struct sock_common {
 	__be32 skc_daddr;
@@ -90,17 +129,15 @@ struct sock_common {
 	possible_net_t skc_net;
 	struct in6_addr skc_v6_daddr;
 	struct in6_addr skc_v6_rcv_saddr;
-	refcount_t skc_refcnt;
+	struct hlist_nulls_node skc_nulls_node;
 } __attribute__((preserve_access_index));
 
 struct inode {
 	unsigned long i_ino;
 } __attribute__((preserve_access_index));
 
-struct file;
-
 struct socket {
-	struct file *file;
+	void *file;
 } __attribute__((preserve_access_index));
 
 /* The socket and its inode are one allocation (SOCK_INODE). */
@@ -111,44 +148,17 @@ struct socket_alloc {
 
 struct sock {
 	struct sock_common __sk_common;
-	__u16 sk_protocol;
 	__u32 sk_ack_backlog;
 	__u32 sk_max_ack_backlog;
 	struct socket *sk_socket;
 } __attribute__((preserve_access_index));
 
-struct timer_list {
-	void (*function)(struct timer_list *);
-} __attribute__((preserve_access_index));
-
 struct inet_timewait_sock {
 	struct sock_common __tw_common;
 	unsigned char tw_substate;
-	struct timer_list tw_timer;
 } __attribute__((preserve_access_index));
 
-struct request_sock {
-	struct sock_common __req_common;
-	struct timer_list rsk_timer;
-} __attribute__((preserve_access_index));
-
-struct bpf_iter_meta;
-struct bpf_map;
-
-struct bpf_iter__tcp {
-	struct bpf_iter_meta *meta;
-	struct sock_common *sk_common;
-} __attribute__((preserve_access_index));
-
-/* An entry of `sockets`. */
-struct entry {
-	__u32 gen;      /* the read that last wrote it to `records` */
-	__u32 gone_gen; /* the read that last found its socket gone; 0: none since */
-	__u8 kind;      /* KIND_* */
-	__u8 pad[7];
-};
-
-/* A socket as a read reports it. Mirrored by `parse::ebpf_socket`: 64 bytes, no
+/* A socket as the walk reports it. Mirrored by `parse::ebpf_socket`: 64 bytes, no
  * implicit padding. */
 struct record {
 	__u8 local[16];   /* IPv4: first 4 bytes, network order */
@@ -164,31 +174,24 @@ struct record {
 	__u8 family;
 	__u8 state;       /* the state `ss` shows: a minisock's substate, SYN_RECV for requests */
 	__u8 kind;
-	__u8 pad[5];
+	__u8 pass;        /* how many times its bucket was read again before it */
+	__u32 bucket;     /* its bucket: established hash 0..n-1, then the listening hash */
 };
 _Static_assert(sizeof(struct record) == 64, "struct record has implicit padding");
 
-/* Indexes of `stats`. */
-#define STAT_INSERTS_FAILED 0 /* inserts refused by a full map */
-#define STAT_STALE 1          /* entries a walk found gone and deleted */
-#define STAT_NESTED 2         /* state changes on_state was skipped for, kept by on_state_nested */
-#define STAT_MAX 3
+/* What a run leaves for user space, by index. */
+#define OUT_NEXT 0     /* the bucket to go on from; OUT_TOTAL when done */
+#define OUT_TOTAL 1    /* buckets of both hashes */
+#define OUT_WRITTEN 2  /* records written by this run */
+#define OUT_PASSES 3   /* buckets read again by this run */
+#define OUT_ERROR 4    /* ERROR_* */
+#define OUT_MAX 5
 
-/* Addresses of tw_timer_handler and reqsk_timer_handler; set by the loader. */
-const volatile __u64 tw_handler = 0;
-const volatile __u64 req_handler = 0;
+#define ERROR_PERNET 1    /* the exporter's namespace has a TCP table of its own */
+#define ERROR_CHAIN 2     /* a chain longer than MAX_CHAIN */
+#define ERROR_PASSES 3    /* a bucket still moving after MAX_PASSES reads */
 
-/* Its max_entries is set by the loader from --collector.namespaces.max-sockets. Not
- * preallocated: memory follows the sockets held. */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__uint(max_entries, 1 << 20);
-	__type(key, __u64);
-	__type(value, struct entry);
-} sockets SEC(".maps");
-
-/* Records of a walk; sized by the loader. */
+/* Its size is set by the loader. */
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 1 << 22);
@@ -196,198 +199,72 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, STAT_MAX);
+	__uint(max_entries, OUT_MAX);
 	__type(key, __u32);
 	__type(value, __u64);
-} stats SEC(".maps");
+} out SEC(".maps");
 
-static __always_inline void stat_add(__u32 i)
+static __always_inline void out_set(__u32 i, __u64 v)
 {
-	__u64 *n = bpf_map_lookup_elem(&stats, &i);
+	__u64 *p = bpf_map_lookup_elem(&out, &i);
 
-	if (n)
-		__sync_fetch_and_add(n, 1);
+	if (p)
+		*p = v;
 }
 
-static __always_inline void insert(__u64 key, __u8 kind)
+/* The pointer at `addr`: a chain head's `first` or a node's `next`, each the first
+ * member of its struct (include/linux/list_nulls.h), so read without relocation. */
+static __always_inline struct hlist_nulls_node *read_ptr(unsigned long addr)
 {
-	struct entry e = { .kind = kind };
-	long err = bpf_map_update_elem(&sockets, &key, &e, BPF_NOEXIST);
+	struct hlist_nulls_node *p = 0;
 
-	/* An entry that exists keeps its `gen`: a walk in progress must not write it twice.
-	 * Any other refusal (a full map, or a bucket lock not taken) leaves a socket out:
-	 * counted, so that user space reads that scrape by dumps and seeds again. */
-	if (err && err != -EEXIST)
-		stat_add(STAT_INSERTS_FAILED);
-}
-
-static __always_inline void state_event(struct bpf_raw_tracepoint_args *ctx)
-{
-	struct sock *sk = (struct sock *)ctx->args[0];
-	int newstate = (int)ctx->args[2];
-	__u64 key = (__u64)sk;
-
-	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
-		return;
-	if (newstate == TCP_CLOSE)
-		bpf_map_delete_elem(&sockets, &key);
-	else
-		insert(key, KIND_FULL);
-}
-
-/* The kernel runs a tracing program at most once per CPU at a time: an event raised
- * while the program runs on that CPU (a softirq's state change interrupting one made
- * in process context, such as a connect) is skipped, not queued. A skipped insert
- * would leave a socket out of the table for its whole life. So `on_state` marks the
- * CPU as busy while it runs, and `on_state_nested`, a second program on the same
- * tracepoint, does the work only when it finds the mark: then the event is one that
- * `on_state` was skipped for. Timer events need no such care: timer_start and
- * timer_cancel are raised with interrupts off, and a skipped delete leaves only a
- * stale entry, which the walk removes. */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, __u32);
-} busy SEC(".maps");
-
-SEC("raw_tracepoint/inet_sock_set_state")
-int on_state(struct bpf_raw_tracepoint_args *ctx)
-{
-	__u32 zero = 0;
-	__u32 *b = bpf_map_lookup_elem(&busy, &zero);
-
-	if (b)
-		*b = 1;
-	state_event(ctx);
-	if (b)
-		*b = 0;
-	return 0;
-}
-
-SEC("raw_tracepoint/inet_sock_set_state")
-int on_state_nested(struct bpf_raw_tracepoint_args *ctx)
-{
-	__u32 zero = 0;
-	__u32 *b = bpf_map_lookup_elem(&busy, &zero);
-
-	if (b && *b) {
-		state_event(ctx);
-		stat_add(STAT_NESTED);
-	}
-	return 0;
-}
-
-/* The socket a timer belongs to, and its kind; 0 for every other timer. */
-static __always_inline __u64 timer_owner(struct timer_list *t, __u8 *kind)
-{
-	__u64 fn = (__u64)BPF_CORE_READ(t, function);
-
-	if (fn == 0)
-		return 0;
-	if (fn == tw_handler) {
-		*kind = KIND_TIMEWAIT;
-		return (__u64)t - bpf_core_field_offset(struct inet_timewait_sock, tw_timer);
-	}
-	if (fn == req_handler) {
-		*kind = KIND_REQUEST;
-		return (__u64)t - bpf_core_field_offset(struct request_sock, rsk_timer);
-	}
-	return 0;
-}
-
-SEC("raw_tracepoint/timer_start")
-int on_timer_start(struct bpf_raw_tracepoint_args *ctx)
-{
-	__u8 kind = 0;
-	__u64 key = timer_owner((struct timer_list *)ctx->args[0], &kind);
-
-	if (key)
-		insert(key, kind);
-	return 0;
-}
-
-static __always_inline int timer_gone(struct bpf_raw_tracepoint_args *ctx)
-{
-	__u8 kind = 0;
-	__u64 key = timer_owner((struct timer_list *)ctx->args[0], &kind);
-
-	if (key)
-		bpf_map_delete_elem(&sockets, &key);
-	return 0;
-}
-
-SEC("raw_tracepoint/timer_cancel")
-int on_timer_cancel(struct bpf_raw_tracepoint_args *ctx)
-{
-	return timer_gone(ctx);
-}
-
-SEC("raw_tracepoint/timer_expire_entry")
-int on_timer_expire(struct bpf_raw_tracepoint_args *ctx)
-{
-	return timer_gone(ctx);
-}
-
-SEC("iter/tcp")
-int seed(struct bpf_iter__tcp *ctx)
-{
-	struct sock_common *skc = ctx->sk_common;
-	__u8 state, kind;
-
-	if (!skc)
-		return 0;
-	state = BPF_CORE_READ(skc, skc_state);
-	if (state == TCP_CLOSE)
-		return 0;
-	kind = state == TCP_TIME_WAIT ? KIND_TIMEWAIT : state == TCP_NEW_SYN_RECV ? KIND_REQUEST : KIND_FULL;
-	insert((__u64)skc, kind);
-	return 0;
+	bpf_probe_read_kernel(&p, sizeof(p), (const void *)addr);
+	return p;
 }
 
 struct walk_ctx {
-	__u32 gen;
+	struct inet_hashinfo *h;
+	struct inet_ehash_bucket *ehash;
+	struct inet_listen_hashbucket *lhash2;
+	__u32 ehash_n;
+	__u32 total;
+	__u32 start;
+	__u32 next;
 	__u32 written;
-	__u32 full;
+	__u32 passes;
+	__u32 error;
+	/* the chain walk's state */
+	struct hlist_nulls_node *node;
+	__u32 bucket;
+	__u32 nulls;
+	__u8 pass;
+	__u8 ended;
 };
 
-static long visit(struct bpf_map *map, __u64 *key, struct entry *e, struct walk_ctx *w)
+/* Writes the record of one socket of the chain; 1 when the ring is full (the caller
+ * checked room for a whole chain, so it is not). */
+static __always_inline int emit(struct sock_common *skc, struct walk_ctx *w)
 {
-	struct sock_common *skc = (struct sock_common *)*key;
 	struct record *r;
-	__u16 family;
-	__u8 state;
+	__u16 family = BPF_CORE_READ(skc, skc_family);
+	__u8 state = BPF_CORE_READ(skc, skc_state);
+	__u8 kind = KIND_FULL;
 
-	if (e->gen == w->gen)
-		return 0;
-	if (BPF_CORE_READ(skc, skc_refcnt.refs.counter) == 0)
-		goto gone;
-	state = BPF_CORE_READ(skc, skc_state);
-	family = BPF_CORE_READ(skc, skc_family);
 	if (family != AF_INET && family != AF_INET6)
-		goto gone;
-	if (e->kind == KIND_FULL) {
-		if (state == TCP_CLOSE || state == TCP_TIME_WAIT || state == TCP_NEW_SYN_RECV)
-			goto gone;
-		/* A connect between its SYN_SENT event and its port: not hashed yet, so no
-		 * dump would show it either. The next read will. */
-		if (BPF_CORE_READ(skc, skc_num) == 0)
-			return 0;
-	} else if (e->kind == KIND_TIMEWAIT) {
-		if (state != TCP_TIME_WAIT)
-			goto gone;
+		return 0;
+	/* Being unhashed (the state is stored after the unhash): no dump shows it. */
+	if (state == TCP_CLOSE)
+		return 0;
+	if (state == TCP_TIME_WAIT) {
+		kind = KIND_TIMEWAIT;
 		state = BPF_CORE_READ((struct inet_timewait_sock *)skc, tw_substate);
-	} else {
-		if (state != TCP_NEW_SYN_RECV)
-			goto gone;
+	} else if (state == TCP_NEW_SYN_RECV) {
+		kind = KIND_REQUEST;
 		state = TCP_SYN_RECV;
 	}
-
 	r = bpf_ringbuf_reserve(&records, sizeof(*r), 0);
-	if (!r) {
-		w->full = 1;
+	if (!r)
 		return 1;
-	}
 	__builtin_memset(r, 0, sizeof(*r));
 	if (family == AF_INET) {
 		__be32 local = BPF_CORE_READ(skc, skc_rcv_saddr);
@@ -405,8 +282,10 @@ static long visit(struct bpf_map *map, __u64 *key, struct entry *e, struct walk_
 	r->remote_port = bpf_ntohs(BPF_CORE_READ(skc, skc_dport));
 	r->family = family;
 	r->state = state;
-	r->kind = e->kind;
-	if (e->kind == KIND_FULL) {
+	r->kind = kind;
+	r->pass = w->pass;
+	r->bucket = w->bucket;
+	if (kind == KIND_FULL) {
 		struct sock *sk = (struct sock *)skc;
 		struct socket *sock = BPF_CORE_READ(sk, sk_socket);
 
@@ -418,36 +297,109 @@ static long visit(struct bpf_map *map, __u64 *key, struct entry *e, struct walk_
 		}
 	}
 	bpf_ringbuf_submit(r, 0);
-	e->gen = w->gen;
-	e->gone_gen = 0;
 	w->written++;
-	return 0;
-gone:
-	/* Deleted only when two reads find it gone (a read may run the walk more than once:
-	 * those runs count as one). Between this check and a delete, the memory could
-	 * become a new socket of the same kind whose insert found this entry and kept it (a
-	 * TIME_WAIT minisock is set up with a reference count of zero before its timer
-	 * starts): deleting at once would lose that socket. A socket found live clears the
-	 * mark. */
-	if (e->gone_gen == 0 || e->gone_gen == w->gen) {
-		e->gone_gen = w->gen;
-		return 0;
-	}
-	bpf_map_delete_elem(map, key);
-	stat_add(STAT_STALE);
 	return 0;
 }
 
-/* Run by BPF_PROG_TEST_RUN with the read's generation (non-zero) as its argument.
- * Returns the records written, shifted left by one, with bit 0 set when the ring
- * filled before every entry was written. */
+/* One node of the chain (a bpf_loop callback): 1 ends the chain. */
+static long chain_step(__u32 i, struct walk_ctx *w)
+{
+	struct hlist_nulls_node *node = w->node;
+	struct sock_common *skc;
+
+	if ((unsigned long)node & 1) {
+		w->ended = 1;
+		w->nulls = (unsigned long)node >> 1;
+		return 1;
+	}
+	skc = (struct sock_common *)((unsigned long)node -
+				     bpf_core_field_offset(struct sock_common, skc_nulls_node));
+	if (emit(skc, w))
+		return 1;
+	w->node = read_ptr((unsigned long)node);
+	return 0;
+}
+
+/* One bucket (a bpf_loop callback over buckets start..total): 1 stops the run. */
+static long bucket_step(__u32 i, struct walk_ctx *w)
+{
+	__u32 b = w->start + i;
+	__u32 want;
+	__u64 room;
+	struct hlist_nulls_node *first;
+
+	if (b >= w->total) {
+		w->next = w->total;
+		return 1;
+	}
+	w->bucket = b;
+	for (w->pass = 0; w->pass < MAX_PASSES; w->pass++) {
+		/* Room for a whole chain, or the run ends here and the next one reads this
+		 * bucket from the start (user space drops what this run wrote of it). */
+		room = bpf_ringbuf_query(&records, BPF_RB_RING_SIZE) -
+		       bpf_ringbuf_query(&records, BPF_RB_AVAIL_DATA);
+		if (room < (MAX_CHAIN + 1) * (sizeof(struct record) + 8)) {
+			w->next = b;
+			return 1;
+		}
+		if (b < w->ehash_n) {
+			first = read_ptr((unsigned long)w->ehash + (unsigned long)b * EHASH_BUCKET_SIZE +
+					 bpf_core_field_offset(struct inet_ehash_bucket, chain));
+			want = b;
+		} else {
+			__u32 l = b - w->ehash_n;
+
+			first = read_ptr((unsigned long)w->lhash2 + (unsigned long)l * LHASH2_BUCKET_SIZE +
+					 bpf_core_field_offset(struct inet_listen_hashbucket, nulls_head));
+			want = l + LISTENING_NULLS_BASE;
+		}
+		w->node = first;
+		w->ended = 0;
+		bpf_loop(MAX_CHAIN + 1, chain_step, w, 0);
+		if (!w->ended) {
+			w->error = ERROR_CHAIN;
+			w->next = b;
+			return 1;
+		}
+		if (w->nulls == want)
+			break;
+		/* The walk left the chain: read the bucket again. */
+		w->passes++;
+	}
+	if (w->pass >= MAX_PASSES) {
+		w->error = ERROR_PASSES;
+		w->next = b;
+		return 1;
+	}
+	w->next = b + 1;
+	return 0;
+}
+
+/* Run by BPF_PROG_TEST_RUN with the bucket to start from as its argument; leaves what
+ * it did in `out`. */
 SEC("raw_tracepoint/conn_exporter_walk")
 int walk(struct bpf_raw_tracepoint_args *ctx)
 {
-	struct walk_ctx w = { .gen = (__u32)ctx->args[0] };
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct walk_ctx w = {};
+	struct inet_hashinfo *h = BPF_CORE_READ(task, nsproxy, net_ns, ipv4.tcp_death_row.hashinfo);
 
-	bpf_for_each_map_elem(&sockets, visit, &w, 0);
-	return (w.written << 1) | w.full;
+	w.start = (__u32)ctx->args[0];
+	w.ehash = BPF_CORE_READ(h, ehash);
+	w.lhash2 = BPF_CORE_READ(h, lhash2);
+	w.ehash_n = BPF_CORE_READ(h, ehash_mask) + 1;
+	w.total = w.ehash_n + BPF_CORE_READ(h, lhash2_mask) + 1;
+	w.next = w.start;
+	if (BPF_CORE_READ(h, pernet))
+		w.error = ERROR_PERNET;
+	else if (w.start < w.total)
+		bpf_loop(w.total - w.start, bucket_step, &w, 0);
+	out_set(OUT_NEXT, w.next);
+	out_set(OUT_TOTAL, w.total);
+	out_set(OUT_WRITTEN, w.written);
+	out_set(OUT_PASSES, w.passes);
+	out_set(OUT_ERROR, w.error);
+	return 0;
 }
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";

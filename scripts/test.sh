@@ -3,8 +3,8 @@
 # then formatting, lints, unit and integration tests (real sockets, ss, promtool, a real
 # Prometheus), the operations kit's tests, the fuzz corpora replay, and the benchmark's,
 # load test's, series churn, series budget, owner cost, NAT cost, namespace churn,
-# all-namespaces cost (eBPF socket table and dumps against host mode) and socket-table
-# cost (connection rate, kernel memory) benchmarks' quick runs. Needs root.
+# all-namespaces cost (eBPF walk and dumps against host mode) and eBPF walk
+# cost (connection rate, memory) benchmarks' quick runs. Needs root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 step() { printf '\n==> %s\n' "$*"; }
@@ -74,13 +74,13 @@ python3 bench/netns_churn.py --quick --exporter "$CONN_EXPORTER_BIN"
 step "lifecycle maps bounded, quick run (ever new remote addresses, both sources)"
 python3 bench/lifecycle.py --quick --memory --exporter "$CONN_EXPORTER_BIN"
 
-step "all-namespaces cost, quick run (10x1000+10000: every socket counted with each source; eBPF table CPU per socket <= 2.0x host mode)"
+step "all-namespaces cost, quick run (10x1000+10000: every socket counted with each source; eBPF walk CPU per socket <= 2.0x host mode)"
 python3 bench/namespaces.py cost --quick --exporter "$CONN_EXPORTER_BIN"
 
-step "socket table's cost to connections, quick run (loopback connect/close at max rate: median slowdown with the table loaded <= 25%)"
+step "eBPF walk's cost to connections, quick run (loopback connect/close at max rate: median slowdown with the walk loaded <= 25%)"
 python3 bench/table_cost.py rate --quick --exporter "$CONN_EXPORTER_BIN"
 
-step "socket table's kernel memory, quick run (maps' memlock per entry and per slot; the table holds every held socket, no fallback)"
+step "eBPF walk's memory, quick run (maps' memlock and RSS; the walk finds every held socket, no fallback)"
 python3 bench/table_cost.py memory --quick --exporter "$CONN_EXPORTER_BIN"
 
 step "all tests passed"

@@ -206,18 +206,12 @@ pub struct Args {
     #[arg(long = "collector.namespaces", value_enum, default_value = "host")]
     pub namespaces: crate::netns::NamespaceMode,
 
-    /// How --collector.namespaces=all reads sockets: from the eBPF socket table, one walk
-    /// for every namespace (ebpf; needs CAP_BPF and CAP_PERFMON, and CAP_SYSLOG to read
-    /// /proc/kallsyms), with a sock_diag dump per namespace (netlink), or the table where
-    /// the kernel allows it and the dumps otherwise (auto).
+    /// How --collector.namespaces=all reads sockets: with an eBPF walk of the host's TCP
+    /// hash table, one pass for every namespace that shares it (ebpf; needs CAP_BPF and
+    /// CAP_PERFMON), with a sock_diag dump per namespace (netlink), or the walk where the
+    /// kernel allows it and the dumps otherwise (auto).
     #[arg(long = "collector.namespaces.source", value_enum, default_value = "auto")]
     pub namespaces_source: crate::source::socket_table::TableChoice,
-
-    /// Sockets the eBPF socket table holds, all namespaces of the machine together (TIME_WAIT
-    /// and SYN_RECV included); while inserts are refused the reads use the dumps.
-    #[arg(long = "collector.namespaces.max-sockets", value_name = "N", default_value_t = 1_048_576,
-          value_parser = clap::value_parser!(u32).range(1..))]
-    pub namespaces_max_sockets: u32,
 
     /// Label per-connection, peers, listener and lifecycle series with the owning process
     /// (`process`, its comm) and its `systemd_unit`; a shared socket takes the lowest pid's
@@ -388,7 +382,6 @@ impl Config {
                 source: args.source,
                 namespaces: args.namespaces,
                 namespaces_source: args.namespaces_source,
-                namespaces_max_sockets: args.namespaces_max_sockets,
                 owners: args.owners,
             },
             log_level: args.log_level.into(),

@@ -48,10 +48,8 @@ pub struct ExporterConfig {
     pub source: SourceChoice,
     /// Which network namespaces are read.
     pub namespaces: NamespaceMode,
-    /// How `all` mode reads them: the eBPF socket table or a dump per namespace.
+    /// How `all` mode reads them: the eBPF walk or a dump per namespace.
     pub namespaces_source: crate::source::socket_table::TableChoice,
-    /// The eBPF socket table's bound.
-    pub namespaces_max_sockets: u32,
     /// Whether sockets are labelled with their owning process.
     pub owners: bool,
 }
@@ -93,7 +91,7 @@ impl Exporter {
     pub fn new(config: ExporterConfig) -> Exporter {
         let reader = Reader::new(config.procfs.clone(), config.source)
             .with_namespaces(config.namespaces)
-            .with_socket_table(config.namespaces_source, config.namespaces_max_sockets)
+            .with_socket_table(config.namespaces_source)
             .with_owners(config.owners, OWNER_WALK_BUDGET);
         let quality = Arc::new(Quality::new(
             config.quality_max_series,

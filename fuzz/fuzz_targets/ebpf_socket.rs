@@ -1,8 +1,8 @@
-//! The eBPF socket table's walk records: `parse::ebpf_socket::decode`.
+//! The eBPF walk's records: `parse::ebpf_socket::decode`.
 //!
 //! Checks, besides never panicking: exactly the 64-byte records of a known family decode,
 //! and a decoded record is what its bytes say (namespace, ports, interface, inode,
-//! queues, state code, kind, addresses of the family's width).
+//! queues, state code, kind, pass, bucket, addresses of the family's width).
 
 #![no_main]
 
@@ -21,6 +21,7 @@ fuzz_target!(|data: &[u8]| {
     let c = s.connection;
     assert_eq!(s.netns, u32_at(32));
     assert_eq!(s.kind, Kind::from_code(data[58]));
+    assert_eq!((s.pass, s.bucket), (data[59], u32_at(60)));
     assert_eq!(c.if_index, u32_at(36));
     assert_eq!(c.inode, u32_at(40));
     assert_eq!((c.recv_queue, c.send_queue), (u32_at(44), u32_at(48)));

@@ -49,8 +49,8 @@ pub fn write_shared_tables<W: Write>(enc: &mut Encoder<W>, snap: &Snapshot) -> i
     enc.sample(name, &[], Number::Int(n as u64))
 }
 
-/// The eBPF socket table of `all` mode: its bound, what it held, and the reads that
-/// fell back to the dumps.
+/// The eBPF walk of `all` mode: what it found, its buckets read again, and the reads
+/// that fell back to the dumps.
 pub fn write_socket_table<W: Write>(
     enc: &mut Encoder<W>,
     state: &crate::source::socket_table::TableState,
@@ -60,31 +60,21 @@ pub fn write_socket_table<W: Write>(
     enc.family(
         name,
         Kind::Gauge,
-        "Sockets the eBPF socket table held at the last read, every network namespace of the machine together (TIME_WAIT and SYN_RECV included).",
+        "Sockets the eBPF walk of the host's TCP hash table found at the last read, every network namespace that shares it together (TIME_WAIT and SYN_RECV included).",
     )?;
     enc.sample(name, &[], Number::Int(state.entries as u64))?;
-    let name = "conn_exporter_socket_table_capacity";
-    enc.family(name, Kind::Gauge, "Sockets the eBPF socket table can hold (--collector.namespaces.max-sockets).")?;
-    enc.sample(name, &[], Number::Int(u64::from(state.capacity)))?;
-    let name = "conn_exporter_socket_table_stale_total";
+    let name = "conn_exporter_socket_table_rereads_total";
     enc.family(
         name,
         Kind::Counter,
-        "Entries of the eBPF socket table that two reads found gone (a close or an expiry whose event the kernel did not deliver) and removed.",
+        "Buckets of the host's TCP hash table the eBPF walk read again because it left their chain (a socket freed and reused while it was read).",
     )?;
-    enc.sample(name, &[], Number::Int(state.stale))?;
-    let name = "conn_exporter_socket_table_nested_total";
-    enc.family(
-        name,
-        Kind::Counter,
-        "TCP state changes raised while the eBPF socket table's state program already ran on that CPU, which the kernel skipped for it and its second program kept.",
-    )?;
-    enc.sample(name, &[], Number::Int(state.nested))?;
+    enc.sample(name, &[], Number::Int(state.rereads))?;
     let name = "conn_exporter_socket_table_fallbacks_total";
     enc.family(
         name,
         Kind::Counter,
-        "Reads of --collector.namespaces=all that used a sock_diag dump per namespace instead of the eBPF socket table: full (inserts were refused, sockets may be missing from it) or error (its walk failed).",
+        "Reads of --collector.namespaces=all that used a sock_diag dump per namespace instead of the eBPF walk: chain (a bucket held a longer chain than the walk follows, or kept changing) or error (the walk failed).",
     )?;
     for (reason, n) in crate::source::reader::FALLBACK_REASONS.iter().zip(fallbacks) {
         enc.sample(name, &[("reason", Value::Str(reason))], Number::Int(n))?;
@@ -103,7 +93,7 @@ pub fn write<W: Write>(
     enc.family(
         name,
         Kind::Gauge,
-        "Where the next read of the socket tables comes from: ebpf (the eBPF socket table of --collector.namespaces=all, as the last read did), netlink (sock_diag dumps, one per network namespace in --collector.namespaces=all) or procfs (/proc/net/tcp); always 1.",
+        "Where the next read of the socket tables comes from: ebpf (the eBPF walk of the host's TCP hash table in --collector.namespaces=all, as the last read did), netlink (sock_diag dumps, one per network namespace in --collector.namespaces=all) or procfs (/proc/net/tcp); always 1.",
     )?;
     enc.sample(name, &[("source", Value::Str(socket_source))], Number::Int(1))?;
     enc.family(

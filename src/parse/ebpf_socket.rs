@@ -1,6 +1,6 @@
-//! The socket table's records (`struct record` of `bpf/sockets.bpf.c`): one socket of
-//! any network namespace as a scrape's walk of the table read it, decoded into a
-//! [`Connection`] and the inode of its namespace.
+//! The socket walk's records (`struct record` of `bpf/sockets.bpf.c`): one socket of
+//! any network namespace as a scrape's walk of the host's TCP hash table read it,
+//! decoded into a [`Connection`] and the inode of its namespace.
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -12,7 +12,7 @@ pub const RECORD_LEN: usize = 64;
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 
-/// What a record's table entry pointed at (`KIND_*` of the program).
+/// What kernel object a record was read from (`KIND_*` of the program).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
     /// A full socket (any state but TIME_WAIT and a request's).
@@ -46,6 +46,21 @@ pub struct TableSocket {
     pub kind: Kind,
     /// The socket as a sock_diag dump of that namespace would give it.
     pub connection: Connection,
+    /// The hash bucket it was read from.
+    pub bucket: u32,
+    /// How many times that bucket was read again before this record (the walk left its
+    /// chain: a socket freed and reused while it was read).
+    pub pass: u8,
+}
+
+/// Appends a record, first dropping those of its bucket from an earlier pass: when the
+/// walk reads a bucket again, what it read before of that bucket is void. A bucket's
+/// records are contiguous (one bucket is read at a time).
+pub fn push_keeping_last_pass(records: &mut Vec<TableSocket>, s: TableSocket) {
+    while records.last().is_some_and(|l| l.bucket == s.bucket && l.pass < s.pass) {
+        records.pop();
+    }
+    records.push(s);
 }
 
 type Tuple = (u32, Endpoint, Endpoint);
@@ -54,18 +69,26 @@ fn tuple(s: &TableSocket) -> Tuple {
     (s.netns, s.connection.local, s.connection.remote)
 }
 
-/// Leaves one record per connection that changed form while a read walked the table.
+/// Drops the records at the end that come from `bucket`: a run of the walk that stops
+/// inside a bucket leaves it to the next run, which reads it whole again.
+pub fn drop_bucket_tail(records: &mut Vec<TableSocket>, bucket: u64) {
+    while records.last().is_some_and(|l| u64::from(l.bucket) == bucket) {
+        records.pop();
+    }
+}
+
+/// Leaves one record per connection that changed form while the walk read its chain.
 ///
-/// A walk is not atomic. A socket that becomes a TIME_WAIT minisock during it is two
-/// entries (its full socket and the minisock, inserted when its timer starts), and the
-/// walk may write both: the full socket read before the change, the minisock after.
-/// So may a request sock and the full socket the handshake made of it. In the kernel's
-/// own hash table the newer one replaces the older under a lock, so a dump shows one.
-/// For a namespace and tuple that has records of more than one kind, the newer form is
-/// kept: a TIME_WAIT minisock over a full socket, a full socket over a request sock.
-/// Records of one kind are all kept: listeners that share a port (SO_REUSEPORT) have
-/// the same tuple and are distinct sockets. Cost: a lookup per full socket, and none
-/// when the read held no minisock and no request.
+/// The walk reads the kernel's chains without their locks. When a socket becomes a
+/// TIME_WAIT minisock, the minisock is added at the head of the chain before the full
+/// socket is taken out, under the chain's lock; a walk that starts on the chain between
+/// the two reads both. So may a request sock and the full socket the handshake made of
+/// it. A dump, which holds the lock, shows one. For a namespace and tuple that has
+/// records of more than one kind, the newer form is kept: a TIME_WAIT minisock over a
+/// full socket, a full socket over a request sock. Records of one kind are all kept:
+/// listeners that share a port (SO_REUSEPORT) have the same tuple and are distinct
+/// sockets. Cost: a lookup per full socket, and none when the read held no minisock and
+/// no request.
 pub fn settle(records: &mut Vec<TableSocket>) {
     let mut minis: HashMap<Tuple, Kind> = HashMap::new();
     for r in records.iter() {
@@ -131,6 +154,8 @@ pub fn decode(b: &[u8]) -> Option<TableSocket> {
             recv_queue: u32_at(b, 44),
             send_queue: u32_at(b, 48),
         },
+        pass: b[59],
+        bucket: u32_at(b, 60),
     })
 }
 
@@ -252,6 +277,36 @@ mod tests {
         settle(&mut r);
         assert_eq!(r.len(), 3);
         assert_eq!(r[2].kind, Kind::Other(9));
+    }
+
+    fn in_bucket(bucket: u32, pass: u8, local_port: u16) -> TableSocket {
+        let mut b = encode(7, AF_INET, 1, (&[127, 0, 0, 1], local_port), (&[127, 0, 0, 2], 80), 0, 0, (0, 0));
+        b[59] = pass;
+        b[60..64].copy_from_slice(&bucket.to_ne_bytes());
+        decode(&b).unwrap()
+    }
+
+    #[test]
+    fn a_bucket_read_again_keeps_only_its_last_pass() {
+        let mut r = Vec::new();
+        for s in [
+            in_bucket(4, 0, 1),
+            in_bucket(5, 0, 2), // bucket 5, first pass: void once it is read again
+            in_bucket(5, 0, 3),
+            in_bucket(5, 1, 2), // bucket 5 again
+            in_bucket(5, 2, 2), // and again: only this pass stays
+            in_bucket(5, 2, 3),
+            in_bucket(6, 0, 4),
+        ] {
+            push_keeping_last_pass(&mut r, s);
+        }
+        let got: Vec<_> = r.iter().map(|s| (s.bucket, s.pass, s.connection.local.port)).collect();
+        assert_eq!(got, vec![(4, 0, 1), (5, 2, 2), (5, 2, 3), (6, 0, 4)]);
+        // A run that stopped inside bucket 6 leaves it to the next run.
+        drop_bucket_tail(&mut r, 6);
+        assert_eq!(r.len(), 3);
+        drop_bucket_tail(&mut r, 9);
+        assert_eq!(r.len(), 3);
     }
 
     #[test]

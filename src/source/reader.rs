@@ -60,19 +60,19 @@ pub struct Reader {
     /// The socket owner walk, with `--collector.connections.owner` (shared with the
     /// lifecycle collector).
     owners: Option<Arc<Owners>>,
-    /// The eBPF socket table, in `all` mode where it loaded.
+    /// The eBPF walk of the host's TCP table, in `all` mode where it loaded.
     table: Option<SocketTable>,
     /// Why `all` mode reads with dumps, when it does from the start.
     table_note: Option<String>,
-    /// The last `all`-mode read came from the table (true before the first).
+    /// The last `all`-mode read came from the walk (true before the first).
     table_in_use: AtomicBool,
-    /// Reads that fell back to the dumps: the table was full, its walk failed.
+    /// Reads that fell back to the dumps, by [`FALLBACK_REASONS`].
     table_fallbacks: [AtomicU64; 2],
 }
 
 /// Reasons of `conn_exporter_socket_table_fallbacks_total`, in the order of
 /// [`Reader::table_fallbacks`].
-pub const FALLBACK_REASONS: [&str; 2] = ["full", "error"];
+pub const FALLBACK_REASONS: [&str; 2] = ["chain", "error"];
 
 /// What a namespace's thread reads beside its sockets when they come from the table.
 struct Facts {
@@ -272,6 +272,22 @@ fn is_refusal(e: &SourceError) -> bool {
     )
 }
 
+/// An `all`-mode snapshot: the namespaces' parts, nothing at its own level.
+fn all_snapshot(spaces: Vec<Space>, ok: bool, start: Instant) -> Snapshot {
+    Snapshot {
+        table: InterfaceTable::default(),
+        keys: Vec::new(),
+        listeners: Vec::new(),
+        counts: StateCounts::new(&InterfaceTable::default()),
+        queue_limits: false,
+        port_range: PortRange::default(),
+        ok,
+        read_time: start.elapsed(),
+        spaces,
+        owners: None,
+    }
+}
+
 impl Reader {
     /// A reader of `procfs` with the chosen source.
     pub fn new(procfs: PathBuf, choice: SourceChoice) -> Reader {
@@ -293,9 +309,9 @@ impl Reader {
         }
     }
 
-    /// In `all` mode, reads every namespace from the eBPF socket table (`choice` ebpf or
-    /// auto) where it loads, holding at most `capacity` sockets.
-    pub fn with_socket_table(mut self, choice: TableChoice, capacity: u32) -> Reader {
+    /// In `all` mode, reads every namespace with the eBPF walk of the host's TCP table
+    /// (`choice` ebpf or auto) where it loads.
+    pub fn with_socket_table(mut self, choice: TableChoice) -> Reader {
         if self.namespaces.is_none() {
             return self;
         }
@@ -303,16 +319,16 @@ impl Reader {
             self.table_note = Some("--collector.namespaces.source=netlink".to_owned());
             return self;
         }
-        match SocketTable::load(&self.procfs, capacity) {
+        match SocketTable::load() {
             Ok(t) => {
                 self.table = Some(t);
                 self.table_in_use.store(true, Ordering::Relaxed);
             }
             Err(e) => {
                 if choice == TableChoice::Ebpf {
-                    log::error!("--collector.namespaces.source=ebpf: the eBPF socket table could not be loaded, reading with a dump per namespace: {e}");
+                    log::error!("--collector.namespaces.source=ebpf: the eBPF socket walk could not be loaded, reading with a dump per namespace: {e}");
                 }
-                self.table_note = Some(format!("the eBPF socket table could not be loaded: {e}"));
+                self.table_note = Some(format!("the eBPF socket walk could not be loaded: {e}"));
             }
         }
         self
@@ -321,10 +337,7 @@ impl Reader {
     /// How `all` mode reads sockets, for the start-up log: the table, or the dumps and why.
     pub fn all_mode_reads(&self) -> String {
         match (&self.table, &self.table_note) {
-            (Some(t), _) => format!(
-                "from the eBPF socket table: one walk of every namespace's sockets per scrape (up to {} sockets; a full table falls back to a dump per namespace)",
-                t.capacity()
-            ),
+            (Some(_), _) => "by an eBPF walk of the host's TCP hash table: one pass for every namespace that shares it, a dump for each namespace with a table of its own".to_owned(),
             (None, note) => format!(
                 "with a sock_diag dump per namespace ({}); one that shares the host's TCP table walks every socket of the machine (conn_exporter_namespaces_sharing_tcp_table counts them; net.ipv4.tcp_child_ehash_entries gives new namespaces their own)",
                 note.as_deref().unwrap_or("")
@@ -332,7 +345,7 @@ impl Reader {
         }
     }
 
-    /// The eBPF socket table's bound and last count of entries, when it is loaded.
+    /// What the eBPF walk found last and has done, when it is loaded.
     pub fn table_state(&self) -> Option<crate::source::socket_table::TableState> {
         self.table.as_ref().map(|t| t.state())
     }
@@ -385,7 +398,7 @@ impl Reader {
         self.owners.clone()
     }
 
-    /// The source the next read will use: `ebpf` (the socket table, `all` mode, as the last
+    /// The source the next read will use: `ebpf` (the eBPF walk, `all` mode, as the last
     /// read did), `netlink` or `procfs`.
     pub fn source_name(&self) -> &'static str {
         if self.table.is_some() && self.table_in_use.load(Ordering::Relaxed) {
@@ -497,29 +510,11 @@ impl Reader {
     ) -> (Snapshot, Vec<Option<Inodes>>) {
         let start = Instant::now();
         let found = namespaces.discover();
-        let mut unseeded = std::collections::HashSet::new();
         if let Some(table) = &self.table {
-            let (result, failures) = table.read(namespaces, &found);
-            for (inode, name, e) in failures {
-                self.warn(
-                    Warning::Namespaces,
-                    format_args!(
-                        "couldn't seed network namespace {name} in the socket table, reading it with a dump: {e}"
-                    ),
-                );
-                unseeded.insert(inode);
-            }
-            match result {
+            match table.read() {
                 Ok(read) => {
                     self.table_in_use.store(true, Ordering::Relaxed);
-                    return self.read_all_from_table(
-                        namespaces,
-                        &found,
-                        read,
-                        &unseeded,
-                        start,
-                        (want_keys, sort, owners),
-                    );
+                    return self.read_all_from_table(namespaces, &found, read, start, (want_keys, sort, owners));
                 }
                 Err(e) => {
                     let at = usize::from(e.reason() != FALLBACK_REASONS[0]);
@@ -540,11 +535,6 @@ impl Reader {
         let (own, own_inodes) = self.read_own(want_keys, sort, owners);
         let mut all_inodes = vec![own_inodes];
         let mut ok = own.ok;
-        let labels = |f: &crate::netns::Found| NsLabels {
-            netns: f.name.clone(),
-            container_id: f.container_id.clone(),
-            pod_uid: f.pod_uid.clone(),
-        };
         let mut spaces = Vec::with_capacity(found.len().max(1));
         spaces.push(Space {
             labels: NsLabels { netns: "host".to_owned(), container_id: String::new(), pod_uid: String::new() },
@@ -564,63 +554,57 @@ impl Reader {
                         .map_err(|_| (true, format!("the thread of network namespace {} stopped", f.name)))
                         .and_then(|r| r.map_err(|e| (true, e.to_string())))
                 });
-            match result {
-                Ok((dump, inodes)) => {
-                    spaces.push(Space { labels: labels(f), netns: f.inode, ..dump });
-                    all_inodes.push(inodes);
-                }
-                Err((failed, e)) => {
-                    // A namespace that went between listing and entering is no failure.
-                    ok &= !failed;
-                    if failed {
-                        self.warn(Warning::Namespaces, format_args!("couldn't read network namespace {}: {e}", f.name));
-                    }
-                }
-            }
+            ok &= self.add_space(f, result, &mut spaces, &mut all_inodes);
         }
-        let snap = Snapshot {
-            table: InterfaceTable::default(),
-            keys: Vec::new(),
-            listeners: Vec::new(),
-            counts: StateCounts::new(&InterfaceTable::default()),
-            queue_limits: false,
-            port_range: PortRange::default(),
-            ok,
-            read_time: start.elapsed(),
-            spaces,
-            owners: None,
-        };
-        (snap, all_inodes)
+        (all_snapshot(spaces, ok, start), all_inodes)
     }
 
-    /// [`read_all`](Self::read_all) from a read of the socket table: each namespace's
-    /// thread reads its interfaces and port range only (a namespace the table could not
-    /// seed is dumped as before).
+    /// Adds a namespace's read to an `all`-mode snapshot's parts; false when it failed
+    /// (logged). A namespace that went between listing and entering is no failure.
+    fn add_space(
+        &self,
+        f: &crate::netns::Found,
+        result: Result<(Space, Option<Inodes>), (bool, String)>,
+        spaces: &mut Vec<Space>,
+        all_inodes: &mut Vec<Option<Inodes>>,
+    ) -> bool {
+        match result {
+            Ok((space, inodes)) => {
+                let labels = NsLabels {
+                    netns: f.name.clone(),
+                    container_id: f.container_id.clone(),
+                    pod_uid: f.pod_uid.clone(),
+                };
+                spaces.push(Space { labels, netns: f.inode, ..space });
+                all_inodes.push(inodes);
+                true
+            }
+            Err((failed, e)) => {
+                if failed {
+                    self.warn(Warning::Namespaces, format_args!("couldn't read network namespace {}: {e}", f.name));
+                }
+                !failed
+            }
+        }
+    }
+
+    /// [`read_all`](Self::read_all) from a read of the eBPF walk: each namespace's thread
+    /// reads its interfaces, port range and whether it shares the host's TCP table; one
+    /// with a table of its own, out of the walk's reach, is then read with its dump.
     fn read_all_from_table(
         &self,
         namespaces: &Namespaces,
         found: &[crate::netns::Found],
         mut read: TableRead,
-        unseeded: &std::collections::HashSet<u64>,
         start: Instant,
         (want_keys, sort, owners): (bool, bool, bool),
     ) -> (Snapshot, Vec<Option<Inodes>>) {
-        type Pending<T> = Result<std::sync::mpsc::Receiver<Result<T, SourceError>>, crate::netns::NetnsError>;
-        enum Job {
-            Facts(Pending<Facts>),
-            Dump(Pending<(Space, Option<Inodes>)>),
-        }
         let pending: Vec<_> = found
             .iter()
             .filter(|f| !f.own)
             .map(|f| {
                 let procfs = self.procfs.clone();
-                let job = if unseeded.contains(&f.inode) {
-                    Job::Dump(namespaces.run(f, move || dump_namespace(&procfs, want_keys, sort, owners)))
-                } else {
-                    Job::Facts(namespaces.run(f, move || namespace_facts(&procfs)))
-                };
-                (f, job)
+                (f, namespaces.run(f, move || namespace_facts(&procfs)))
             })
             .collect();
         // The own namespace, here.
@@ -643,52 +627,38 @@ impl Reader {
             shares_host_tcp_table: None,
             ..own
         });
-        let labels = |f: &crate::netns::Found| NsLabels {
-            netns: f.name.clone(),
-            container_id: f.container_id.clone(),
-            pod_uid: f.pod_uid.clone(),
-        };
         for (f, job) in pending {
             let stopped = || (true, format!("the thread of network namespace {} stopped", f.name));
             let entered =
                 |e: crate::netns::NetnsError| (e.missing_capability().is_some() || !e.is_gone(), e.to_string());
-            let result = match job {
-                Job::Facts(job) => job.map_err(entered).and_then(|rx| {
-                    rx.recv().map_err(|_| stopped()).and_then(|r| r.map_err(|e| (true, e.to_string()))).map(|facts| {
-                        let sockets = read.sockets.remove(&f.inode).unwrap_or_default();
-                        space_from_table(facts, sockets, want_keys, sort, owners)
-                    })
-                }),
-                Job::Dump(job) => job
-                    .map_err(entered)
-                    .and_then(|rx| rx.recv().map_err(|_| stopped()).and_then(|r| r.map_err(|e| (true, e.to_string())))),
+            let result = job
+                .map_err(entered)
+                .and_then(|rx| rx.recv().map_err(|_| stopped()).and_then(|r| r.map_err(|e| (true, e.to_string()))));
+            let result = match result {
+                // Its own table: only its listeners were in the walk (the listening hash
+                // is shared); its dump walks its own table only.
+                Ok(facts) if facts.shares_host_tcp_table == Some(false) => {
+                    read.sockets.remove(&f.inode);
+                    let procfs = self.procfs.clone();
+                    namespaces
+                        .run(f, move || dump_namespace(&procfs, want_keys, sort, owners))
+                        .map_err(entered)
+                        .and_then(|rx| {
+                            rx.recv()
+                                .map_err(|_| stopped())
+                                .and_then(|r| r.map_err(|e| (true, e.to_string())))
+                                .map(|(space, inodes)| (Space { shares_host_tcp_table: Some(false), ..space }, inodes))
+                        })
+                }
+                Ok(facts) => {
+                    let sockets = read.sockets.remove(&f.inode).unwrap_or_default();
+                    Ok(space_from_table(facts, sockets, want_keys, sort, owners))
+                }
+                Err(e) => Err(e),
             };
-            match result {
-                Ok((space, inodes)) => {
-                    spaces.push(Space { labels: labels(f), netns: f.inode, ..space });
-                    all_inodes.push(inodes);
-                }
-                Err((failed, e)) => {
-                    ok &= !failed;
-                    if failed {
-                        self.warn(Warning::Namespaces, format_args!("couldn't read network namespace {}: {e}", f.name));
-                    }
-                }
-            }
+            ok &= self.add_space(f, result, &mut spaces, &mut all_inodes);
         }
-        let snap = Snapshot {
-            table: InterfaceTable::default(),
-            keys: Vec::new(),
-            listeners: Vec::new(),
-            counts: StateCounts::new(&InterfaceTable::default()),
-            queue_limits: false,
-            port_range: PortRange::default(),
-            ok,
-            read_time: start.elapsed(),
-            spaces,
-            owners: None,
-        };
-        (snap, all_inodes)
+        (all_snapshot(spaces, ok, start), all_inodes)
     }
 
     /// Reads interfaces and sockets. Per socket: resolve the interface, count, keep

@@ -77,7 +77,7 @@ impl Drop for KillOnDrop {
 }
 
 #[test]
-fn all_mode_from_the_ebpf_socket_table_labels_every_socket_of_twenty_namespaces() {
+fn all_mode_from_the_ebpf_walk_labels_every_socket_of_twenty_namespaces() {
     twenty_namespaces("ebpf");
 }
 
@@ -86,8 +86,8 @@ fn all_mode_with_a_dump_per_namespace_labels_every_socket_of_twenty_namespaces()
     twenty_namespaces("netlink");
 }
 
-/// Every socket of twenty namespaces, made before the exporter starts (so the socket
-/// table must seed them), read with `--collector.namespaces.source=SOURCE`.
+/// Every socket of twenty namespaces, made before the exporter starts, read with
+/// `--collector.namespaces.source=SOURCE`.
 fn twenty_namespaces(source: &str) {
     let tag = &source[..2];
     // Tests run at once: each source's namespaces get addresses of their own.

@@ -85,7 +85,7 @@ fi
 # --register=no --keep-unit: this host may have no systemd/machined to talk to.
 systemd-nspawn --boot --directory="$WORK/root" --machine="$MACHINE" --register=no --keep-unit \
     --private-network --console=passive \
-    --capability=CAP_BPF,CAP_PERFMON,CAP_SYSLOG --system-call-filter=bpf \
+    --capability=CAP_BPF,CAP_PERFMON --system-call-filter=bpf \
     --bind-ro="$REPO:/mnt/repo" --bind-ro="$WORK/bin:/mnt/bin" --bind-ro="$WORK/deb:/mnt/deb" \
     >"$WORK/nspawn.log" 2>&1 &
 NSPAWN_PID=$!
@@ -298,10 +298,10 @@ for id in $new_ids; do
 done
 ok "lifecycle source: netlink under the default unit; eBPF under ebpf.conf (CapEff $caps, programs $new_ids, closed scrapes counted); none left after it stopped"
 
-# --- all mode from the eBPF socket table under namespaces.conf ---------------------------------
-# namespaces.conf grants what the socket table needs beyond setns (CAP_SYS_ADMIN already
-# covers CAP_BPF and CAP_PERFMON): bpf(), CAP_SYSLOG and an unmasked /proc/kallsyms. With
-# --collector.namespaces=all, auto must read from the table, and the scrape must hold the
+# --- all mode from the eBPF walk under namespaces.conf ------------------------------------------
+# namespaces.conf grants what the eBPF walk of the host's TCP table needs beyond setns
+# (CAP_SYS_ADMIN already covers CAP_BPF and CAP_PERFMON): bpf(). With
+# --collector.namespaces=all, auto must read with the walk, and the scrape must hold the
 # container's TCP sockets as its `ss -tan` lists them (taken before and after the scrape).
 socket_source() {
     local b
@@ -322,8 +322,8 @@ until source_is_table; do
         fail "with namespaces.conf and all mode: socket source '$(socket_source)', want ebpf; the log: $(cexec journalctl -u conn-exporter -n 8 --no-pager)"
     sleep 0.5
 done
-logs_table() { cexec journalctl -u conn-exporter -n 50 --no-pager | grep -q 'sockets are read from the eBPF socket table'; }
-wait_until 10 "the log saying all mode reads from the eBPF socket table" logs_table
+logs_table() { cexec journalctl -u conn-exporter -n 50 --no-pager | grep -q "sockets are read by an eBPF walk of the host's TCP hash table"; }
+wait_until 10 "the log saying all mode reads with the eBPF walk" logs_table
 # Connections of the container's own, held while the scrape runs.
 # (The image has no Python: systemd-socket-activate accepts, bash connects.)
 cexec systemd-run --quiet --unit=cx-table-listen /usr/bin/systemd-socket-activate --listen=127.0.0.1:47123 -a --inetd /bin/cat
@@ -367,7 +367,7 @@ for _ in 1 2 3 4 5; do
     matched=""
     sleep 1
 done
-[[ -n $matched ]] || fail "the eBPF socket table's scrape differs from the container's ss -tan: $(cat "$WORK/table-ss.txt")"
+[[ -n $matched ]] || fail "the eBPF walk's scrape differs from the container's ss -tan: $(cat "$WORK/table-ss.txt")"
 cexec systemctl stop cx-table-hold cx-table-listen
 cexec rm /etc/systemd/system/conn-exporter.service.d/namespaces.conf
 cexec rmdir --ignore-fail-on-non-empty /etc/systemd/system/conn-exporter.service.d
@@ -376,7 +376,7 @@ cexec systemctl daemon-reload
 cexec systemctl restart conn-exporter
 source_is_netlink_sockets() { [[ $(socket_source) == netlink ]]; }
 wait_until 20 "the default unit reading with netlink again" source_is_netlink_sockets
-ok "all mode under namespaces.conf reads from the eBPF socket table (log and conn_exporter_socket_source_info say so); its scrape holds the container's $matched TCP sockets as ss -tan lists them"
+ok "all mode under namespaces.conf reads with the eBPF walk (log and conn_exporter_socket_source_info say so); its scrape holds the container's $matched TCP sockets as ss -tan lists them"
 
 # --- TLS keys and the dynamic user ----------------------------------------------------------------
 mkdir -p "$WORK/bin/tls"

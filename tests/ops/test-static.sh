@@ -220,9 +220,9 @@ grep -q 'nat/daemonset.yaml passed' "$WORK/out" || { cat "$WORK/out"; fail "kube
 python3 - deploy/kubernetes/all-namespaces/daemonset.yaml deploy/kubernetes/ebpf/daemonset.yaml \
     deploy/kubernetes/nat/daemonset.yaml <<'PY' || fail "DaemonSet variants' capabilities"
 import sys, yaml
-want = {"all-namespaces": ({"SYS_ADMIN", "SYS_PTRACE", "DAC_READ_SEARCH", "SYSLOG"}, True),
+want = {"all-namespaces": ({"SYS_ADMIN", "SYS_PTRACE", "DAC_READ_SEARCH"}, True),
         "ebpf": ({"BPF", "PERFMON"}, False),
-        "nat": ({"SYS_ADMIN", "SYS_PTRACE", "DAC_READ_SEARCH", "SYSLOG", "NET_ADMIN"}, True)}
+        "nat": ({"SYS_ADMIN", "SYS_PTRACE", "DAC_READ_SEARCH", "NET_ADMIN"}, True)}
 bad = []
 for path in sys.argv[1:]:
     name = path.split("/")[-2]
@@ -293,7 +293,7 @@ else:
             bad.append(f"the header does not state what {n} entries cost each namespace ('# Memory: {n} entries cost ... KiB')")
     if c.get("securityContext", {}).get("privileged") is not True:
         bad.append("the init container is not privileged (/proc/sys is read-only otherwise)")
-for cap in ("SYS_ADMIN", "SYS_PTRACE", "DAC_READ_SEARCH", "SYSLOG"):
+for cap in ("SYS_ADMIN", "SYS_PTRACE", "DAC_READ_SEARCH"):
     if cap not in header:
         bad.append(f"the header does not explain {cap}")
 print("\n".join(bad) if bad else "own-tcp-tables: all-namespaces plus the init container")

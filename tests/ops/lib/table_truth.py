@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The eBPF socket table against `ss` while sockets change (tests/ops/test-netns-table.sh).
+"""All mode (the eBPF walk, or the dumps) against `ss` while sockets change (tests/ops/test-netns-table.sh).
 
 Two commands:
 
@@ -46,9 +46,8 @@ Checks, per scrape and namespace + tuple (the series labelled netns=NS, value = 
             network_connections_info; each churn namespace's TIME_WAIT sockets are in the
             scrape (> 0);
   source    conn_exporter_socket_source_info says the source asked for; with ebpf the
-            conn_exporter_socket_table_* metrics are there, no read fell back to dumps
-            and the capacity is the default; with map-full the capacity is the small
-            bound and conn_exporter_socket_table_fallbacks_total{reason="full"} grows.
+            conn_exporter_socket_table_* metrics are there and no read fell back to the
+            dumps.
 --break dup|drop|state corrupts the first scrape before the checks (a steady socket's
 line duplicated, removed, or its state rewritten), to show that the checks can fail.
 """
@@ -74,7 +73,6 @@ CHURN_PORTS = (7100, 7101, 7102)
 # side. (A kernel-chosen port can come back at once where the server closed first: the
 # client keeps no TIME_WAIT, and a SYN to the server's TIME_WAIT opens a new connection.)
 CHURN_CLIENT_PORTS = (30000, 65000)
-DEFAULT_CAPACITY = 1048576
 
 # ---------------------------------------------------------------------------------------
 # sockets: the helper run in each namespace
@@ -373,7 +371,7 @@ def check(args):
     scrapes = sorted((d for d in os.listdir(args.work) if re.fullmatch(r"scrape-\d+", d)),
                      key=lambda d: int(d.split("-")[1]))
     c.check(scrapes, "input", f"no scrape-N directories in {args.work}")
-    fallbacks_full = []
+    fallbacks = []
     for n, d in enumerate(scrapes):
         base = os.path.join(args.work, d)
         ss_before = {ns: read_ss(os.path.join(base, "ss-before", ns)) for ns in namespaces}
@@ -468,54 +466,35 @@ def check(args):
             return [(labels, value) for n_, labels, value in series if n_ == name]
 
         src = [labels.get("source") for labels, value in values("conn_exporter_socket_source_info") if value == 1]
-        full = sum(v for labels, v in values("conn_exporter_socket_table_fallbacks_total")
-                   if labels.get("reason") == "full")
+        chain = sum(v for labels, v in values("conn_exporter_socket_table_fallbacks_total")
+                    if labels.get("reason") == "chain")
         errors = sum(v for labels, v in values("conn_exporter_socket_table_fallbacks_total")
                      if labels.get("reason") == "error")
-        capacity = [v for _, v in values("conn_exporter_socket_table_capacity")]
         entries = [v for _, v in values("conn_exporter_socket_table_entries")]
         if args.mode == "netlink":
             c.check(src == ["netlink"], "source", f"{d}: conn_exporter_socket_source_info says {src}, want netlink")
         else:
-            for name in ("entries", "capacity", "fallbacks_total", "stale_total", "nested_total"):
+            for name in ("entries", "rereads_total", "fallbacks_total"):
                 c.check(values(f"conn_exporter_socket_table_{name}"), "table-metrics",
                         f"{d}: conn_exporter_socket_table_{name} missing")
-            fallbacks_full.append((full, errors))
+            fallbacks.append((chain, errors))
         if args.mode == "ebpf":
             c.check(src == ["ebpf"], "source", f"{d}: conn_exporter_socket_source_info says {src}, want ebpf")
-            c.check(capacity == [DEFAULT_CAPACITY], "table-metrics",
-                    f"{d}: conn_exporter_socket_table_capacity {capacity}, want {DEFAULT_CAPACITY}")
             c.check(entries and entries[0] > 0, "table-metrics", f"{d}: conn_exporter_socket_table_entries {entries}")
-        if args.mode == "map-full":
-            # A read from the dumps says netlink until the table is read again.
-            c.check(src in (["ebpf"], ["netlink"]), "source",
-                    f"{d}: conn_exporter_socket_source_info says {src}, want ebpf (or netlink after a fallback)")
-            c.check(capacity and capacity[0] == args.capacity, "table-metrics",
-                    f"{d}: conn_exporter_socket_table_capacity {capacity}, want {args.capacity}")
-            counts["source_" + (src[0] if src else "none")] += 1
-    if fallbacks_full:
-        (f0, e0), (f1, e1) = fallbacks_full[0], fallbacks_full[-1]
-        if args.mode == "ebpf":
-            c.check(f1 == f0 and e1 == e0, "fallback",
-                    f"reads fell back to dumps during the scrapes: full {f0}->{f1}, error {e0}->{e1} "
-                    "(the table was not what was checked)")
-        if args.mode == "map-full":
-            c.check(f1 > f0, "fallback",
-                    f"conn_exporter_socket_table_fallbacks_total{{reason=\"full\"}} did not grow: {f0}->{f1}")
-        counts["fallbacks_full"] = int(f1 - f0)
+    if fallbacks:
+        (c0, e0), (c1, e1) = fallbacks[0], fallbacks[-1]
+        c.check(c1 == c0 and e1 == e0, "fallback",
+                f"reads fell back to dumps during the scrapes: chain {c0}->{c1}, error {e0}->{e1} "
+                "(the walk was not what was checked)")
 
     for kind, n in sorted(c.failures.items()):
         if n > c.limit:
             print(f"FAIL [{kind}] ... {n} in all ({n - c.limit} not printed)")
     bad = sum(c.failures.values())
-    extra = ""
-    if args.mode == "map-full":
-        extra = (f", fallbacks(full) +{counts['fallbacks_full']}, source ebpf/netlink "
-                 f"{counts['source_ebpf']}/{counts['source_netlink']}")
     print(f"summary mode={args.mode}: {counts['scrapes']} scrapes, {counts['sockets']} sockets checked: "
           f"{counts['steady']} steady, {counts['changing']} changing, {counts['born']} born, "
           f"{counts['died']} died, {counts['neither']} churn in neither ss read, {counts['reused']} reused tuples, "
-          f"{counts['ss_twice']} twice in one ss read; churn TIME_WAIT seen {counts['churn_time_wait']}{extra}; "
+          f"{counts['ss_twice']} twice in one ss read; churn TIME_WAIT seen {counts['churn_time_wait']}; "
           f"{bad} bad" + (f" ({', '.join(f'{k} {v}' for k, v in sorted(c.failures.items()))})" if bad else "")
           + f": {'FAIL' if bad else 'PASS'}")
     return 1 if bad else 0
@@ -531,8 +510,7 @@ def main():
     k.add_argument("--work", required=True)
     k.add_argument("--namespaces", required=True)
     k.add_argument("--churn", default="")
-    k.add_argument("--mode", choices=("ebpf", "netlink", "map-full"), required=True)
-    k.add_argument("--capacity", type=int, default=0, help="--collector.namespaces.max-sockets of map-full")
+    k.add_argument("--mode", choices=("ebpf", "netlink"), required=True)
     k.add_argument("--break", dest="break_kind", choices=("dup", "drop", "state"))
     k.add_argument("--limit", type=int, default=15, help="failures printed per kind")
     args = ap.parse_args()
